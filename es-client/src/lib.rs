@@ -1,0 +1,3 @@
+//! Walbrook sink for Elasticsearch and OpenSearch.
+//!
+//! **Status: not built yet** (issue #7).

@@ -1,0 +1,3 @@
+//! Walbrook sink for PostgreSQL.
+//!
+//! **Status: not built yet** (issue #7).

@@ -1,0 +1,3 @@
+//! Walbrook sink for HTTP webhooks.
+//!
+//! **Status: not built yet** (issue #7).
