@@ -45,11 +45,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
               WHERE slot_name = '{SLOT}';
              CREATE TABLE public.demo_orders (
                id bigint PRIMARY KEY, customer text NOT NULL,
-               amount numeric(12,2), placed_at timestamptz NOT NULL DEFAULT now());
-             SELECT pg_create_logical_replication_slot('{SLOT}', 'test_decoding');"
+               amount numeric(12,2), placed_at timestamptz NOT NULL DEFAULT now());"
         ))
         .await
-        .context("creating the demo table and slot")?;
+        .context("creating the demo table")?;
+    // A logical slot must be created in a transaction that has not written anything.
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'test_decoding')",
+            &[&SLOT],
+        )
+        .await
+        .context("creating the demo slot")?;
     println!(
         "Created table public.demo_orders and logical slot {SLOT}; generating {} inserts, \
          an update and a delete…",
@@ -59,7 +66,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         client
             .execute(
                 "INSERT INTO public.demo_orders (id, customer, amount) \
-                 VALUES ($1, $2, ($1 * 10.25)::numeric)",
+                 VALUES ($1::bigint, $2, $1::bigint * 10.25)",
                 &[&i, &format!("customer-{i}")],
             )
             .await?;

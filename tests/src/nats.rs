@@ -283,13 +283,9 @@ impl NatsCluster {
         Ok(NatsCluster { nodes })
     }
 
-    /// All client URLs, comma-separated (what NATS clients accept as a server list).
-    pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+    /// The client URLs of all nodes.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
     }
 
     /// Node `i`.

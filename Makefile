@@ -1,0 +1,14 @@
+# Walbrook's two commands. Both install what is missing first (scripts/setup.sh).
+.PHONY: demo test setup
+
+## make demo: run the pipeline on a demo table next to throwaway PostgreSQL + NATS
+demo:
+	bash scripts/demo.sh
+
+## make test: every Rust and Python test, against real servers, plus fmt and clippy
+test:
+	bash scripts/test.sh
+
+## make setup: only install what is missing
+setup:
+	bash scripts/setup.sh
