@@ -1,6 +1,11 @@
 //! The Walbrook producer appliance.
 //!
-//! **Status: not built yet** (issue #4). This crate will read PostgreSQL logical
-//! replication (pgoutput), encode every change as Avro and publish it to NATS
-//! JetStream, confirming an LSN to PostgreSQL only after JetStream acknowledged
-//! every change up to it. Nothing here is usable yet.
+//! **Status: being built** (issue #4). Working and tested so far: the pure pgoutput
+//! decoder ([`pgoutput`]) and the WAL position newtypes ([`lsn`]). The replication
+//! loop, Avro encoding and JetStream publishing are not built yet; the wire contract
+//! they implement is `docs/protocol.md`.
+
+pub mod lsn;
+pub mod pgoutput;
+
+pub use lsn::{Lsn, Xid};
