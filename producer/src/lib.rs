@@ -1,11 +1,15 @@
 //! The Walbrook producer appliance.
 //!
 //! **Status: being built** (issue #4). Working and tested so far: the pure pgoutput
-//! decoder ([`pgoutput`]) and the WAL position newtypes ([`lsn`]). The replication
+//! decoder ([`pgoutput`]), the WAL position newtypes ([`lsn`]), subject and stream
+//! naming with reversible escaping ([`subject`]), and the pipelined, in-order,
+//! lossless JetStream publisher ([`publish`]). The replication
 //! loop, Avro encoding and JetStream publishing are not built yet; the wire contract
 //! they implement is `docs/protocol.md`.
 
 pub mod lsn;
 pub mod pgoutput;
+pub mod publish;
+pub mod subject;
 
 pub use lsn::{Lsn, Xid};

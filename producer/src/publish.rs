@@ -1,0 +1,341 @@
+//! Pipelined JetStream publishing with in-order completion and lossless retry.
+//!
+//! ```text
+//!  push(msg) ──► send_publish ──► window (VecDeque, bounded) ──► complete_front()
+//!                                   │  Publish{msg, ack future}      │ await ack in order
+//!                                   │  Confirm(lsn)                  │ Confirm: lsn is durable
+//! ```
+//!
+//! The window holds at most `max_inflight` un-acked publishes. Acks are awaited in
+//! publication order, so when a [`Entry::Confirm`] marker reaches the front, every
+//! message pushed before it has been stored by JetStream: that is the only place the
+//! confirmed LSN moves ([`Publisher::confirmed`]).
+//!
+//! When an ack fails (timeout, connection loss, server error that may be transient),
+//! the publisher re-sends **that message and every message after it**, in order, with
+//! the same `Nats-Msg-Id`s, and keeps doing so with backoff until JetStream acks them
+//! or a definite error ([`PublishFailure::is_definite`]) stops it. Re-sent copies
+//! that JetStream already stored are dropped by its duplicate window, so the stream
+//! keeps the original order with no gap and no duplicate.
+//!
+//! The window never holds more than `async_nats`' own ack permits (the context is
+//! built with more permits than the window), which avoids the ack-window deadlock.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+
+use crate::lsn::Lsn;
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub struct OutMessage {
+    /// The subject.
+    pub subject: String,
+    /// Headers, including `Nats-Msg-Id`.
+    pub headers: HeaderMap,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// A pending JetStream acknowledgement, kept in the window until it resolves.
+type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+
+enum Entry {
+    Publish {
+        message: OutMessage,
+        ack: Option<AckFuture>,
+    },
+    Confirm(Lsn),
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Publish { message, ack } => f
+                .debug_struct("Publish")
+                .field("subject", &message.subject)
+                .field("sent", &ack.is_some())
+                .finish(),
+            Entry::Confirm(lsn) => f.debug_tuple("Confirm").field(lsn).finish(),
+        }
+    }
+}
+
+/// Why publishing stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing to {subject} failed: {detail}")]
+pub struct PublishFailure {
+    /// The subject of the message that could not be stored.
+    pub subject: String,
+    /// What JetStream or the client said.
+    pub detail: String,
+    definite: bool,
+}
+
+impl PublishFailure {
+    /// A definite failure will not go away by retrying (e.g. a message larger than the
+    /// server accepts, or a subject no stream captures); the producer must stop.
+    pub fn is_definite(&self) -> bool {
+        self.definite
+    }
+}
+
+/// Retry policy for failed publishes.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// First backoff.
+    pub initial_backoff: Duration,
+    /// Backoff ceiling.
+    pub max_backoff: Duration,
+    /// Give up (as a transient failure) after this long without progress; `None`
+    /// retries forever.
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            give_up_after: None,
+        }
+    }
+}
+
+/// Publishes messages with a bounded window of outstanding acks; see the module docs.
+#[derive(Debug)]
+pub struct Publisher {
+    js: jetstream::Context,
+    window: VecDeque<Entry>,
+    in_flight: usize,
+    max_inflight: usize,
+    confirmed: Lsn,
+    retry: RetryPolicy,
+    acked: u64,
+    duplicates: u64,
+    retries: u64,
+}
+
+/// Builds the JetStream context a [`Publisher`] needs: more ack permits than the window
+/// so the window, not the permit semaphore, is what bounds publishing; `ack_timeout` is
+/// how long one ack may take before the window is re-sent.
+pub fn context_for(
+    client: async_nats::Client,
+    max_inflight: usize,
+    ack_timeout: Duration,
+) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(ack_timeout)
+        .max_ack_inflight(max_inflight + 64)
+        .backpressure_on_inflight(false)
+        .build(client)
+}
+
+impl Publisher {
+    /// A publisher over `js` (see [`context_for`]) with at most `max_inflight`
+    /// un-acked publishes.
+    pub fn new(js: jetstream::Context, max_inflight: usize, retry: RetryPolicy) -> Publisher {
+        Publisher {
+            js,
+            window: VecDeque::new(),
+            in_flight: 0,
+            max_inflight: max_inflight.max(1),
+            confirmed: Lsn::ZERO,
+            retry,
+            acked: 0,
+            duplicates: 0,
+            retries: 0,
+        }
+    }
+
+    /// Queues a message; waits for the oldest acks first when the window is full.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a cancelled call may leave the message unsent. The producer
+    /// only cancels it on shutdown, when un-confirmed work is replayed anyway.
+    pub async fn push(&mut self, message: OutMessage) -> Result<(), PublishFailure> {
+        while self.in_flight >= self.max_inflight {
+            self.complete_front().await?;
+        }
+        let ack = self.send(&message).await.ok();
+        self.window.push_back(Entry::Publish { message, ack });
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Marks `lsn` as durable once every message pushed so far is acked.
+    pub fn push_confirm(&mut self, lsn: Lsn) {
+        if self.window.is_empty() {
+            self.confirmed = self.confirmed.max(lsn);
+        } else {
+            self.window.push_back(Entry::Confirm(lsn));
+        }
+    }
+
+    /// Waits until every pushed message is acked (and every confirm marker applied).
+    pub async fn flush(&mut self) -> Result<(), PublishFailure> {
+        while !self.window.is_empty() {
+            self.complete_front().await?;
+        }
+        Ok(())
+    }
+
+    /// The highest LSN all of whose messages JetStream has acked.
+    pub fn confirmed(&self) -> Lsn {
+        self.confirmed
+    }
+
+    /// Number of un-acked publishes.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Counters: (acked, of which duplicates, re-sends).
+    pub fn counters(&self) -> (u64, u64, u64) {
+        (self.acked, self.duplicates, self.retries)
+    }
+
+    async fn send(&self, message: &OutMessage) -> Result<AckFuture, PublishFailure> {
+        send(&self.js, message).await
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.window.is_empty()
+    }
+
+    /// Whether another message can be pushed without waiting for acks.
+    pub fn has_room(&self) -> bool {
+        self.in_flight < self.max_inflight
+    }
+
+    /// Waits for the oldest pending entry to complete (retrying as described in the
+    /// module docs); returns at once when nothing is pending.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: an ack being awaited stays in the window, and a retry interrupted
+    /// in its backoff resumes on the next call; nothing is lost or reordered.
+    pub async fn complete_one(&mut self) -> Result<(), PublishFailure> {
+        self.complete_front().await
+    }
+
+    async fn complete_front(&mut self) -> Result<(), PublishFailure> {
+        let mut backoff = self.retry.initial_backoff;
+        let started = tokio::time::Instant::now();
+        loop {
+            let outcome = match self.window.front_mut() {
+                None => return Ok(()),
+                Some(Entry::Confirm(lsn)) => {
+                    self.confirmed = self.confirmed.max(*lsn);
+                    self.window.pop_front();
+                    return Ok(());
+                }
+                Some(Entry::Publish { message, ack }) => match ack {
+                    Some(future) => {
+                        let result = future.as_mut().await;
+                        *ack = None;
+                        result.map_err(|e| classify(&message.subject, e.kind(), &e.to_string()))
+                    }
+                    None => Err(PublishFailure {
+                        subject: message.subject.clone(),
+                        detail: "not sent (client not connected)".into(),
+                        definite: false,
+                    }),
+                },
+            };
+            match outcome {
+                Ok(ack) => {
+                    self.acked += 1;
+                    if ack.duplicate {
+                        self.duplicates += 1;
+                    }
+                    self.window.pop_front();
+                    self.in_flight -= 1;
+                    return Ok(());
+                }
+                Err(failure) if failure.definite => return Err(failure),
+                Err(failure) => {
+                    if let Some(limit) = self.retry.give_up_after
+                        && started.elapsed() >= limit
+                    {
+                        return Err(failure);
+                    }
+                    tracing::warn!(
+                        subject = %failure.subject,
+                        error = %failure.detail,
+                        backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        in_flight = self.in_flight,
+                        "JetStream did not ack; re-sending the window in order"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    self.resend_window().await?;
+                }
+            }
+        }
+    }
+
+    /// Re-sends every un-acked message in order, replacing their ack futures.
+    async fn resend_window(&mut self) -> Result<(), PublishFailure> {
+        let js = self.js.clone();
+        for entry in &mut self.window {
+            if let Entry::Publish { message, ack } = entry {
+                // Drop the old future first: it holds an ack permit.
+                *ack = None;
+                match send(&js, message).await {
+                    Ok(future) => *ack = Some(future),
+                    Err(failure) if failure.definite => return Err(failure),
+                    // Left unsent: the next completion retries it.
+                    Err(_) => {}
+                }
+                self.retries += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn send(js: &jetstream::Context, message: &OutMessage) -> Result<AckFuture, PublishFailure> {
+    let publish = PublishMessage::build()
+        .payload(message.payload.clone())
+        .headers(message.headers.clone());
+    js.send_publish(message.subject.clone(), publish)
+        .await
+        .map(|future| Box::pin(future.into_future()) as AckFuture)
+        .map_err(|e| classify(&message.subject, e.kind(), &e.to_string()))
+}
+
+/// Decides once whether a publish error is worth retrying.
+fn classify(subject: &str, kind: PublishErrorKind, detail: &str) -> PublishFailure {
+    let definite = match kind {
+        // The message can never fit: retrying would loop forever.
+        PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => true,
+        // A stream can be (re)created by an operator; keep trying, loudly.
+        PublishErrorKind::StreamNotFound => false,
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => false,
+        PublishErrorKind::Other => {
+            // JetStream answers stream-limit violations with an API error; those do
+            // not resolve themselves.
+            detail.contains("maximum messages exceeded")
+                || detail.contains("maximum bytes exceeded")
+                || detail.contains("message size exceeds maximum")
+        }
+    };
+    PublishFailure {
+        subject: subject.to_string(),
+        detail: detail.to_string(),
+        definite,
+    }
+}

@@ -1,0 +1,206 @@
+//! NATS subjects and JetStream stream names (docs/protocol.md §1–2).
+//!
+//! Every PostgreSQL name placed in a subject is escaped into exactly one NATS token by
+//! a reversible rule: ASCII letters, digits, `_` and `-` stand for themselves; every
+//! other byte of the UTF-8 encoding (including `~`) becomes `~XX` with two uppercase
+//! hex digits. A `.`, `*`, `>` or space in a table name can therefore never change the
+//! subject structure, and the escaped form is also a valid stream name.
+
+use std::fmt::Write;
+
+/// Escapes a name into one NATS subject token.
+pub fn escape_token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "~{byte:02X}");
+        }
+    }
+    out
+}
+
+/// Why a token is not the escaped form of a name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{token:?} is not an escaped name: {reason}")]
+pub struct UnescapeError {
+    token: String,
+    reason: &'static str,
+}
+
+/// Reverses [`escape_token`].
+pub fn unescape_token(token: &str) -> Result<String, UnescapeError> {
+    let error = |reason| UnescapeError {
+        token: token.to_string(),
+        reason,
+    };
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'~' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or_else(|| error("'~' must be followed by two hex digits"))?;
+                let hex = std::str::from_utf8(hex).map_err(|_| error("bad escape"))?;
+                if !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+                {
+                    return Err(error("escapes use uppercase hex digits"));
+                }
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| error("bad escape"))?);
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return Err(error("contains a character that escaping never produces")),
+        }
+    }
+    String::from_utf8(out).map_err(|_| error("escapes do not form UTF-8"))
+}
+
+/// The subject and stream names of one source database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    root: String,
+    db: String,
+}
+
+/// The kinds of JetStream stream Walbrook keeps per database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Change events.
+    Wal,
+    /// Schema announcements.
+    Schema,
+    /// Snapshot data.
+    Snap,
+}
+
+impl StreamKind {
+    fn subject_word(self) -> &'static str {
+        match self {
+            StreamKind::Wal => "wal",
+            StreamKind::Schema => "schema",
+            StreamKind::Snap => "snap",
+        }
+    }
+
+    fn stream_word(self) -> &'static str {
+        match self {
+            StreamKind::Wal => "WAL",
+            StreamKind::Schema => "SCHEMA",
+            StreamKind::Snap => "SNAP",
+        }
+    }
+}
+
+impl Subjects {
+    /// Names for database `database` under subject root `root`.
+    pub fn new(root: &str, database: &str) -> Subjects {
+        Subjects {
+            root: root.to_string(),
+            db: escape_token(database),
+        }
+    }
+
+    /// `<root>.<db>.wal.<schema>.<table>`
+    pub fn change(&self, schema: &str, table: &str) -> String {
+        self.table_subject(StreamKind::Wal, schema, table)
+    }
+
+    /// `<root>.<db>.schema.<schema>.<table>`
+    pub fn schema_announcement(&self, schema: &str, table: &str) -> String {
+        self.table_subject(StreamKind::Schema, schema, table)
+    }
+
+    /// `<root>.<db>.rpc.schema`
+    pub fn schema_rpc(&self) -> String {
+        format!("{}.{}.rpc.schema", self.root, self.db)
+    }
+
+    /// The wildcard a kind's stream captures: `<root>.<db>.<kind>.>`.
+    pub fn stream_subjects(&self, kind: StreamKind) -> String {
+        format!("{}.{}.{}.>", self.root, self.db, kind.subject_word())
+    }
+
+    /// The stream name: `<root>_<db>_<KIND>`.
+    pub fn stream_name(&self, kind: StreamKind) -> String {
+        format!(
+            "{}_{}_{}",
+            self.root.replace('.', "_"),
+            self.db,
+            kind.stream_word()
+        )
+    }
+
+    fn table_subject(&self, kind: StreamKind, schema: &str, table: &str) -> String {
+        format!(
+            "{}.{}.{}.{}.{}",
+            self.root,
+            self.db,
+            kind.subject_word(),
+            escape_token(schema),
+            escape_token(table)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_as_documented() {
+        assert_eq!(escape_token("orders"), "orders");
+        assert_eq!(escape_token("my.table"), "my~2Etable");
+        assert_eq!(escape_token("Ünïcode tbl"), "~C3~9Cn~C3~AFcode~20tbl");
+        assert_eq!(escape_token("a~b"), "a~7Eb");
+        assert_eq!(escape_token("*>"), "~2A~3E");
+    }
+
+    #[test]
+    fn unescape_reverses_escape() {
+        for name in [
+            "",
+            "orders",
+            "my.table",
+            "Ünïcode tbl",
+            "a~b",
+            "~7E",
+            "x\0y",
+            "日本",
+        ] {
+            assert_eq!(unescape_token(&escape_token(name)).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn unescape_rejects_what_escape_never_produces() {
+        for bad in ["a.b", "~", "~4", "~zz", "~2e", "~FF", "a b"] {
+            assert!(unescape_token(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_names_stay_one_token() {
+        let subjects = Subjects::new("WALBROOK", "shop.db");
+        let subject = subjects.change("public", "x.> *");
+        assert_eq!(subject, "WALBROOK.shop~2Edb.wal.public.x~2E~3E~20~2A");
+        assert_eq!(subject.split('.').count(), 5);
+        assert_eq!(
+            subjects.stream_name(StreamKind::Wal),
+            "WALBROOK_shop~2Edb_WAL"
+        );
+        assert_eq!(
+            subjects.stream_subjects(StreamKind::Wal),
+            "WALBROOK.shop~2Edb.wal.>"
+        );
+        assert_eq!(subjects.schema_rpc(), "WALBROOK.shop~2Edb.rpc.schema");
+    }
+}
