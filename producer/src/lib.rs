@@ -7,6 +7,7 @@
 //! loop, Avro encoding and JetStream publishing are not built yet; the wire contract
 //! they implement is `docs/protocol.md`.
 
+pub mod config;
 pub mod lsn;
 pub mod pgoutput;
 pub mod publish;
