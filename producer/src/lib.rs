@@ -11,6 +11,7 @@ pub mod config;
 pub mod lsn;
 pub mod pgoutput;
 pub mod publish;
+pub mod replication;
 pub mod subject;
 
 pub use lsn::{Lsn, Xid};
