@@ -165,7 +165,7 @@ impl ReplicationStream {
     /// # Cancel safety
     /// Cancel safe: an event not yet returned stays in the transport's channel.
     pub async fn next(&mut self) -> Result<Option<StreamItem>, ReplicationError> {
-        loop {
+        {
             let Some(event) = self.client.recv().await? else {
                 return Ok(None);
             };
@@ -208,7 +208,7 @@ impl ReplicationStream {
                 },
                 ReplicationEvent::StoppedAt { .. } => return Ok(None),
             };
-            return Ok(Some(item));
+            Ok(Some(item))
         }
     }
 
