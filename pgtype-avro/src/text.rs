@@ -393,6 +393,9 @@ fn parse_interval_iso(s: &str) -> Result<PgInterval, String> {
         }
         let num = &s[start..i];
         let unit = *b.get(i).ok_or("number without designator")?;
+        if !unit.is_ascii_alphabetic() {
+            return Err("expected an ISO 8601 designator".into());
+        }
         i += 1;
         let (neg, body) = match num.as_bytes().first() {
             Some(b'-') => (true, &num[1..]),
@@ -776,7 +779,7 @@ fn split_multirange(text: &str) -> Result<Vec<&str>, String> {
                     _ => return Err("expected , or }".into()),
                 }
             }
-            Some(_) if text[i..].len() >= 5 && text[i..i + 5].eq_ignore_ascii_case("empty") => {
+            Some(_) if b.len() >= i + 5 && b[i..i + 5].eq_ignore_ascii_case(b"empty") => {
                 i += 5;
                 skip_ws(b, &mut i);
                 if b.get(i) == Some(&b',') {
