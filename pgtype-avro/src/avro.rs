@@ -1,0 +1,523 @@
+//! Conversion between typed PostgreSQL values and Avro values.
+
+use apache_avro::types::Value;
+use num_bigint::{BigInt, Sign};
+
+use crate::Error;
+use crate::schema::{
+    INFINITY_SYMBOLS, NUMERIC_SPECIAL_SYMBOLS, branch_count, numeric_decimal_params,
+};
+use crate::types::{Builtin, PgType};
+use crate::value::{
+    ArrayDim, PgArray, PgDate, PgInterval, PgNumeric, PgRange, PgTimestamp, PgValue, RangeBound,
+};
+
+fn type_err(ty: &PgType, v: &PgValue) -> Error {
+    let mut value = format!("{v:?}");
+    value.truncate(100);
+    Error::ValueType {
+        type_name: ty.name(),
+        value,
+    }
+}
+
+fn shape(ty: &PgType, v: &Value) -> Error {
+    let mut detail = format!("{v:?}");
+    detail.truncate(200);
+    Error::AvroShape {
+        type_name: ty.name(),
+        detail,
+    }
+}
+
+fn infinity(i: u32) -> Value {
+    Value::Enum(i, INFINITY_SYMBOLS[i as usize].to_owned())
+}
+
+/// Converts a non-null value to (branch index within the type's branches, Avro value).
+pub(crate) fn to_branch(ty: &PgType, typmod: i32, v: &PgValue) -> Result<(u32, Value), Error> {
+    use Builtin::*;
+    let plain = |x: Value| Ok((0, x));
+    match (ty, v) {
+        (
+            PgType::Domain {
+                base, base_typmod, ..
+            },
+            v,
+        ) => to_branch(base, if typmod >= 0 { typmod } else { *base_typmod }, v),
+        (PgType::Builtin(b), v) => match (b, v) {
+            (Bool, PgValue::Bool(x)) => plain(Value::Boolean(*x)),
+            (Int2, PgValue::Int2(x)) => plain(Value::Int(i32::from(*x))),
+            (Int4, PgValue::Int4(x)) => plain(Value::Int(*x)),
+            (Int8, PgValue::Int8(x)) => plain(Value::Long(*x)),
+            (Oid | Xid | Cid, PgValue::Oid(x)) => plain(Value::Long(i64::from(*x))),
+            // Bit pattern: values >= 2^63 become negative longs and come back exactly.
+            (Xid8 | PgLsn, PgValue::U64(x)) => plain(Value::Long(*x as i64)),
+            (Float4, PgValue::Float4(x)) => plain(Value::Float(*x)),
+            (Float8, PgValue::Float8(x)) => plain(Value::Double(*x)),
+            (Numeric, PgValue::Numeric(n)) => match numeric_decimal_params(typmod) {
+                None => plain(Value::String(n.to_string())),
+                Some((p, s)) => match n {
+                    PgNumeric::NaN => Ok((1, Value::Enum(0, NUMERIC_SPECIAL_SYMBOLS[0].into()))),
+                    PgNumeric::Infinity => {
+                        Ok((1, Value::Enum(1, NUMERIC_SPECIAL_SYMBOLS[1].into())))
+                    }
+                    PgNumeric::NegInfinity => {
+                        Ok((1, Value::Enum(2, NUMERIC_SPECIAL_SYMBOLS[2].into())))
+                    }
+                    PgNumeric::Finite(t) => {
+                        let unscaled = unscaled(t, p, s).ok_or_else(|| type_err(ty, v))?;
+                        plain(Value::Decimal(apache_avro::Decimal::from(
+                            unscaled.to_signed_bytes_be(),
+                        )))
+                    }
+                },
+            },
+            (Bytea, PgValue::Bytes(x)) => plain(Value::Bytes(x.clone())),
+            (Uuid, PgValue::Uuid(u)) => plain(Value::Uuid(*u)),
+            (Date, PgValue::Date(d)) => match d {
+                PgDate::Days(x) => plain(Value::Date(*x)),
+                PgDate::Infinity => Ok((1, infinity(0))),
+                PgDate::NegInfinity => Ok((1, infinity(1))),
+            },
+            (Time, PgValue::Time(x)) => plain(Value::TimeMicros(*x)),
+            (
+                TimeTz,
+                PgValue::TimeTz {
+                    micros,
+                    offset_seconds,
+                },
+            ) => plain(Value::Record(vec![
+                ("micros".into(), Value::TimeMicros(*micros)),
+                ("offset_seconds".into(), Value::Int(*offset_seconds)),
+            ])),
+            (Timestamp, PgValue::Timestamp(t)) | (TimestampTz, PgValue::TimestampTz(t)) => {
+                match t {
+                    PgTimestamp::Micros(x) => plain(if *b == Timestamp {
+                        Value::LocalTimestampMicros(*x)
+                    } else {
+                        Value::TimestampMicros(*x)
+                    }),
+                    PgTimestamp::Infinity => Ok((1, infinity(0))),
+                    PgTimestamp::NegInfinity => Ok((1, infinity(1))),
+                }
+            }
+            (Interval, PgValue::Interval(iv)) => plain(Value::Record(vec![
+                ("months".into(), Value::Int(iv.months)),
+                ("days".into(), Value::Int(iv.days)),
+                ("micros".into(), Value::Long(iv.micros)),
+            ])),
+            (Json | Jsonb, PgValue::Json(s)) => plain(Value::String(s.clone())),
+            (
+                Bool | Int2 | Int4 | Int8 | Oid | Xid | Cid | Xid8 | PgLsn | Float4 | Float8
+                | Numeric | Bytea | Uuid | Date | Time | TimeTz | Timestamp | TimestampTz
+                | Interval | Json | Jsonb,
+                _,
+            ) => Err(type_err(ty, v)),
+            (_, PgValue::Text(s)) => plain(Value::String(s.clone())),
+            _ => Err(type_err(ty, v)),
+        },
+        (PgType::Enum { .. } | PgType::Other { .. }, PgValue::Text(s)) => {
+            plain(Value::String(s.clone()))
+        }
+        (PgType::Array { element, .. }, PgValue::Array(a)) => {
+            let expected: i64 = a.dims.iter().map(|d| i64::from(d.length)).product();
+            if (a.dims.is_empty() && !a.elements.is_empty())
+                || (!a.dims.is_empty() && expected != a.elements.len() as i64)
+            {
+                return Err(type_err(ty, v));
+            }
+            let dims = a
+                .dims
+                .iter()
+                .map(|d| {
+                    Value::Record(vec![
+                        ("lower".into(), Value::Int(d.lower)),
+                        ("length".into(), Value::Int(d.length)),
+                    ])
+                })
+                .collect();
+            let mut elements = Vec::with_capacity(a.elements.len());
+            for e in &a.elements {
+                elements.push(to_slot(element, typmod, e, true, false)?);
+            }
+            plain(Value::Record(vec![
+                ("dims".into(), Value::Array(dims)),
+                ("elements".into(), Value::Array(elements)),
+            ]))
+        }
+        (PgType::Range { subtype, .. }, PgValue::Range(r)) => plain(range_value(subtype, r)?),
+        (PgType::Multirange { range, .. }, PgValue::Multirange(rs)) => {
+            let PgType::Range { subtype, .. } = range.as_ref() else {
+                return Err(type_err(ty, v));
+            };
+            let mut out = Vec::with_capacity(rs.len());
+            for r in rs {
+                out.push(range_value(subtype, r)?);
+            }
+            plain(Value::Array(out))
+        }
+        (PgType::Composite { fields, .. }, PgValue::Composite(vals)) => {
+            if fields.len() != vals.len() {
+                return Err(type_err(ty, v));
+            }
+            let mut out = Vec::with_capacity(fields.len());
+            for (f, (_, fv)) in fields.iter().zip(vals) {
+                out.push((
+                    crate::names::encode_name(&f.name),
+                    to_slot(&f.pg_type, f.typmod, fv, true, false)?,
+                ));
+            }
+            plain(Value::Record(out))
+        }
+        _ => Err(type_err(ty, v)),
+    }
+}
+
+fn range_value(subtype: &PgType, r: &PgRange) -> Result<Value, Error> {
+    let (empty, lower, upper) = match r {
+        PgRange::Empty => (true, &RangeBound::Unbounded, &RangeBound::Unbounded),
+        PgRange::Bounds { lower, upper } => (false, lower, upper),
+    };
+    let bound = |b: &RangeBound| -> Result<(Value, bool), Error> {
+        Ok(match b {
+            RangeBound::Unbounded => (Value::Union(0, Box::new(Value::Null)), false),
+            RangeBound::Inclusive(v) => (to_slot(subtype, -1, v, true, false)?, true),
+            RangeBound::Exclusive(v) => (to_slot(subtype, -1, v, true, false)?, false),
+        })
+    };
+    let (lo, lo_inc) = bound(lower)?;
+    let (hi, hi_inc) = bound(upper)?;
+    Ok(Value::Record(vec![
+        ("empty".into(), Value::Boolean(empty)),
+        ("lower".into(), lo),
+        ("lower_inclusive".into(), Value::Boolean(lo_inc)),
+        ("upper".into(), hi),
+        ("upper_inclusive".into(), Value::Boolean(hi_inc)),
+    ]))
+}
+
+/// The unscaled integer of decimal text at `scale`, if it fits `precision` digits.
+fn unscaled(text: &str, precision: u32, scale: u32) -> Option<BigInt> {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let scale = scale as usize;
+    let frac_trimmed = if frac.len() > scale {
+        let (keep, extra) = frac.split_at(scale);
+        if extra.bytes().any(|c| c != b'0') {
+            return None;
+        }
+        keep
+    } else {
+        frac
+    };
+    let mut digits = String::with_capacity(int.len() + scale);
+    digits.push_str(int.trim_start_matches('0'));
+    digits.push_str(frac_trimmed);
+    for _ in frac_trimmed.len()..scale {
+        digits.push('0');
+    }
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > precision as usize {
+        return None;
+    }
+    if digits.is_empty() {
+        return Some(BigInt::from(0));
+    }
+    let n = BigInt::parse_bytes(digits.as_bytes(), 10)?;
+    Some(if neg { -n } else { n })
+}
+
+fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
+    let neg = unscaled.sign() == Sign::Minus;
+    let mut digits = unscaled.magnitude().to_str_radix(10);
+    let scale = scale as usize;
+    if scale > 0 {
+        while digits.len() <= scale {
+            digits.insert(0, '0');
+        }
+        digits.insert(digits.len() - scale, '.');
+    }
+    if neg {
+        digits.insert(0, '-');
+    }
+    digits
+}
+
+/// Converts a value for a slot: `null` first when `nullable`, the unchanged marker last when
+/// `unchanged`; a union when that gives more than one branch.
+pub(crate) fn to_slot(
+    ty: &PgType,
+    typmod: i32,
+    v: &PgValue,
+    nullable: bool,
+    unchanged: bool,
+) -> Result<Value, Error> {
+    let n = branch_count(ty, typmod) as u32;
+    let offset = u32::from(nullable);
+    let is_union = nullable || unchanged || n > 1;
+    match v {
+        PgValue::Null if nullable => Ok(Value::Union(0, Box::new(Value::Null))),
+        PgValue::Unchanged if unchanged => {
+            Ok(Value::Union(offset + n, Box::new(Value::Record(vec![]))))
+        }
+        PgValue::Null | PgValue::Unchanged => Err(type_err(ty, v)),
+        v => {
+            let (i, val) = to_branch(ty, typmod, v)?;
+            Ok(if is_union {
+                Value::Union(offset + i, Box::new(val))
+            } else {
+                val
+            })
+        }
+    }
+}
+
+/// Inverse of [`to_slot`].
+pub(crate) fn from_slot(
+    ty: &PgType,
+    typmod: i32,
+    v: &Value,
+    nullable: bool,
+    unchanged: bool,
+) -> Result<PgValue, Error> {
+    let n = branch_count(ty, typmod) as u32;
+    let offset = u32::from(nullable);
+    let is_union = nullable || unchanged || n > 1;
+    if !is_union {
+        return from_branch(ty, typmod, 0, v);
+    }
+    let Value::Union(i, inner) = v else {
+        return Err(shape(ty, v));
+    };
+    if nullable && *i == 0 {
+        return Ok(PgValue::Null);
+    }
+    if unchanged && *i == offset + n {
+        return Ok(PgValue::Unchanged);
+    }
+    if *i < offset || *i >= offset + n {
+        return Err(shape(ty, v));
+    }
+    from_branch(ty, typmod, *i - offset, inner)
+}
+
+fn record_field<'a>(ty: &PgType, v: &'a Value, name: &str) -> Result<&'a Value, Error> {
+    match v {
+        Value::Record(fields) => fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| shape(ty, v)),
+        _ => Err(shape(ty, v)),
+    }
+}
+
+/// Converts a branch value back to a typed value.
+pub(crate) fn from_branch(ty: &PgType, typmod: i32, i: u32, v: &Value) -> Result<PgValue, Error> {
+    use Builtin::*;
+    let bad = || shape(ty, v);
+    Ok(match ty {
+        PgType::Domain {
+            base, base_typmod, ..
+        } => return from_branch(base, if typmod >= 0 { typmod } else { *base_typmod }, i, v),
+        PgType::Builtin(b) => match (b, i, v) {
+            (Bool, 0, Value::Boolean(x)) => PgValue::Bool(*x),
+            (Int2, 0, Value::Int(x)) => PgValue::Int2(i16::try_from(*x).map_err(|_| bad())?),
+            (Int4, 0, Value::Int(x)) => PgValue::Int4(*x),
+            (Int8, 0, Value::Long(x)) => PgValue::Int8(*x),
+            (Oid | Xid | Cid, 0, Value::Long(x)) => {
+                PgValue::Oid(u32::try_from(*x).map_err(|_| bad())?)
+            }
+            (Xid8 | PgLsn, 0, Value::Long(x)) => PgValue::U64(*x as u64),
+            (Float4, 0, Value::Float(x)) => PgValue::Float4(*x),
+            (Float8, 0, Value::Double(x)) => PgValue::Float8(*x),
+            (Numeric, 0, Value::String(s)) if numeric_decimal_params(typmod).is_none() => {
+                PgValue::Numeric(crate::text::parse_numeric(s).ok_or_else(bad)?)
+            }
+            (Numeric, 0, Value::Decimal(d)) => {
+                let (_, s) = numeric_decimal_params(typmod).ok_or_else(bad)?;
+                let n = BigInt::from(d.clone());
+                PgValue::Numeric(PgNumeric::Finite(decimal_text(&n, s)))
+            }
+            (Numeric, 1, Value::Enum(k, _)) => PgValue::Numeric(match k {
+                0 => PgNumeric::NaN,
+                1 => PgNumeric::Infinity,
+                2 => PgNumeric::NegInfinity,
+                _ => return Err(bad()),
+            }),
+            (Bytea, 0, Value::Bytes(x)) => PgValue::Bytes(x.clone()),
+            (Uuid, 0, Value::Uuid(u)) => PgValue::Uuid(*u),
+            (Uuid, 0, Value::String(s)) => {
+                PgValue::Uuid(uuid::Uuid::parse_str(s).map_err(|_| bad())?)
+            }
+            (Date, 0, Value::Date(d)) | (Date, 0, Value::Int(d)) => PgValue::Date(PgDate::Days(*d)),
+            (Date, 1, Value::Enum(k, _)) => PgValue::Date(match k {
+                0 => PgDate::Infinity,
+                1 => PgDate::NegInfinity,
+                _ => return Err(bad()),
+            }),
+            (Time, 0, Value::TimeMicros(x)) | (Time, 0, Value::Long(x)) => PgValue::Time(*x),
+            (TimeTz, 0, r @ Value::Record(_)) => {
+                let micros = match record_field(ty, r, "micros")? {
+                    Value::TimeMicros(x) | Value::Long(x) => *x,
+                    _ => return Err(bad()),
+                };
+                let offset_seconds = match record_field(ty, r, "offset_seconds")? {
+                    Value::Int(x) => *x,
+                    _ => return Err(bad()),
+                };
+                PgValue::TimeTz {
+                    micros,
+                    offset_seconds,
+                }
+            }
+            (Timestamp, 0, Value::LocalTimestampMicros(x)) | (Timestamp, 0, Value::Long(x)) => {
+                PgValue::Timestamp(PgTimestamp::Micros(*x))
+            }
+            (TimestampTz, 0, Value::TimestampMicros(x)) | (TimestampTz, 0, Value::Long(x)) => {
+                PgValue::TimestampTz(PgTimestamp::Micros(*x))
+            }
+            (Timestamp | TimestampTz, 1, Value::Enum(k, _)) => {
+                let t = match k {
+                    0 => PgTimestamp::Infinity,
+                    1 => PgTimestamp::NegInfinity,
+                    _ => return Err(bad()),
+                };
+                if *b == Timestamp {
+                    PgValue::Timestamp(t)
+                } else {
+                    PgValue::TimestampTz(t)
+                }
+            }
+            (Interval, 0, r @ Value::Record(_)) => {
+                let get_int = |n| match record_field(ty, r, n) {
+                    Ok(Value::Int(x)) => Ok(*x),
+                    _ => Err(bad()),
+                };
+                let micros = match record_field(ty, r, "micros")? {
+                    Value::Long(x) => *x,
+                    _ => return Err(bad()),
+                };
+                PgValue::Interval(PgInterval {
+                    months: get_int("months")?,
+                    days: get_int("days")?,
+                    micros,
+                })
+            }
+            (Json | Jsonb, 0, Value::String(s)) => PgValue::Json(s.clone()),
+            (
+                Bool | Int2 | Int4 | Int8 | Oid | Xid | Cid | Xid8 | PgLsn | Float4 | Float8
+                | Numeric | Bytea | Uuid | Date | Time | TimeTz | Timestamp | TimestampTz
+                | Interval | Json | Jsonb,
+                _,
+                _,
+            ) => return Err(bad()),
+            (_, 0, Value::String(s)) => PgValue::Text(s.clone()),
+            _ => return Err(bad()),
+        },
+        PgType::Enum { .. } | PgType::Other { .. } => match v {
+            Value::String(s) => PgValue::Text(s.clone()),
+            _ => return Err(bad()),
+        },
+        PgType::Array { element, .. } => {
+            let dims = match record_field(ty, v, "dims")? {
+                Value::Array(ds) => ds
+                    .iter()
+                    .map(|d| {
+                        match (
+                            record_field(ty, d, "lower")?,
+                            record_field(ty, d, "length")?,
+                        ) {
+                            (Value::Int(lower), Value::Int(length)) => Ok(ArrayDim {
+                                lower: *lower,
+                                length: *length,
+                            }),
+                            _ => Err(bad()),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?,
+                _ => return Err(bad()),
+            };
+            let elements = match record_field(ty, v, "elements")? {
+                Value::Array(es) => es
+                    .iter()
+                    .map(|e| from_slot(element, typmod, e, true, false))
+                    .collect::<Result<Vec<_>, Error>>()?,
+                _ => return Err(bad()),
+            };
+            PgValue::Array(PgArray { dims, elements })
+        }
+        PgType::Range { subtype, .. } => PgValue::Range(range_from(ty, subtype, v)?),
+        PgType::Multirange { range, .. } => {
+            let PgType::Range { subtype, .. } = range.as_ref() else {
+                return Err(bad());
+            };
+            match v {
+                Value::Array(rs) => PgValue::Multirange(
+                    rs.iter()
+                        .map(|r| range_from(ty, subtype, r))
+                        .collect::<Result<Vec<_>, Error>>()?,
+                ),
+                _ => return Err(bad()),
+            }
+        }
+        PgType::Composite { fields, .. } => {
+            let mut out = Vec::with_capacity(fields.len());
+            for f in fields {
+                let fv = record_field(ty, v, &crate::names::encode_name(&f.name))?;
+                out.push((
+                    f.name.clone(),
+                    from_slot(&f.pg_type, f.typmod, fv, true, false)?,
+                ));
+            }
+            PgValue::Composite(out)
+        }
+    })
+}
+
+fn range_from(ty: &PgType, subtype: &PgType, v: &Value) -> Result<PgRange, Error> {
+    let bad = || shape(ty, v);
+    let boolean = |n| match record_field(ty, v, n) {
+        Ok(Value::Boolean(b)) => Ok(*b),
+        _ => Err(bad()),
+    };
+    if boolean("empty")? {
+        return Ok(PgRange::Empty);
+    }
+    let bound = |n, inc: bool| -> Result<RangeBound, Error> {
+        let x = from_slot(subtype, -1, record_field(ty, v, n)?, true, false)?;
+        Ok(match x {
+            PgValue::Null => RangeBound::Unbounded,
+            x if inc => RangeBound::Inclusive(Box::new(x)),
+            x => RangeBound::Exclusive(Box::new(x)),
+        })
+    };
+    Ok(PgRange::Bounds {
+        lower: bound("lower", boolean("lower_inclusive")?)?,
+        upper: bound("upper", boolean("upper_inclusive")?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_conversion() {
+        let u = unscaled("231.112", 10, 5).unwrap();
+        assert_eq!(u, BigInt::from(23_111_200));
+        assert_eq!(u.to_signed_bytes_be(), vec![0x01, 0x60, 0xA6, 0x20]);
+        assert_eq!(decimal_text(&u, 5), "231.11200");
+        assert_eq!(decimal_text(&BigInt::from(-5), 3), "-0.005");
+        assert_eq!(decimal_text(&BigInt::from(0), 2), "0.00");
+        assert_eq!(decimal_text(&BigInt::from(42), 0), "42");
+        assert_eq!(unscaled("-0.005", 3, 3), Some(BigInt::from(-5)));
+        assert_eq!(unscaled("12345.6", 5, 1), None); // 6 digits > precision 5
+        assert_eq!(unscaled("1.25", 5, 1), None); // would round
+        assert_eq!(unscaled("1.20", 5, 1), Some(BigInt::from(12)));
+    }
+}

@@ -1,0 +1,315 @@
+//! Per-table Avro record schemas (`after`, `before`, snapshot `row`) and row conversion.
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use serde_json::{Map, Value as Json, json};
+
+use crate::Error;
+use crate::avro::{from_slot, to_slot};
+use crate::fingerprint::{self, Fingerprint};
+use crate::names::encode_name;
+use crate::schema::{NamedTypes, value_schema};
+use crate::text::{parse_text, render_text};
+use crate::types::{ColumnDesc, RelationDesc, ReplicaIdentity};
+use crate::value::PgValue;
+
+/// Which record of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// The new row of an insert/update: all columns; variable-length columns may carry the
+    /// "unchanged TOAST" marker.
+    After,
+    /// The old row of an update/delete: the replica identity columns (all columns under
+    /// REPLICA IDENTITY FULL).
+    Before,
+    /// A snapshot row: all columns, no unchanged marker.
+    Row,
+}
+
+impl RecordKind {
+    /// The record's simple name (`after`, `before`, `row`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::After => "after",
+            RecordKind::Before => "before",
+            RecordKind::Row => "row",
+        }
+    }
+}
+
+/// A column value as pgoutput delivers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnValue<'a> {
+    /// `n`: NULL.
+    Null,
+    /// `u`: unchanged TOASTed value.
+    Unchanged,
+    /// `t`: the value's text form.
+    Text(&'a str),
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    column: usize,
+    nullable: bool,
+    unchanged: bool,
+}
+
+/// One record schema of a table, ready to encode and decode rows.
+#[derive(Debug, Clone)]
+pub struct TableSchema {
+    kind: RecordKind,
+    relation: RelationDesc,
+    slots: Vec<Slot>,
+    json: Json,
+    schema: Schema,
+    fingerprint: Fingerprint,
+}
+
+/// The Avro records of one table.
+#[derive(Debug, Clone)]
+pub struct TableSchemas {
+    /// All columns of the new row.
+    pub after: TableSchema,
+    /// The identity columns of the old row; `None` when the table has no replica identity
+    /// (REPLICA IDENTITY NOTHING, or DEFAULT without a primary key).
+    pub before: Option<TableSchema>,
+    /// Snapshot rows.
+    pub row: TableSchema,
+}
+
+impl TableSchemas {
+    /// Builds the three record schemas for a relation.
+    pub fn new(relation: &RelationDesc) -> Result<TableSchemas, Error> {
+        Ok(TableSchemas {
+            after: TableSchema::new(relation, RecordKind::After)?,
+            before: match TableSchema::new(relation, RecordKind::Before) {
+                Ok(s) if !s.slots.is_empty() => Some(s),
+                Ok(_) => None,
+                Err(e) => return Err(e),
+            },
+            row: TableSchema::new(relation, RecordKind::Row)?,
+        })
+    }
+}
+
+/// The record JSON for `kind` of `relation`, defining named helper types in `named` (use one
+/// [`NamedTypes`] per schema document when embedding several records in an envelope).
+pub fn record_json(relation: &RelationDesc, kind: RecordKind, named: &mut NamedTypes) -> Json {
+    let slots = slots(relation, kind);
+    let fields: Vec<Json> = slots
+        .iter()
+        .map(|s| {
+            let c = &relation.columns[s.column];
+            field_json(
+                c,
+                value_schema(&c.pg_type, c.typmod, s.nullable, s.unchanged, named),
+            )
+        })
+        .collect();
+    json!({
+        "type": "record",
+        "name": kind.as_str(),
+        "namespace": format!("{}.{}", encode_name(&relation.schema), encode_name(&relation.table)),
+        "fields": fields,
+        "pgSchema": relation.schema,
+        "pgTable": relation.table,
+        "pgReplicaIdentity": char::from(relation.replica_identity.as_byte()).to_string(),
+    })
+}
+
+fn field_json(c: &ColumnDesc, ty: Json) -> Json {
+    let mut m = Map::new();
+    m.insert("name".into(), Json::String(encode_name(&c.name)));
+    m.insert("type".into(), ty);
+    m.insert("pgName".into(), Json::String(c.name.clone()));
+    m.insert("pgType".into(), Json::String(c.type_name.clone()));
+    m.insert("pgOid".into(), json!(c.pg_type.oid()));
+    m.insert("pgKey".into(), Json::Bool(c.is_key));
+    m.insert("pgNotNull".into(), Json::Bool(c.not_null));
+    Json::Object(m)
+}
+
+fn slots(relation: &RelationDesc, kind: RecordKind) -> Vec<Slot> {
+    relation
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| match kind {
+            RecordKind::After | RecordKind::Row => true,
+            RecordKind::Before => match relation.replica_identity {
+                ReplicaIdentity::Full => true,
+                ReplicaIdentity::Default | ReplicaIdentity::Index => c.is_key,
+                ReplicaIdentity::Nothing => false,
+            },
+        })
+        .map(|(i, c)| Slot {
+            column: i,
+            nullable: !c.not_null,
+            unchanged: kind == RecordKind::After && c.pg_type.is_varlena(),
+        })
+        .collect()
+}
+
+impl TableSchema {
+    /// Builds the record schema of `kind` for `relation`.
+    pub fn new(relation: &RelationDesc, kind: RecordKind) -> Result<TableSchema, Error> {
+        let json = record_json(relation, kind, &mut NamedTypes::new());
+        let schema = Schema::parse(&json)?;
+        let fingerprint = Fingerprint::of_json(&json)?;
+        Ok(TableSchema {
+            kind,
+            relation: relation.clone(),
+            slots: slots(relation, kind),
+            json,
+            schema,
+            fingerprint,
+        })
+    }
+
+    /// Which record this is.
+    pub fn kind(&self) -> RecordKind {
+        self.kind
+    }
+
+    /// The schema JSON (with the custom `pg*` properties).
+    pub fn json(&self) -> &Json {
+        &self.json
+    }
+
+    /// The parsed schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The spec CRC-64-AVRO fingerprint of this record as a standalone schema.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The columns in this record, in field order.
+    pub fn columns(&self) -> impl Iterator<Item = &ColumnDesc> {
+        self.slots.iter().map(|s| &self.relation.columns[s.column])
+    }
+
+    fn col_err(&self, slot: &Slot, e: Error) -> Error {
+        let c = &self.relation.columns[slot.column];
+        Error::Column {
+            column: c.name.clone(),
+            type_name: c.type_name.clone(),
+            oid: c.pg_type.oid(),
+            source: Box::new(e),
+        }
+    }
+
+    fn check_arity(&self, got: usize) -> Result<(), Error> {
+        let expected = self.relation.columns.len();
+        if got != expected {
+            return Err(Error::Arity { expected, got });
+        }
+        Ok(())
+    }
+
+    /// Converts pgoutput text values (one per relation column, in column order; values of
+    /// columns not in this record are ignored) to the Avro record value.
+    pub fn encode_text(&self, values: &[ColumnValue<'_>]) -> Result<Value, Error> {
+        self.check_arity(values.len())?;
+        let mut fields = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let c = &self.relation.columns[s.column];
+            let v = match values[s.column] {
+                ColumnValue::Null => PgValue::Null,
+                ColumnValue::Unchanged => PgValue::Unchanged,
+                ColumnValue::Text(t) => {
+                    parse_text(&c.pg_type, c.typmod, t).map_err(|e| self.col_err(s, e))?
+                }
+            };
+            let av = to_slot(&c.pg_type, c.typmod, &v, s.nullable, s.unchanged)
+                .map_err(|e| self.col_err(s, e))?;
+            fields.push((encode_name(&c.name), av));
+        }
+        Ok(Value::Record(fields))
+    }
+
+    /// Converts typed values (one per relation column) to the Avro record value.
+    pub fn encode_values(&self, values: &[PgValue]) -> Result<Value, Error> {
+        self.check_arity(values.len())?;
+        let mut fields = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let c = &self.relation.columns[s.column];
+            let av = to_slot(
+                &c.pg_type,
+                c.typmod,
+                &values[s.column],
+                s.nullable,
+                s.unchanged,
+            )
+            .map_err(|e| self.col_err(s, e))?;
+            fields.push((encode_name(&c.name), av));
+        }
+        Ok(Value::Record(fields))
+    }
+
+    /// Decodes an Avro record value of this schema into (original column name, value) pairs,
+    /// in field order.
+    pub fn decode_value(&self, value: &Value) -> Result<Vec<(String, PgValue)>, Error> {
+        let Value::Record(fields) = value else {
+            return Err(Error::AvroShape {
+                type_name: format!("{}.{}", self.relation.schema, self.relation.table),
+                detail: "not a record".into(),
+            });
+        };
+        if fields.len() != self.slots.len() {
+            return Err(Error::Arity {
+                expected: self.slots.len(),
+                got: fields.len(),
+            });
+        }
+        let mut out = Vec::with_capacity(fields.len());
+        for (s, (_, v)) in self.slots.iter().zip(fields) {
+            let c = &self.relation.columns[s.column];
+            let pv = from_slot(&c.pg_type, c.typmod, v, s.nullable, s.unchanged)
+                .map_err(|e| self.col_err(s, e))?;
+            out.push((c.name.clone(), pv));
+        }
+        Ok(out)
+    }
+
+    /// Renders decoded values (in field order, as [`TableSchema::decode_value`] returns them)
+    /// as PostgreSQL input text; `None` for NULL. Fails on [`PgValue::Unchanged`], which has no
+    /// text form (the writer must keep the old value).
+    pub fn render_text(&self, values: &[(String, PgValue)]) -> Result<Vec<Option<String>>, Error> {
+        if values.len() != self.slots.len() {
+            return Err(Error::Arity {
+                expected: self.slots.len(),
+                got: values.len(),
+            });
+        }
+        self.slots
+            .iter()
+            .zip(values)
+            .map(|(s, (_, v))| {
+                let c = &self.relation.columns[s.column];
+                render_text(&c.pg_type, v).map_err(|e| self.col_err(s, e))
+            })
+            .collect()
+    }
+
+    /// Encodes a record value as a single-object message with this schema's fingerprint.
+    pub fn to_single_object(&self, value: &Value) -> Result<Vec<u8>, Error> {
+        fingerprint::encode_single_object(&self.schema, self.fingerprint, value)
+    }
+
+    /// Decodes a single-object message written with this schema. Fails when the fingerprint
+    /// differs, the input is truncated or has trailing bytes.
+    pub fn from_single_object(&self, message: &[u8]) -> Result<Value, Error> {
+        let (fp, body) = fingerprint::split_single_object(message)?;
+        if fp != self.fingerprint {
+            return Err(Error::Framing(format!(
+                "fingerprint {fp} is not this schema's {}",
+                self.fingerprint
+            )));
+        }
+        fingerprint::decode_body(&self.schema, body)
+    }
+}

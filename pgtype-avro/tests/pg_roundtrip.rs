@@ -1,0 +1,725 @@
+//! PostgreSQL-oracle round trip: PostgreSQL renders each value as text (what pgoutput sends);
+//! we parse it, encode an Avro single-object message, decode it, render PostgreSQL input text,
+//! and PostgreSQL checks that the result `IS NOT DISTINCT FROM` the original and has the same
+//! text form. Types come from the catalogs (`format_type`, `pg_type`, `pg_enum`, …).
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use walbrook_pgtype_avro::types::BUILTIN_RANGES;
+use walbrook_pgtype_avro::{
+    Builtin, ColumnDesc, ColumnValue, CompositeField, PgType, RelationDesc, ReplicaIdentity,
+    TableSchemas,
+};
+
+const SETUP: &str = r#"
+CREATE EXTENSION citext;
+CREATE EXTENSION hstore;
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'with space', 'Ünïcode "q"');
+CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
+CREATE DOMAIN amount AS numeric(12,2);
+CREATE TYPE pair AS (a int4, "b-text" text, c numeric(5,2)[], d timestamptz, m mood);
+CREATE TYPE floatrange AS RANGE (subtype = float8);
+"#;
+
+/// (SQL type, value expressions). Each expression is inserted into a column of that type.
+fn cases() -> Vec<(&'static str, Vec<String>)> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        ("bool", s(&["true", "false", "NULL"])),
+        ("int2", s(&["-32768", "32767", "0"])),
+        ("int4", s(&["-2147483648", "2147483647"])),
+        ("int8", s(&["-9223372036854775808", "9223372036854775807"])),
+        (
+            "float4",
+            s(&[
+                "'NaN'",
+                "'Infinity'",
+                "'-Infinity'",
+                "'1.4e-45'",
+                "'3.4028235e38'",
+                "'-0'",
+                "'0.1'",
+                "'123.456'",
+            ]),
+        ),
+        (
+            "float8",
+            s(&[
+                "'NaN'",
+                "'Infinity'",
+                "'-Infinity'",
+                "'5e-324'",
+                "'1.7976931348623157e308'",
+                "'-0'",
+                "'0.1'",
+                "'3.141592653589793'",
+            ]),
+        ),
+        (
+            "numeric",
+            s(&[
+                "'0'",
+                "'-0.000001'",
+                "'NaN'",
+                "'Infinity'",
+                "'-Infinity'",
+                "'1.50'",
+                "'123456789012345678901234567890123456789.123456789'",
+                "repeat('9', 1000)::numeric",
+                "('0.' || repeat('0', 16000) || '1')::numeric",
+                "'1e-20'",
+            ]),
+        ),
+        (
+            "numeric(10,5)",
+            s(&["'231.112'", "'-99999.99999'", "'NaN'", "'0'", "'0.00001'"]),
+        ),
+        (
+            "numeric(38,0)",
+            s(&["'-99999999999999999999999999999999999999'", "'1'"]),
+        ),
+        ("numeric(3,5)", s(&["'0.00123'", "'-0.00999'"])),
+        ("numeric(2,-3)", s(&["'12000'", "'-99000'"])),
+        (
+            "money",
+            s(&[
+                "'12.34'",
+                "'-92233720368547758.08'",
+                "'92233720368547758.07'",
+            ]),
+        ),
+        (
+            "text",
+            s(&[
+                "''",
+                "'hello'",
+                "E'multi\\nline\\ttab'",
+                "'Unicode ✓ 😀 Ünïcode'",
+                "'quote '' \" \\ backslash'",
+                "repeat('x', 100000)",
+                "'NULL'",
+                "NULL",
+            ]),
+        ),
+        ("varchar(5)", s(&["'abc'", "''"])),
+        ("varchar", s(&["'unbounded'"])),
+        ("char(5)", s(&["'ab'", "'abcde'"])),
+        ("\"char\"", s(&["'a'", "'\\377'", "''"])),
+        ("name", s(&["'some_name'", "'Ünï'"])),
+        ("citext", s(&["'MiXeD Case'"])),
+        (
+            "bytea",
+            s(&["'\\x'", "'\\x00ff10'", "decode(repeat('ab', 5000), 'hex')"]),
+        ),
+        (
+            "uuid",
+            s(&[
+                "'00000000-0000-0000-0000-000000000000'",
+                "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+            ]),
+        ),
+        (
+            "json",
+            s(&[
+                "'{\"b\": 1, \"a\": [1.000000000000000000001, 2e400]}'",
+                "'[]'",
+                "'\"str\"'",
+                "'null'",
+                "'123456789012345678901234567890'",
+                "E'{\\n  \"hello\": \"world\"\\n}'",
+                "'{\"a\":1,\"a\":2}'",
+            ]),
+        ),
+        (
+            "jsonb",
+            s(&[
+                "'{\"b\": 1, \"a\": [1.000000000000000000001, 2e400]}'",
+                "'[]'",
+                "'\"str\"'",
+                "'null'",
+                "'{\"html\": \"<a>&</a>\"}'",
+            ]),
+        ),
+        (
+            "date",
+            s(&[
+                "'2023-01-23'",
+                "'infinity'",
+                "'-infinity'",
+                "'4713-01-01 BC'",
+                "'5874897-12-31'",
+                "'0001-01-01'",
+                "'0001-12-31 BC'",
+                "'2000-02-29'",
+            ]),
+        ),
+        (
+            "time",
+            s(&[
+                "'00:00'",
+                "'24:00:00'",
+                "'12:30:00.123456'",
+                "'23:59:59.999999'",
+            ]),
+        ),
+        ("time(2)", s(&["'12:30:00.12'"])),
+        (
+            "timetz",
+            s(&[
+                "'12:30:00+05:30'",
+                "'00:00:00-15:59'",
+                "'24:00:00+00'",
+                "'12:00:00.5-00:00:01'",
+            ]),
+        ),
+        (
+            "timestamp",
+            s(&[
+                "'2019-04-12 02:10:31.782068'",
+                "'infinity'",
+                "'-infinity'",
+                "'4713-01-01 00:00:00 BC'",
+                "'294246-12-31 23:59:59.999999'",
+                "'1970-01-01'",
+                "'2000-02-29 12:00:00.000001'",
+                "'0044-03-15 12:00:00 BC'",
+            ]),
+        ),
+        ("timestamp(3)", s(&["'2020-01-01 00:00:00.123'"])),
+        (
+            "timestamptz",
+            s(&[
+                "'2019-02-23 23:16:46.86455+01'",
+                "'infinity'",
+                "'-infinity'",
+                "'4713-01-01 00:00:00+00 BC'",
+                "'294246-12-31 23:59:59.999999+00'",
+                "'1900-01-01 00:00:00+00'",
+                "now()",
+            ]),
+        ),
+        (
+            "interval",
+            s(&[
+                "'0'",
+                "'1 year 2 mons 3 days 04:05:06.789'",
+                "'-1 year +2 mons -3 days 04:05:06'",
+                "'178956970 years 7 mons 2147483647 days 2562047788:00:54.775807'",
+                "'-178956970 years -8 mons -2147483648 days -2562047788:00:54.775807'",
+                "'1 microsecond'",
+                "'-1 microsecond'",
+                "'100 hours'",
+                "'-1 day +1 hour'",
+            ]),
+        ),
+        ("interval(0)", s(&["'1 day 00:00:01'"])),
+        (
+            "inet",
+            s(&["'192.168.1.1'", "'::1'", "'10.0.0.0/8'", "'2001:db8::1/64'"]),
+        ),
+        ("cidr", s(&["'10.0.0.0/8'", "'2001:db8::/32'"])),
+        ("macaddr", s(&["'08:00:2b:01:02:03'"])),
+        ("macaddr8", s(&["'08:00:2b:01:02:03:04:05'"])),
+        ("bit(3)", s(&["B'101'"])),
+        ("varbit", s(&["B''", "B'1010101'"])),
+        ("xml", s(&["'<a x=\"1\">x &amp; y</a>'", "'text only'"])),
+        ("tsvector", s(&["'a fat cat:1A,2B sat'"])),
+        ("tsquery", s(&["'fat & (rat | !cat) <-> dog'"])),
+        (
+            "point",
+            s(&["'(1,2)'", "'(1.5e300,-0)'", "'(NaN,Infinity)'"]),
+        ),
+        ("line", s(&["'{1,2,3}'"])),
+        ("lseg", s(&["'[(0,0),(1,1)]'"])),
+        ("box", s(&["'(1,1),(0,0)'"])),
+        ("path", s(&["'((0,0),(1,1),(2,0))'", "'[(0,0),(1,1)]'"])),
+        ("polygon", s(&["'((0,0),(1,1),(1,0))'"])),
+        ("circle", s(&["'<(0,0),1.5>'"])),
+        (
+            "int4range",
+            s(&["'empty'", "'[1,10)'", "'(,5]'", "'[3,)'", "'(,)'"]),
+        ),
+        (
+            "int8range",
+            s(&["'[-9223372036854775808,9223372036854775807)'"]),
+        ),
+        (
+            "numrange",
+            s(&["'[1.5,2.25]'", "'(,)'", "'[-Infinity,Infinity]'"]),
+        ),
+        (
+            "tsrange",
+            s(&[
+                "'[\"2020-01-01 00:00:00\",infinity)'",
+                "'[-infinity,infinity]'",
+            ]),
+        ),
+        (
+            "tstzrange",
+            s(&["'[\"2020-01-01 00:00:00+00\",\"2021-01-01 00:00:00+00\")'"]),
+        ),
+        (
+            "daterange",
+            s(&["'[2020-01-01,2021-01-01)'", "'[-infinity,)'", "'empty'"]),
+        ),
+        ("floatrange", s(&["'[1.5,Infinity]'", "'(-Infinity,0)'"])),
+        ("int4multirange", s(&["'{}'", "'{[1,3),[5,7)}'"])),
+        ("int8multirange", s(&["'{[1,3)}'"])),
+        ("nummultirange", s(&["'{[1.5,2.5), (3,)}'"])),
+        (
+            "datemultirange",
+            s(&["'{[2020-01-01,2020-02-01),[2021-01-01,infinity)}'"]),
+        ),
+        (
+            "tsmultirange",
+            s(&["'{[\"2020-01-01 00:00:00\",\"2020-02-01 00:00:00\")}'"]),
+        ),
+        ("tstzmultirange", s(&["'{(,\"2020-01-01 00:00:00+00\"]}'"])),
+        ("floatmultirange", s(&["'{[1,2]}'"])),
+        ("oid", s(&["'0'", "'4294967295'"])),
+        ("xid", s(&["'12345'"])),
+        ("cid", s(&["'5'"])),
+        ("xid8", s(&["'0'", "'18446744073709551615'"])),
+        (
+            "pg_lsn",
+            s(&["'0/0'", "'FFFFFFFF/FFFFFFFF'", "'16/B374D848'"]),
+        ),
+        ("tid", s(&["'(0,1)'"])),
+        ("jsonpath", s(&["'$.a[*] ? (@ > 1)'"])),
+        ("txid_snapshot", s(&["'10:20:10,14,15'"])),
+        ("pg_snapshot", s(&["'10:20:10,14,15'"])),
+        ("regclass", s(&["'pg_class'"])),
+        ("hstore", s(&["'a=>1, \"b c\"=>NULL, \"\"=>\"\\\"\"'"])),
+        ("mood", s(&["'sad'", "'with space'", "'Ünïcode \"q\"'"])),
+        ("posint", s(&["1", "2147483647"])),
+        ("amount", s(&["'12.34'", "'NaN'", "'-9999999999.99'"])),
+        (
+            "pair",
+            s(&[
+                "ROW(1, 'a \"b\", c', ARRAY[1.5, NULL]::numeric(5,2)[], '2020-01-01 00:00:00+00', 'with space')",
+                "ROW(NULL, NULL, NULL, NULL, NULL)",
+                "ROW(NULL, '', '{}', 'infinity', 'sad')",
+            ]),
+        ),
+        // Arrays.
+        (
+            "int4[]",
+            s(&[
+                "'{}'",
+                "'{1,NULL,3}'",
+                "'{{1,2},{3,4}}'",
+                "'[0:1][-5:-4]={{1,NULL},{3,4}}'",
+                "'{{{1},{2}},{{3},{4}}}'",
+                "'{NULL}'",
+                "'[5:5]={7}'",
+            ]),
+        ),
+        (
+            "text[]",
+            s(&[
+                "'{\"\", \"NULL\", NULL, \"a,b\", \"q\\\"uote\", \"back\\\\slash\", \" sp \", \"ü\", \"{x}\"}'",
+                "ARRAY[repeat('y', 10000)]",
+            ]),
+        ),
+        ("numeric(10,5)[]", s(&["'{1.5,NaN,NULL}'"])),
+        ("numeric[]", s(&["'{1e-20,NaN,Infinity,-Infinity,12.500}'"])),
+        ("float8[]", s(&["'{NaN,Infinity,-0,1e-300}'"])),
+        ("float4[]", s(&["'{NaN,-Infinity,0.1}'"])),
+        (
+            "timestamptz[]",
+            s(&["'{infinity,\"2020-01-01 00:00:00+00\",NULL}'"]),
+        ),
+        ("timestamp[]", s(&["'{-infinity,\"2020-01-01 00:00:00\"}'"])),
+        ("date[]", s(&["'{infinity,2020-01-01,-infinity}'"])),
+        ("time[]", s(&["'{12:30,13:20}'"])),
+        ("timetz[]", s(&["'{12:30+02}'"])),
+        ("bytea[]", s(&["ARRAY['\\x00'::bytea, NULL, '\\x']"])),
+        (
+            "json[]",
+            s(&["ARRAY['{\"a\": 1}'::json, NULL, '[1, 2]']", "'{}'"]),
+        ),
+        ("jsonb[]", s(&["ARRAY['{\"a\": 1}'::jsonb, 'null']"])),
+        (
+            "uuid[]",
+            s(&["'{46145d05-8bc7-403b-8098-1baf99e97b56,NULL}'"]),
+        ),
+        ("box[]", s(&["'{(1,1),(0,0);(2,2),(1,1)}'"])),
+        ("point[]", s(&["'{\"(1,2)\",NULL}'"])),
+        ("interval[]", s(&["'{\"1 day\",\"-00:00:01\"}'"])),
+        ("mood[]", s(&["'{sad,NULL,\"with space\"}'"])),
+        (
+            "pair[]",
+            s(&["ARRAY[ROW(1, 'x', NULL, NULL, 'ok')::pair, NULL]"]),
+        ),
+        ("int4range[]", s(&["'{\"[1,2)\",empty}'"])),
+        (
+            "int4multirange[]",
+            s(&["ARRAY['{[1,2)}'::int4multirange, '{}']"]),
+        ),
+        ("bool[]", s(&["'{t,f,NULL}'"])),
+        ("\"char\"[]", s(&["'{a,b}'"])),
+        ("char(3)[]", s(&["'{a,bc}'"])),
+        ("varchar(4)[]", s(&["'{abcd,\"\"}'"])),
+        ("inet[]", s(&["'{10.0.0.1,::1}'"])),
+        ("varbit[]", s(&["'{101,\"\"}'"])),
+        (
+            "int8[]",
+            s(&["'{-9223372036854775808,9223372036854775807}'"]),
+        ),
+        ("int2[]", s(&["'{{1,2,3}}'"])),
+        ("money[]", s(&["'{1.00,-2.50}'"])),
+        ("posint[]", s(&["'{1,2}'"])),
+        ("amount[]", s(&["'{1.5,NaN}'"])),
+        ("citext[]", s(&["'{A,b}'"])),
+        ("hstore[]", s(&["ARRAY['a=>1'::hstore]"])),
+        ("xid8[]", s(&["'{1,18446744073709551615}'"])),
+        ("pg_lsn[]", s(&["'{0/1}'"])),
+        ("oid[]", s(&["'{1,4294967295}'"])),
+        ("macaddr[]", s(&["'{08:00:2b:01:02:03}'"])),
+        ("cidr[]", s(&["'{10.0.0.0/8}'"])),
+        ("tsvector[]", s(&["ARRAY['a b'::tsvector]"])),
+        ("xml[]", s(&["ARRAY['<a/>'::xml]"])),
+    ]
+}
+
+async fn simple(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn short(s: &str) -> String {
+    if s.chars().count() > 120 {
+        format!("{}…", s.chars().take(120).collect::<String>())
+    } else {
+        s.to_owned()
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Resolves a type OID from the catalogs, as the producer will.
+fn resolve<'a>(
+    client: &'a Client,
+    oid: u32,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = PgType> + 'a>> {
+    Box::pin(async move {
+        if let Some(t) = PgType::from_builtin_oid(oid) {
+            return t;
+        }
+        let row = &simple(
+            client,
+            &format!(
+                "SELECT typtype, typcategory, typelem, typbasetype, typtypmod, typrelid, \
+                 format_type(oid, NULL) FROM pg_type WHERE oid = {oid}"
+            ),
+        )
+        .await[0];
+        let get = |i: usize| row[i].clone().unwrap_or_default();
+        let name = get(6);
+        let num = |i: usize| get(i).parse::<i64>().unwrap();
+        match (get(0).as_str(), get(1).as_str()) {
+            (_, "A") if num(2) != 0 => PgType::Array {
+                oid,
+                element: Box::new(resolve(client, num(2) as u32).await),
+            },
+            ("e", _) => PgType::Enum {
+                oid,
+                name,
+                labels: simple(
+                    client,
+                    &format!(
+                        "SELECT enumlabel FROM pg_enum WHERE enumtypid = {oid} ORDER BY enumsortorder"
+                    ),
+                )
+                .await
+                .into_iter()
+                .map(|r| r[0].clone().unwrap_or_default())
+                .collect(),
+            },
+            ("d", _) => PgType::Domain {
+                oid,
+                name,
+                base: Box::new(resolve(client, num(3) as u32).await),
+                base_typmod: num(4) as i32,
+            },
+            ("c", _) => {
+                let attrs = simple(
+                    client,
+                    &format!(
+                        "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = {} \
+                         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                        num(5)
+                    ),
+                )
+                .await;
+                let mut fields = Vec::new();
+                for a in attrs {
+                    let a: Vec<String> = a.into_iter().map(Option::unwrap_or_default).collect();
+                    fields.push(CompositeField {
+                        name: a[0].clone(),
+                        pg_type: resolve(client, a[1].parse().unwrap()).await,
+                        typmod: a[2].parse().unwrap(),
+                    });
+                }
+                PgType::Composite { oid, name, fields }
+            }
+            ("r", _) => {
+                let sub = simple(
+                    client,
+                    &format!("SELECT rngsubtype FROM pg_range WHERE rngtypid = {oid}"),
+                )
+                .await;
+                let sub: u32 = sub[0][0].as_deref().unwrap().parse().unwrap();
+                PgType::Range {
+                    oid,
+                    name,
+                    subtype: Box::new(resolve(client, sub).await),
+                }
+            }
+            ("m", _) => {
+                let r = simple(
+                    client,
+                    &format!("SELECT rngtypid FROM pg_range WHERE rngmultitypid = {oid}"),
+                )
+                .await;
+                let r: u32 = r[0][0].as_deref().unwrap().parse().unwrap();
+                PgType::Multirange {
+                    oid,
+                    name,
+                    range: Box::new(resolve(client, r).await),
+                }
+            }
+            _ => PgType::Other { oid, name },
+        }
+    })
+}
+
+async fn connect(url: &str, interval_style: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = '{interval_style}'; \
+             SET extra_float_digits = 3; SET bytea_output = 'hex'"
+        ))
+        .await
+        .unwrap();
+    client
+}
+
+async fn run_round_trip(interval_style: &str, only_intervals: bool) -> usize {
+    let pg = walbrook_harness::PgServer::shared();
+    let db = pg.fresh_database("pgtype_rt");
+    let client = connect(&db.url(), interval_style).await;
+    client.batch_execute(SETUP).await.unwrap();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (k, (ty, values)) in cases().into_iter().enumerate() {
+        if only_intervals && !ty.starts_with("interval") {
+            continue;
+        }
+        let table = format!("t{k}");
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id int4 PRIMARY KEY, v {ty}); \
+                 ALTER TABLE {table} REPLICA IDENTITY FULL;"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{ty}: {e:?}"));
+        let rows: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("({i}, {v})"))
+            .collect();
+        client
+            .batch_execute(&format!("INSERT INTO {table} VALUES {}", rows.join(", ")))
+            .await
+            .unwrap_or_else(|e| panic!("{ty}: {e:?}"));
+        let att = &simple(
+            &client,
+            &format!(
+                "SELECT atttypid, atttypmod, format_type(atttypid, atttypmod), attnotnull \
+                 FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = 'v'"
+            ),
+        )
+        .await[0];
+        let oid: u32 = att[0].as_deref().unwrap().parse().unwrap();
+        let typmod: i32 = att[1].as_deref().unwrap().parse().unwrap();
+        let type_name = att[2].clone().unwrap();
+        let relation = RelationDesc {
+            schema: "public".into(),
+            table: table.clone(),
+            columns: vec![
+                ColumnDesc {
+                    name: "id".into(),
+                    pg_type: PgType::Builtin(Builtin::Int4),
+                    type_name: "integer".into(),
+                    typmod: -1,
+                    not_null: true,
+                    is_key: true,
+                },
+                ColumnDesc {
+                    name: "v".into(),
+                    pg_type: resolve(&client, oid).await,
+                    type_name: type_name.clone(),
+                    typmod,
+                    not_null: false,
+                    is_key: true,
+                },
+            ],
+            replica_identity: ReplicaIdentity::Full,
+        };
+        let schemas = TableSchemas::new(&relation).unwrap_or_else(|e| panic!("{ty}: {e}"));
+        let texts = simple(&client, &format!("SELECT id, v FROM {table} ORDER BY id")).await;
+        assert_eq!(texts.len(), values.len(), "{ty}");
+        let mut rendered = Vec::new();
+        for row in &texts {
+            let id = row[0].as_deref().unwrap();
+            let v = match row[1].as_deref() {
+                Some(t) => ColumnValue::Text(t),
+                None => ColumnValue::Null,
+            };
+            for schema in [
+                &schemas.after,
+                schemas.before.as_ref().unwrap(),
+                &schemas.row,
+            ] {
+                let avro = schema
+                    .encode_text(&[ColumnValue::Text(id), v])
+                    .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", row[1]));
+                let bytes = schema.to_single_object(&avro).unwrap();
+                let back = schema.from_single_object(&bytes).unwrap();
+                let decoded = schema
+                    .decode_value(&back)
+                    .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", row[1]));
+                let text = schema.render_text(&decoded).unwrap();
+                if schema.kind() == walbrook_pgtype_avro::RecordKind::After {
+                    rendered.push((id.to_owned(), text[1].clone()));
+                } else {
+                    assert_eq!(Some(&text[1]), rendered.last().map(|r| &r.1), "{ty}");
+                }
+            }
+        }
+        let values_sql: Vec<String> = rendered
+            .iter()
+            .map(|(id, t)| {
+                format!(
+                    "({id}, {})",
+                    t.as_deref()
+                        .map(quote)
+                        .unwrap_or_else(|| "NULL::text".into())
+                )
+            })
+            .collect();
+        let join = format!(
+            "FROM {table} t JOIN (VALUES {}) r(id, txt) USING (id)",
+            values_sql.join(", ")
+        );
+        let text_check = format!(
+            "SELECT t.id, t.v::text, r.txt {join} \
+             WHERE t.v::text IS DISTINCT FROM (r.txt::{type_name})::text"
+        );
+        for bad in simple(&client, &text_check).await {
+            let bad: Vec<String> = bad.iter().map(|x| short(&format!("{x:?}"))).collect();
+            failures.push(format!("{ty}: text differs: {bad:?}"));
+        }
+        let eq_check = format!(
+            "SELECT t.id, t.v::text, r.txt {join} WHERE t.v IS DISTINCT FROM r.txt::{type_name}"
+        );
+        match client.simple_query(&eq_check).await {
+            Ok(msgs) => {
+                for m in msgs {
+                    if let SimpleQueryMessage::Row(r) = m {
+                        failures.push(format!(
+                            "{ty}: not equal: {} vs {}",
+                            short(&format!("{:?}", r.get(1))),
+                            short(&format!("{:?}", r.get(2)))
+                        ));
+                    }
+                }
+            }
+            // Types without an equality operator (json, xml, point, …): the text check above
+            // is the oracle.
+            Err(e) => {
+                let msg = e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_default();
+                assert!(
+                    msg.contains("equality operator") || msg.contains("operator does not exist"),
+                    "{ty}: {e:?}"
+                );
+            }
+        }
+        checked += rendered.len();
+    }
+    assert!(
+        failures.is_empty(),
+        "round-trip failures:\n{}",
+        failures.join("\n")
+    );
+    checked
+}
+
+#[tokio::test]
+async fn every_type_round_trips_through_avro() {
+    let checked = run_round_trip("postgres", false).await;
+    assert!(checked > 250, "only {checked} values checked");
+}
+
+#[tokio::test]
+async fn intervals_round_trip_with_iso_8601_style() {
+    let checked = run_round_trip("iso_8601", true).await;
+    assert!(checked >= 10, "only {checked} values checked");
+}
+
+#[tokio::test]
+async fn builtin_oids_match_the_catalog() {
+    let pg = walbrook_harness::PgServer::shared();
+    let db = pg.fresh_database("pgtype_oids");
+    let client = connect(&db.url(), "postgres").await;
+    let rows = simple(&client, "SELECT oid, typname, typarray FROM pg_type").await;
+    let catalog: HashMap<u32, (String, u32)> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].as_deref().unwrap().parse().unwrap(),
+                (
+                    r[1].clone().unwrap(),
+                    r[2].as_deref().unwrap().parse().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    for b in Builtin::ALL {
+        let (name, array) = &catalog[&b.oid()];
+        assert_eq!(name, b.name(), "{b:?}");
+        assert_eq!(*array, b.array_oid(), "{b:?}");
+    }
+    for &(roid, rname, _, rarr, moid, mname, marr) in BUILTIN_RANGES {
+        assert_eq!(catalog[&roid], (rname.to_owned(), rarr));
+        assert_eq!(catalog[&moid], (mname.to_owned(), marr));
+    }
+    // Fixed-length built-ins must not be treated as TOAST-able and vice versa.
+    let lens = simple(&client, "SELECT oid, typlen FROM pg_type").await;
+    for r in lens {
+        let oid: u32 = r[0].as_deref().unwrap().parse().unwrap();
+        if let Some(b) = Builtin::from_oid(oid) {
+            let varlena = r[1].as_deref() == Some("-1") || r[1].as_deref() == Some("-2");
+            assert_eq!(PgType::Builtin(b).is_varlena(), varlena, "{b:?}");
+        }
+    }
+}
