@@ -1,10 +1,14 @@
 //! The `walbrook` command.
 //!
-//! Subcommands arrive with their issues; what exists today is `demo`, which runs
-//! against the servers named by `WALBROOK_PG_URL` and `WALBROOK_NATS_URL` (started by
-//! `make demo` through `walbrook-sandbox`).
+//! * `walbrook produce` runs the producer appliance (PostgreSQL → NATS JetStream).
+//! * `walbrook demo` shows the pipeline on a demo table next to the servers named by
+//!   `WALBROOK_PG_URL` and `WALBROOK_NATS_URL` (`make demo` starts throwaway ones).
+//!
+//! Logs go to stderr; `WALBROOK_LOG_FORMAT=json` switches to JSON lines and
+//! `RUST_LOG` sets the level (default `info`).
 
 mod demo;
+mod produce;
 
 use clap::{Parser, Subcommand};
 
@@ -18,14 +22,31 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the producer: stream the configured tables' changes into JetStream.
+    Produce(produce::ProduceArgs),
     /// Show the pipeline on a demo table: generate changes and print what is captured.
     Demo(demo::DemoArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("WALBROOK_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging();
     match cli.command {
+        Command::Produce(args) => produce::run(args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

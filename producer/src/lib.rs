@@ -7,11 +7,17 @@
 //! loop, Avro encoding and JetStream publishing are not built yet; the wire contract
 //! they implement is `docs/protocol.md`.
 
+pub mod catalog;
 pub mod config;
+pub mod event;
 pub mod lsn;
 pub mod pgoutput;
+pub mod pipeline;
 pub mod publish;
+pub mod registry;
 pub mod replication;
+pub mod setup;
+pub mod streams;
 pub mod subject;
 
 pub use lsn::{Lsn, Xid};

@@ -166,7 +166,7 @@ impl Publisher {
         while self.in_flight >= self.max_inflight {
             self.complete_front().await?;
         }
-        let ack = self.send(&message).await.ok();
+        let ack = send(&self.js, &message).await.ok();
         self.window.push_back(Entry::Publish { message, ack });
         self.in_flight += 1;
         Ok(())
@@ -202,10 +202,6 @@ impl Publisher {
     /// Counters: (acked, of which duplicates, re-sends).
     pub fn counters(&self) -> (u64, u64, u64) {
         (self.acked, self.duplicates, self.retries)
-    }
-
-    async fn send(&self, message: &OutMessage) -> Result<AckFuture, PublishFailure> {
-        send(&self.js, message).await
     }
 
     /// Whether nothing is pending.

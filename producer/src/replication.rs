@@ -110,8 +110,14 @@ impl ConnectionTarget {
 /// What the replication stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamItem {
-    /// A decoded pgoutput message.
-    Message(Message),
+    /// A decoded pgoutput message and the WAL position it was sent at (for a change:
+    /// the change's own LSN).
+    Message {
+        /// The message.
+        message: Message,
+        /// Its WAL position.
+        lsn: Lsn,
+    },
     /// The server's WAL end at a keepalive (for lag metrics).
     KeepAlive {
         /// Server WAL end.
@@ -170,39 +176,51 @@ impl ReplicationStream {
                 return Ok(None);
             };
             let item = match event {
-                ReplicationEvent::XLogData { data, .. } => {
-                    StreamItem::Message(pgoutput::decode(data)?)
-                }
+                ReplicationEvent::XLogData {
+                    data, wal_start, ..
+                } => StreamItem::Message {
+                    message: pgoutput::decode(data)?,
+                    lsn: Lsn(wal_start.as_u64()),
+                },
                 ReplicationEvent::Begin {
                     final_lsn,
                     xid,
                     commit_time_micros,
-                } => StreamItem::Message(Message::Begin(Begin {
-                    final_lsn: Lsn(final_lsn.as_u64()),
-                    commit_ts: PgTimestamp(commit_time_micros),
-                    xid: Xid(xid),
-                })),
+                } => StreamItem::Message {
+                    message: Message::Begin(Begin {
+                        final_lsn: Lsn(final_lsn.as_u64()),
+                        commit_ts: PgTimestamp(commit_time_micros),
+                        xid: Xid(xid),
+                    }),
+                    lsn: Lsn(final_lsn.as_u64()),
+                },
                 ReplicationEvent::Commit {
                     lsn,
                     end_lsn,
                     commit_time_micros,
-                } => StreamItem::Message(Message::Commit(Commit {
-                    flags: 0,
-                    commit_lsn: Lsn(lsn.as_u64()),
-                    end_lsn: Lsn(end_lsn.as_u64()),
-                    commit_ts: PgTimestamp(commit_time_micros),
-                })),
+                } => StreamItem::Message {
+                    message: Message::Commit(Commit {
+                        flags: 0,
+                        commit_lsn: Lsn(lsn.as_u64()),
+                        end_lsn: Lsn(end_lsn.as_u64()),
+                        commit_ts: PgTimestamp(commit_time_micros),
+                    }),
+                    lsn: Lsn(lsn.as_u64()),
+                },
                 ReplicationEvent::Message {
                     transactional,
                     lsn,
                     prefix,
                     content,
-                } => StreamItem::Message(Message::LogicalMessage(LogicalMessage {
-                    transactional,
+                } => StreamItem::Message {
+                    message: Message::LogicalMessage(LogicalMessage {
+                        transactional,
+                        lsn: Lsn(lsn.as_u64()),
+                        prefix,
+                        content,
+                    }),
                     lsn: Lsn(lsn.as_u64()),
-                    prefix,
-                    content,
-                })),
+                },
                 ReplicationEvent::KeepAlive { wal_end, .. } => StreamItem::KeepAlive {
                     wal_end: Lsn(wal_end.as_u64()),
                 },

@@ -26,7 +26,7 @@ async fn next_transaction(stream: &mut ReplicationStream) -> Vec<Message> {
             .expect("no replication message within 10 s")
             .unwrap()
             .expect("stream ended");
-        if let StreamItem::Message(message) = item {
+        if let StreamItem::Message { message, .. } = item {
             let done = matches!(message, Message::Commit(_));
             out.push(message);
             if done {

@@ -1,0 +1,401 @@
+//! Change events: the Avro envelope of docs/protocol.md §3.2 and its encoding.
+//!
+//! One [`TableEncoder`] per table version holds the envelope schema (op, source,
+//! before, after), its fingerprint and the per-record encoders from
+//! `walbrook-pgtype-avro`. A new Relation message (after DDL) makes a new encoder and,
+//! when the schema changed, a new fingerprint.
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use serde_json::{Value as Json, json};
+use walbrook_pgtype_avro::fingerprint::{encode_single_object, split_single_object};
+use walbrook_pgtype_avro::schema::NamedTypes;
+use walbrook_pgtype_avro::{
+    ColumnValue, Fingerprint, RecordKind, RelationDesc, ReplicaIdentity, TableSchema, record_json,
+};
+
+use crate::lsn::Lsn;
+use crate::pgoutput;
+
+/// The operation of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A new row.
+    Insert,
+    /// A changed row whose identity did not change.
+    Update,
+    /// A changed row whose identity (key) changed; `before` has the old key.
+    UpdateKey,
+    /// A removed row.
+    Delete,
+    /// The table was truncated.
+    Truncate,
+    /// A snapshot row.
+    Read,
+}
+
+/// Symbols of the `walbrook.Op` enum, in order.
+pub const OP_SYMBOLS: [&str; 6] = [
+    "INSERT",
+    "UPDATE",
+    "UPDATE_KEY",
+    "DELETE",
+    "TRUNCATE",
+    "READ",
+];
+
+impl Op {
+    fn index(self) -> usize {
+        match self {
+            Op::Insert => 0,
+            Op::Update => 1,
+            Op::UpdateKey => 2,
+            Op::Delete => 3,
+            Op::Truncate => 4,
+            Op::Read => 5,
+        }
+    }
+
+    /// The `Walbrook-Op` header value.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::UpdateKey => "update_key",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+            Op::Read => "read",
+        }
+    }
+}
+
+/// The `source` record of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Database name.
+    pub database: String,
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// Transaction id.
+    pub xid: i64,
+    /// Commit LSN of the transaction: the event's position.
+    pub commit_lsn: Lsn,
+    /// The change's own LSN.
+    pub lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_ts_micros: i64,
+    /// Index of the event in its transaction.
+    pub ordinal: u64,
+    /// Whether this is the transaction's last event.
+    pub last: bool,
+    /// When the producer encoded the event, microseconds since the Unix epoch.
+    pub sent_at_micros: i64,
+}
+
+/// Why a change could not be encoded. The producer stops on it (the change's LSN is
+/// never confirmed), naming the table, column and type.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// A value does not convert (the message names column, type and OID).
+    #[error("{table}: {detail}")]
+    Value {
+        /// `schema.table`.
+        table: String,
+        /// Column, type, OID and reason (never the value itself).
+        detail: String,
+    },
+    /// A value arrived in binary format, which Walbrook never requests.
+    #[error("{table}.{column}: binary-format value received; Walbrook requests text format")]
+    Binary {
+        /// `schema.table`.
+        table: String,
+        /// Column name.
+        column: String,
+    },
+    /// A text value is not UTF-8 (the server encoding must be UTF-8).
+    #[error("{table}.{column}: value is not valid UTF-8 (use a UTF8 database)")]
+    NotUtf8 {
+        /// `schema.table`.
+        table: String,
+        /// Column name.
+        column: String,
+    },
+    /// The tuple has another number of columns than the relation.
+    #[error("{table}: tuple has {got} columns, relation has {expected}")]
+    Arity {
+        /// `schema.table`.
+        table: String,
+        /// Columns in the relation.
+        expected: usize,
+        /// Columns in the tuple.
+        got: usize,
+    },
+    /// Building the envelope schema failed.
+    #[error("{table}: cannot build the Avro schema: {detail}")]
+    Schema {
+        /// `schema.table`.
+        table: String,
+        /// The reason.
+        detail: String,
+    },
+}
+
+/// Encodes the events of one table version.
+#[derive(Debug, Clone)]
+pub struct TableEncoder {
+    desc: RelationDesc,
+    before: TableSchema,
+    after: TableSchema,
+    schema: Schema,
+    schema_json: String,
+    fingerprint: Fingerprint,
+    primary_key: Vec<usize>,
+}
+
+impl TableEncoder {
+    /// Builds the envelope for a relation.
+    pub fn new(desc: RelationDesc) -> Result<TableEncoder, EncodeError> {
+        let table = format!("{}.{}", desc.schema, desc.table);
+        let schema_error = |e: walbrook_pgtype_avro::Error| EncodeError::Schema {
+            table: table.clone(),
+            detail: e.to_string(),
+        };
+        let before = TableSchema::new(&desc, RecordKind::Before).map_err(schema_error)?;
+        let after = TableSchema::new(&desc, RecordKind::After).map_err(schema_error)?;
+        let json = envelope_json(&desc);
+        let schema_json = json.to_string();
+        let schema = Schema::parse(&json).map_err(|e| EncodeError::Schema {
+            table: table.clone(),
+            detail: e.to_string(),
+        })?;
+        let fingerprint = Fingerprint::of_json(&json).map_err(schema_error)?;
+        // Under REPLICA IDENTITY FULL the catalog's primary key (is_key) tells whether
+        // an update changed the row's identity.
+        let primary_key = desc
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_key)
+            .map(|(i, _)| i)
+            .collect();
+        Ok(TableEncoder {
+            desc,
+            before,
+            after,
+            schema,
+            schema_json,
+            fingerprint,
+            primary_key,
+        })
+    }
+
+    /// The relation.
+    pub fn desc(&self) -> &RelationDesc {
+        &self.desc
+    }
+
+    /// The envelope schema's fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The envelope schema as JSON text.
+    pub fn schema_json(&self) -> &str {
+        &self.schema_json
+    }
+
+    /// The parsed envelope schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn table(&self) -> String {
+        format!("{}.{}", self.desc.schema, self.desc.table)
+    }
+
+    /// Classifies an update: `UpdateKey` when the old identity differs from the new.
+    pub fn update_op(&self, update: &pgoutput::Update) -> Op {
+        match &update.old {
+            None => Op::Update,
+            Some(old) if old.kind == pgoutput::OldKind::Key => Op::UpdateKey,
+            Some(old) => {
+                let changed = self
+                    .primary_key
+                    .iter()
+                    .any(|&i| old.tuple.0.get(i) != update.new.0.get(i));
+                if changed { Op::UpdateKey } else { Op::Update }
+            }
+        }
+    }
+
+    /// Encodes one event as an Avro single-object message.
+    pub fn encode(
+        &self,
+        op: Op,
+        source: &Source,
+        before: Option<&pgoutput::Tuple>,
+        after: Option<&pgoutput::Tuple>,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let before = match before {
+            Some(tuple) => Value::Union(1, Box::new(self.record(&self.before, tuple)?)),
+            None => Value::Union(0, Box::new(Value::Null)),
+        };
+        let after = match after {
+            Some(tuple) => Value::Union(1, Box::new(self.record(&self.after, tuple)?)),
+            None => Value::Union(0, Box::new(Value::Null)),
+        };
+        let envelope = Value::Record(vec![
+            (
+                "op".into(),
+                Value::Enum(
+                    u32::try_from(op.index()).expect("six symbols"),
+                    OP_SYMBOLS[op.index()].into(),
+                ),
+            ),
+            ("source".into(), source_value(source)),
+            ("before".into(), before),
+            ("after".into(), after),
+        ]);
+        encode_single_object(&self.schema, self.fingerprint, &envelope).map_err(|e| {
+            EncodeError::Value {
+                table: self.table(),
+                detail: describe_error(&e),
+            }
+        })
+    }
+
+    fn record(&self, schema: &TableSchema, tuple: &pgoutput::Tuple) -> Result<Value, EncodeError> {
+        if tuple.0.len() != self.desc.columns.len() {
+            return Err(EncodeError::Arity {
+                table: self.table(),
+                expected: self.desc.columns.len(),
+                got: tuple.0.len(),
+            });
+        }
+        let mut values = Vec::with_capacity(tuple.0.len());
+        for (column, value) in self.desc.columns.iter().zip(&tuple.0) {
+            values.push(match value {
+                pgoutput::ColumnValue::Null => ColumnValue::Null,
+                pgoutput::ColumnValue::UnchangedToast => ColumnValue::Unchanged,
+                pgoutput::ColumnValue::Text(bytes) => {
+                    ColumnValue::Text(std::str::from_utf8(bytes).map_err(|_| {
+                        EncodeError::NotUtf8 {
+                            table: self.table(),
+                            column: column.name.clone(),
+                        }
+                    })?)
+                }
+                pgoutput::ColumnValue::Binary(_) => {
+                    return Err(EncodeError::Binary {
+                        table: self.table(),
+                        column: column.name.clone(),
+                    });
+                }
+            });
+        }
+        schema.encode_text(&values).map_err(|e| EncodeError::Value {
+            table: self.table(),
+            detail: describe_error(&e),
+        })
+    }
+}
+
+/// Describes a pgtype-avro error by column, type, OID and kind, without the value
+/// (row values never go to logs).
+fn describe_error(error: &walbrook_pgtype_avro::Error) -> String {
+    use walbrook_pgtype_avro::Error;
+    match error {
+        Error::Column {
+            column,
+            type_name,
+            oid,
+            source,
+        } => format!(
+            "column {column:?} (type {type_name}, oid {oid}): {}",
+            describe_error(source)
+        ),
+        Error::Parse {
+            type_name, reason, ..
+        } => {
+            format!("value is not a valid {type_name}: {reason}")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn source_value(source: &Source) -> Value {
+    let lsn = |l: Lsn| Value::Long(i64::try_from(l.0).unwrap_or(i64::MAX));
+    Value::Record(vec![
+        ("database".into(), Value::String(source.database.clone())),
+        ("schema".into(), Value::String(source.schema.clone())),
+        ("table".into(), Value::String(source.table.clone())),
+        ("xid".into(), Value::Long(source.xid)),
+        ("commit_lsn".into(), lsn(source.commit_lsn)),
+        ("lsn".into(), lsn(source.lsn)),
+        (
+            "commit_ts".into(),
+            Value::TimestampMicros(source.commit_ts_micros),
+        ),
+        (
+            "ordinal".into(),
+            Value::Long(i64::try_from(source.ordinal).unwrap_or(i64::MAX)),
+        ),
+        ("last".into(), Value::Boolean(source.last)),
+        (
+            "sent_at".into(),
+            Value::TimestampMicros(source.sent_at_micros),
+        ),
+    ])
+}
+
+/// The envelope schema JSON for a relation (docs/protocol.md §3.2).
+pub fn envelope_json(desc: &RelationDesc) -> Json {
+    let mut named = NamedTypes::new();
+    let before = record_json(desc, RecordKind::Before, &mut named);
+    let after = record_json(desc, RecordKind::After, &mut named);
+    json!({
+        "type": "record",
+        "name": "Change",
+        "namespace": format!(
+            "walbrook.change.{}.{}",
+            walbrook_pgtype_avro::encode_name(&desc.schema),
+            walbrook_pgtype_avro::encode_name(&desc.table)
+        ),
+        "fields": [
+            {"name": "op", "type": {"type": "enum", "name": "Op", "namespace": "walbrook",
+                                     "symbols": OP_SYMBOLS}},
+            {"name": "source", "type": {"type": "record", "name": "Source", "namespace": "walbrook",
+                "fields": [
+                    {"name": "database", "type": "string"},
+                    {"name": "schema", "type": "string"},
+                    {"name": "table", "type": "string"},
+                    {"name": "xid", "type": "long"},
+                    {"name": "commit_lsn", "type": "long"},
+                    {"name": "lsn", "type": "long"},
+                    {"name": "commit_ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+                    {"name": "ordinal", "type": "long"},
+                    {"name": "last", "type": "boolean"},
+                    {"name": "sent_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}
+                ]}},
+            {"name": "before", "type": ["null", before]},
+            {"name": "after", "type": ["null", after]}
+        ],
+        "pgReplicaIdentity": char::from(desc.replica_identity.as_byte()).to_string(),
+    })
+}
+
+/// Reads the fingerprint of a change message without decoding it.
+pub fn message_fingerprint(payload: &[u8]) -> Option<Fingerprint> {
+    split_single_object(payload).ok().map(|(fp, _)| fp)
+}
+
+/// Whether a relation's replica identity lets PostgreSQL publish updates and deletes.
+pub fn publishes_updates(desc: &RelationDesc) -> bool {
+    match desc.replica_identity {
+        ReplicaIdentity::Full | ReplicaIdentity::Index => true,
+        ReplicaIdentity::Default => desc.columns.iter().any(|c| c.is_key),
+        ReplicaIdentity::Nothing => false,
+    }
+}

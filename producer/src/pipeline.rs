@@ -1,0 +1,636 @@
+//! The producer's main loop: replication → encode → publish → confirm.
+//!
+//! ```text
+//!  PostgreSQL walsender                         NATS JetStream
+//!        │ pgoutput (pgwire-replication worker: answers keepalives on its own)
+//!        ▼
+//!  ReplicationStream ──► handle(): Begin/Relation/Insert/…/Commit
+//!        ▲                  │ TableEncoder (Avro envelope, single-object)
+//!        │ confirm(lsn)     ▼
+//!        └────────────── Publisher (bounded window, in-order acks, Confirm markers)
+//! ```
+//!
+//! Rules this loop keeps:
+//! * **Durable means acked.** A transaction's commit `end_lsn` is pushed into the
+//!   publisher's window as a confirm marker after its events; the flush position sent
+//!   to PostgreSQL is the publisher's confirmed LSN, never more.
+//! * **Bounded memory.** Events are published as they are decoded (a 1M-row
+//!   transaction never sits in memory); only one event is held back, so that the
+//!   transaction's last event can carry `last = true`.
+//! * **Deterministic identities.** `Nats-Msg-Id` = commit LSN + ordinal. After a
+//!   reconnect or restart, events at or below the newest stored (or pushed) position
+//!   are skipped, and JetStream's duplicate window covers the rest.
+//! * **Stop, don't drop.** A change that cannot be encoded ends the run with an error
+//!   naming table, column and type; its LSN is never confirmed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::{NatsAuth, NatsConfig, ProducerConfig, redact_url};
+use crate::event::{EncodeError, Op, Source, TableEncoder};
+use crate::lsn::Lsn;
+use crate::pgoutput::{self, Message, Oid, Tuple};
+use crate::publish::{OutMessage, PublishFailure, Publisher, RetryPolicy, context_for};
+use crate::registry::{self, Registry};
+use crate::replication::{ConnectionTarget, ReplicationError, ReplicationStream, StreamItem};
+use crate::setup;
+use crate::streams::{self, StreamError, headers};
+use crate::subject::{StreamKind, Subjects};
+
+/// Prefix of the heartbeat messages the producer writes into the WAL.
+pub const HEARTBEAT_PREFIX: &str = "walbrook.heartbeat";
+
+/// Why the producer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// Prerequisites are not met (each problem with its fix).
+    #[error("prerequisites not met:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Setup(Vec<setup::SetupProblem>),
+    /// A SQL connection or query failed.
+    #[error("PostgreSQL ({context}): {detail}")]
+    Postgres {
+        /// What the producer was doing.
+        context: &'static str,
+        /// The error.
+        detail: String,
+    },
+    /// Connecting to NATS failed.
+    #[error("NATS: {0}")]
+    Nats(String),
+    /// A stream could not be set up.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// Publishing failed definitely.
+    #[error(transparent)]
+    Publish(#[from] PublishFailure),
+    /// A change could not be encoded.
+    #[error("cannot encode a change, stopping without confirming it: {0}")]
+    Encode(#[from] EncodeError),
+    /// The replication stream failed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// pgoutput broke an invariant (e.g. a change outside a transaction).
+    #[error("unexpected replication message: {0}")]
+    Protocol(String),
+}
+
+impl ProducerError {
+    /// Whether running again may succeed without operator action (transient network or
+    /// server trouble).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProducerError::Replication(e) => e.is_retryable(),
+            ProducerError::Postgres { .. } | ProducerError::Nats(_) => true,
+            ProducerError::Publish(e) => !e.is_definite(),
+            _ => false,
+        }
+    }
+}
+
+fn pg_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ProducerError {
+    move |e| ProducerError::Postgres {
+        context,
+        detail: e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// Opens a SQL connection whose connection task runs in the background.
+pub async fn connect_sql(url: &str) -> Result<Client, ProducerError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(pg_error("connecting"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "SQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Connects to NATS with the configured credentials and TLS.
+pub async fn connect_nats(config: &NatsConfig) -> Result<async_nats::Client, ProducerError> {
+    let mut options = match &config.auth {
+        NatsAuth::None => async_nats::ConnectOptions::new(),
+        NatsAuth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(
+                user.clone(),
+                password.expose().to_string(),
+            )
+        }
+        NatsAuth::Token(token) => {
+            async_nats::ConnectOptions::with_token(token.expose().to_string())
+        }
+        NatsAuth::CredsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| ProducerError::Nats(format!("reading {}: {e}", path.display())))?,
+        NatsAuth::NKey(seed) => async_nats::ConnectOptions::with_nkey(seed.expose().to_string()),
+    };
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &config.tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    options
+        .name("walbrook-producer")
+        .connect(config.servers.as_slice())
+        .await
+        .map_err(|e| {
+            ProducerError::Nats(format!("connecting to {}: {e}", config.servers.join(",")))
+        })
+}
+
+/// Runs the producer until `shutdown` is cancelled (then drains, confirms and returns
+/// `Ok`) or a definite error stops it.
+pub async fn run(config: ProducerConfig, shutdown: CancellationToken) -> Result<(), ProducerError> {
+    let pg_url = config.pg_url.expose().to_string();
+    tracing::info!(postgres = %redact_url(&pg_url), nats = %config.nats.servers.join(","), "starting");
+    let sql = Arc::new(connect_sql(&pg_url).await?);
+    let problems = setup::check(&sql, &config).await;
+    if !problems.is_empty() {
+        return Err(ProducerError::Setup(problems));
+    }
+    sql.batch_execute(registry::SETUP_SQL)
+        .await
+        .map_err(pg_error("creating the _walbrook schema"))?;
+    setup::ensure_publication(&sql, &config)
+        .await
+        .map_err(|p| ProducerError::Setup(vec![p]))?;
+    setup::ensure_slot(&sql, &config)
+        .await
+        .map_err(|p| ProducerError::Setup(vec![p]))?;
+    let database: String = sql
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(pg_error("reading the database name"))?
+        .get(0);
+    let subjects = Subjects::new(&config.root, &database);
+
+    let nats = connect_nats(&config.nats).await?;
+    let js = context_for(
+        nats.clone(),
+        config.nats.max_inflight,
+        config.nats.ack_timeout,
+    );
+    let mut wal_stream = streams::ensure_stream(
+        &js,
+        &subjects.stream_name(StreamKind::Wal),
+        &subjects.stream_subjects(StreamKind::Wal),
+        &format!("Walbrook change events of database {database}"),
+        &config.stream,
+    )
+    .await?;
+    streams::ensure_stream(
+        &js,
+        &subjects.stream_name(StreamKind::Schema),
+        &subjects.stream_subjects(StreamKind::Schema),
+        &format!("Walbrook schema announcements of database {database}"),
+        &config.stream,
+    )
+    .await?;
+    let resume = streams::last_position(&mut wal_stream).await?;
+    if let Some((lsn, ordinal)) = resume {
+        tracing::info!(%lsn, ordinal, "events up to this position are already stored");
+    }
+
+    let registry = Registry::new();
+    let rpc_sql = Arc::new(connect_sql(&pg_url).await?);
+    let rpc = tokio::spawn(registry::serve_lookups(
+        nats.clone(),
+        subjects.schema_rpc(),
+        registry.clone(),
+        rpc_sql,
+        database.clone(),
+    ));
+    let heartbeat = (!config.heartbeat_interval.is_zero()).then(|| {
+        tokio::spawn(heartbeats(
+            pg_url.clone(),
+            config.heartbeat_interval,
+            shutdown.clone(),
+        ))
+    });
+
+    let target = ConnectionTarget::from_url(&config.pg_url)?;
+    let mut state = Pipeline {
+        config: &config,
+        subjects,
+        database,
+        sql,
+        catalog: Catalog::new(),
+        registry,
+        publisher: Publisher::new(js, config.nats.max_inflight, RetryPolicy::default()),
+        encoders: HashMap::new(),
+        tx: None,
+        skip_through: resume,
+        last_pushed: resume,
+    };
+    let result = state.replicate(&target, &shutdown).await;
+    rpc.abort();
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.abort();
+    }
+    result
+}
+
+/// Writes a non-transactional logical message every `interval`, so an idle or
+/// filtered database still moves the slot forward (no unbounded WAL retention).
+async fn heartbeats(pg_url: String, interval: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if client.is_none() {
+            client = connect_sql(&pg_url).await.ok();
+        }
+        if let Some(c) = &client {
+            let sent = c
+                .execute(
+                    "SELECT pg_logical_emit_message(false, $1, '')",
+                    &[&HEARTBEAT_PREFIX],
+                )
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "heartbeat failed; reconnecting");
+                client = None;
+            }
+        }
+    }
+}
+
+/// A transaction being decoded.
+#[derive(Debug)]
+struct Tx {
+    xid: u32,
+    commit_lsn: Lsn,
+    commit_ts_micros: i64,
+    next_ordinal: u64,
+    /// The latest event, held back until we know whether it is the last.
+    held: Option<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    encoder: Arc<TableEncoder>,
+    op: Op,
+    lsn: Lsn,
+    ordinal: u64,
+    before: Option<Tuple>,
+    after: Option<Tuple>,
+}
+
+struct Pipeline<'a> {
+    config: &'a ProducerConfig,
+    subjects: Subjects,
+    database: String,
+    sql: Arc<Client>,
+    catalog: Catalog,
+    registry: Registry,
+    publisher: Publisher,
+    encoders: HashMap<Oid, Arc<TableEncoder>>,
+    tx: Option<Tx>,
+    /// Events at or below this (commit LSN, ordinal) are already stored.
+    skip_through: Option<(Lsn, u64)>,
+    /// The newest event handed to the publisher.
+    last_pushed: Option<(Lsn, u64)>,
+}
+
+enum Stop {
+    Shutdown,
+}
+
+impl Pipeline<'_> {
+    async fn replicate(
+        &mut self,
+        target: &ConnectionTarget,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProducerError> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let started = ReplicationStream::start(
+                target,
+                &self.config.slot,
+                &self.config.publication,
+                Duration::from_secs(1),
+            )
+            .await;
+            let mut stream = match started {
+                Ok(stream) => stream,
+                Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, ?backoff, "cannot start replication; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            tracing::info!(slot = %self.config.slot, "replication started");
+            match self.stream_loop(&mut stream, shutdown).await {
+                Ok(Stop::Shutdown) => {
+                    tracing::info!("shutting down: waiting for outstanding acks");
+                    self.publisher.flush().await?;
+                    let confirmed = self.publisher.confirmed();
+                    stream.confirm(confirmed);
+                    wait_for_slot(&self.sql, &self.config.slot, confirmed).await;
+                    let _ = stream.shutdown().await;
+                    tracing::info!(%confirmed, "stopped cleanly");
+                    return Ok(());
+                }
+                Err(ProducerError::Replication(e)) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "replication connection lost; resuming from the slot");
+                    // The partial transaction will be sent again from its Begin; what
+                    // was already pushed is skipped (the publisher still owns it).
+                    self.tx = None;
+                    self.skip_through = self.skip_through.max(self.last_pushed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn stream_loop(
+        &mut self,
+        stream: &mut ReplicationStream,
+        shutdown: &CancellationToken,
+    ) -> Result<Stop, ProducerError> {
+        let mut reported = Lsn::ZERO;
+        loop {
+            let confirmed = self.publisher.confirmed();
+            if confirmed > reported {
+                stream.confirm(confirmed);
+                reported = confirmed;
+            }
+            let has_room = self.publisher.has_room();
+            let pending = !self.publisher.is_empty();
+            tokio::select! {
+                biased;
+                // Shutdown first: stop taking new work.
+                () = shutdown.cancelled() => return Ok(Stop::Shutdown),
+                // Then acks: they move the confirmed position and free window room.
+                done = self.publisher.complete_one(), if pending => done?,
+                // Then new changes, only while the window has room (backpressure: the
+                // transport keeps answering keepalives while we wait).
+                item = stream.next(), if has_room => match item? {
+                    Some(StreamItem::Message { message, lsn }) => self.handle(message, lsn).await?,
+                    Some(StreamItem::KeepAlive { .. }) => {}
+                    None => {
+                        return Err(ProducerError::Replication(ReplicationError::Config(
+                            "the server ended the replication stream".into(),
+                        )));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: Message, lsn: Lsn) -> Result<(), ProducerError> {
+        match message {
+            Message::Begin(begin) => {
+                self.tx = Some(Tx {
+                    xid: begin.xid.0,
+                    commit_lsn: begin.final_lsn,
+                    commit_ts_micros: begin.commit_ts.unix_micros(),
+                    next_ordinal: 0,
+                    held: None,
+                });
+            }
+            Message::Relation(relation) => self.relation(&relation).await?,
+            Message::Insert(insert) => {
+                self.change(insert.relation, lsn, |_| Op::Insert, None, Some(insert.new))
+                    .await?;
+            }
+            Message::Update(update) => {
+                let relation = update.relation;
+                let before = update.old.as_ref().map(|old| old.tuple.clone());
+                let after = Some(update.new.clone());
+                self.change(
+                    relation,
+                    lsn,
+                    |encoder| encoder.update_op(&update),
+                    before,
+                    after,
+                )
+                .await?;
+            }
+            Message::Delete(delete) => {
+                self.change(
+                    delete.relation,
+                    lsn,
+                    |_| Op::Delete,
+                    Some(delete.old.tuple),
+                    None,
+                )
+                .await?;
+            }
+            Message::Truncate(truncate) => {
+                for relation in truncate.relations {
+                    self.change(relation, lsn, |_| Op::Truncate, None, None)
+                        .await?;
+                }
+            }
+            Message::Commit(commit) => {
+                let tx = self.tx.take().ok_or_else(|| {
+                    ProducerError::Protocol(format!(
+                        "commit at {} without a begin",
+                        commit.commit_lsn
+                    ))
+                })?;
+                if let Some(held) = tx.held {
+                    self.emit(
+                        &tx_meta(tx.xid, tx.commit_lsn, tx.commit_ts_micros),
+                        held,
+                        true,
+                    )
+                    .await?;
+                }
+                self.publisher.push_confirm(commit.end_lsn);
+            }
+            Message::LogicalMessage(message) => {
+                // A heartbeat outside any transaction: everything before it is either
+                // acked or in the window, so its position can be confirmed in order.
+                if !message.transactional && self.tx.is_none() {
+                    self.publisher.push_confirm(message.lsn);
+                }
+            }
+            Message::Origin(_) | Message::Type(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn relation(&mut self, relation: &pgoutput::Relation) -> Result<(), ProducerError> {
+        // A Relation message follows DDL: type definitions may have changed too.
+        self.catalog.invalidate();
+        let desc = self
+            .catalog
+            .describe(&self.sql, relation)
+            .await
+            .map_err(|e| ProducerError::Postgres {
+                context: "describing a relation",
+                detail: e.to_string(),
+            })?;
+        let encoder = TableEncoder::new(desc)?;
+        let fingerprint = encoder.fingerprint();
+        if !self.registry.contains(fingerprint) {
+            let desc = encoder.desc();
+            let doc = registry::persist(
+                &self.sql,
+                &self.database,
+                &desc.schema,
+                &desc.table,
+                fingerprint,
+                encoder.schema_json(),
+            )
+            .await
+            .map_err(pg_error("persisting a schema"))?;
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("schema-{fingerprint}").as_str());
+            headers.insert(headers::FINGERPRINT, fingerprint.to_string().as_str());
+            let payload = serde_json::to_vec(&doc).expect("a schema document serializes");
+            self.publisher
+                .push(OutMessage {
+                    subject: self.subjects.schema_announcement(&desc.schema, &desc.table),
+                    headers,
+                    payload: payload.into(),
+                })
+                .await?;
+            self.registry.insert(fingerprint, doc);
+            tracing::info!(table = %format!("{}.{}", desc.schema, desc.table), %fingerprint, "schema version announced");
+        }
+        self.encoders.insert(relation.id, Arc::new(encoder));
+        Ok(())
+    }
+
+    async fn change(
+        &mut self,
+        relation: Oid,
+        lsn: Lsn,
+        op: impl FnOnce(&TableEncoder) -> Op,
+        before: Option<Tuple>,
+        after: Option<Tuple>,
+    ) -> Result<(), ProducerError> {
+        let encoder = self.encoders.get(&relation).cloned().ok_or_else(|| {
+            ProducerError::Protocol(format!(
+                "change for relation {relation} before its description"
+            ))
+        })?;
+        let tx = self.tx.as_mut().ok_or_else(|| {
+            ProducerError::Protocol(format!("change at {lsn} outside a transaction"))
+        })?;
+        let held = Held {
+            op: op(&encoder),
+            encoder,
+            lsn,
+            ordinal: tx.next_ordinal,
+            before,
+            after,
+        };
+        tx.next_ordinal += 1;
+        let meta = tx_meta(tx.xid, tx.commit_lsn, tx.commit_ts_micros);
+        if let Some(previous) = tx.held.replace(held) {
+            self.emit(&meta, previous, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn emit(&mut self, tx: &TxMeta, held: Held, last: bool) -> Result<(), ProducerError> {
+        let position = (tx.commit_lsn, held.ordinal);
+        if self.skip_through.is_some_and(|stored| position <= stored) {
+            return Ok(());
+        }
+        let desc = held.encoder.desc();
+        let source = Source {
+            database: self.database.clone(),
+            schema: desc.schema.clone(),
+            table: desc.table.clone(),
+            xid: i64::from(tx.xid),
+            commit_lsn: tx.commit_lsn,
+            lsn: held.lsn,
+            commit_ts_micros: tx.commit_ts_micros,
+            ordinal: held.ordinal,
+            last,
+            sent_at_micros: now_micros(),
+        };
+        let payload =
+            held.encoder
+                .encode(held.op, &source, held.before.as_ref(), held.after.as_ref())?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}-{}", tx.commit_lsn.to_fixed_hex(), held.ordinal).as_str(),
+        );
+        headers.insert(
+            headers::FINGERPRINT,
+            held.encoder.fingerprint().to_string().as_str(),
+        );
+        headers.insert(headers::OP, held.op.header_value());
+        headers.insert(headers::COMMIT_LSN, tx.commit_lsn.to_string().as_str());
+        headers.insert(headers::ORDINAL, held.ordinal.to_string().as_str());
+        if last {
+            headers.insert(headers::LAST, "true");
+        }
+        self.publisher
+            .push(OutMessage {
+                subject: self.subjects.change(&desc.schema, &desc.table),
+                headers,
+                payload: payload.into(),
+            })
+            .await?;
+        self.last_pushed = Some(position);
+        Ok(())
+    }
+}
+
+/// Waits (briefly) until the slot shows `lsn` as confirmed, so a clean stop leaves
+/// nothing to replay. Not waiting would only cause harmless, deduplicated replays.
+async fn wait_for_slot(sql: &Client, slot: &str, lsn: Lsn) {
+    for _ in 0..50 {
+        let row = sql
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        if let Ok(Some(row)) = row
+            && let Some(text) = row.get::<_, Option<String>>(0)
+            && text.parse::<Lsn>().is_ok_and(|c| c >= lsn)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct TxMeta {
+    xid: u32,
+    commit_lsn: Lsn,
+    commit_ts_micros: i64,
+}
+
+fn tx_meta(xid: u32, commit_lsn: Lsn, commit_ts_micros: i64) -> TxMeta {
+    TxMeta {
+        xid,
+        commit_lsn,
+        commit_ts_micros,
+    }
+}
+
+fn now_micros() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,211 @@
+//! The schema registry: every envelope schema version is persisted in the source
+//! database (`_walbrook.schemas`), announced on the schema subject, and served by the
+//! lookup RPC (docs/protocol.md §5).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+use walbrook_pgtype_avro::Fingerprint;
+
+/// A schema document: what the schema subject carries and the lookup RPC returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaDoc {
+    /// Fingerprint text (16 lowercase hex digits).
+    pub fingerprint: String,
+    /// The Avro schema JSON text.
+    pub schema: String,
+    /// Source database.
+    pub database: String,
+    /// `schema.table` (unquoted).
+    pub table: String,
+    /// When the version was first seen, RFC 3339.
+    pub created_at: String,
+}
+
+/// SQL that creates the registry table (idempotent).
+pub const SETUP_SQL: &str = "
+    CREATE SCHEMA IF NOT EXISTS _walbrook;
+    CREATE TABLE IF NOT EXISTS _walbrook.schemas (
+        fingerprint text PRIMARY KEY,
+        schema_name text NOT NULL,
+        table_name  text NOT NULL,
+        schema_json text NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now()
+    );";
+
+/// Schemas known to this producer, shared with the RPC responder.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    known: Arc<RwLock<HashMap<Fingerprint, SchemaDoc>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Whether a fingerprint is already known (persisted and announced).
+    pub fn contains(&self, fingerprint: Fingerprint) -> bool {
+        self.read().contains_key(&fingerprint)
+    }
+
+    /// Remembers a schema.
+    pub fn insert(&self, fingerprint: Fingerprint, doc: SchemaDoc) {
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fingerprint, doc);
+    }
+
+    /// Looks a fingerprint up in memory.
+    pub fn get(&self, fingerprint: Fingerprint) -> Option<SchemaDoc> {
+        self.read().get(&fingerprint).cloned()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Fingerprint, SchemaDoc>> {
+        self.known.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Persists a schema version (no-op if it exists) and returns the stored document.
+pub async fn persist(
+    client: &Client,
+    database: &str,
+    schema_name: &str,
+    table_name: &str,
+    fingerprint: Fingerprint,
+    schema_json: &str,
+) -> Result<SchemaDoc, tokio_postgres::Error> {
+    let fp = fingerprint.to_string();
+    client
+        .execute(
+            "INSERT INTO _walbrook.schemas (fingerprint, schema_name, table_name, schema_json)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (fingerprint) DO NOTHING",
+            &[&fp, &schema_name, &table_name, &schema_json],
+        )
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+               FROM _walbrook.schemas WHERE fingerprint = $1",
+            &[&fp],
+        )
+        .await?;
+    Ok(SchemaDoc {
+        fingerprint: fp,
+        schema: schema_json.to_string(),
+        database: database.to_string(),
+        table: format!("{schema_name}.{table_name}"),
+        created_at: row.get(0),
+    })
+}
+
+/// Loads a persisted schema version.
+pub async fn load(
+    client: &Client,
+    database: &str,
+    fingerprint: Fingerprint,
+) -> Result<Option<SchemaDoc>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT schema_name, table_name, schema_json,
+                    to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+               FROM _walbrook.schemas WHERE fingerprint = $1",
+            &[&fingerprint.to_string()],
+        )
+        .await?;
+    Ok(row.map(|r| SchemaDoc {
+        fingerprint: fingerprint.to_string(),
+        schema: r.get(2),
+        database: database.to_string(),
+        table: format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
+        created_at: r.get(3),
+    }))
+}
+
+/// An RPC error answer: NATS service error headers plus a JSON body.
+fn error_reply(code: u16, message: &str) -> (async_nats::HeaderMap, bytes::Bytes) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Service-Error", message);
+    headers.insert("Nats-Service-Error-Code", code.to_string().as_str());
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    (headers, body.into())
+}
+
+/// Answers schema lookups on `subject` (queue group `walbrook`) until the subscription
+/// ends. Every request with a reply subject gets an answer: the document, or an error
+/// (400 malformed, 404 unknown, 500 internal) at once.
+pub async fn serve_lookups(
+    nats: async_nats::Client,
+    subject: String,
+    registry: Registry,
+    db: Arc<Client>,
+    database: String,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut requests = nats.queue_subscribe(subject, "walbrook".into()).await?;
+    while let Some(request) = requests.next().await {
+        let Some(reply) = request.reply.clone() else {
+            tracing::debug!("schema lookup without a reply subject ignored");
+            continue;
+        };
+        let answer = answer_lookup(&request.payload, &registry, &db, &database).await;
+        let (headers, body) = match answer {
+            Ok(doc) => (
+                async_nats::HeaderMap::new(),
+                serde_json::to_vec(&doc).unwrap_or_default().into(),
+            ),
+            Err((code, message)) => error_reply(code, &message),
+        };
+        if let Err(e) = nats.publish_with_headers(reply, headers, body).await {
+            tracing::warn!(error = %e, "could not answer a schema lookup");
+        }
+    }
+    Ok(())
+}
+
+async fn answer_lookup(
+    payload: &[u8],
+    registry: &Registry,
+    db: &Client,
+    database: &str,
+) -> Result<SchemaDoc, (u16, String)> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| {
+            (
+                400,
+                "the request must be a fingerprint: 16 lowercase hex digits".to_string(),
+            )
+        })?
+        .trim();
+    if text.len() != 16
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err((
+            400,
+            format!(
+                "malformed fingerprint {:?}: expected 16 lowercase hex digits",
+                text.chars().take(40).collect::<String>()
+            ),
+        ));
+    }
+    let fingerprint: Fingerprint = text
+        .parse()
+        .map_err(|_| (400, format!("malformed fingerprint {text:?}")))?;
+    if let Some(doc) = registry.get(fingerprint) {
+        return Ok(doc);
+    }
+    match load(db, database, fingerprint).await {
+        Ok(Some(doc)) => {
+            registry.insert(fingerprint, doc.clone());
+            Ok(doc)
+        }
+        Ok(None) => Err((404, format!("unknown fingerprint {text}"))),
+        Err(e) => Err((500, format!("schema store unavailable: {e}"))),
+    }
+}

@@ -1,0 +1,220 @@
+//! Start-up: prerequisite checks with operator hints, the publication and the slot.
+
+use tokio_postgres::Client;
+
+use crate::config::{ProducerConfig, TableName, quote_ident};
+
+/// A prerequisite that is not met, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}\n  fix: {hint}")]
+pub struct SetupProblem {
+    /// What is wrong.
+    pub problem: String,
+    /// What the operator should do.
+    pub hint: String,
+}
+
+fn problem(problem: impl Into<String>, hint: impl Into<String>) -> SetupProblem {
+    SetupProblem {
+        problem: problem.into(),
+        hint: hint.into(),
+    }
+}
+
+fn sql_problem(what: &str, e: tokio_postgres::Error) -> SetupProblem {
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    problem(
+        format!("{what} failed: {detail}"),
+        "check that the configured user can connect and read the catalogs",
+    )
+}
+
+/// Checks every prerequisite; returns all problems found (empty when ready).
+pub async fn check(client: &Client, config: &ProducerConfig) -> Vec<SetupProblem> {
+    let mut problems = Vec::new();
+    match client.query_one("SHOW wal_level", &[]).await {
+        Ok(row) => {
+            let level: String = row.get(0);
+            if level != "logical" {
+                problems.push(problem(
+                    format!("wal_level is {level}, logical replication needs logical"),
+                    "set wal_level = logical in postgresql.conf and restart PostgreSQL",
+                ));
+            }
+        }
+        Err(e) => problems.push(sql_problem("SHOW wal_level", e)),
+    }
+    match client
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+    {
+        Ok(row) if !row.get::<_, bool>(0) => problems.push(problem(
+            "the configured user has no REPLICATION privilege",
+            "ALTER ROLE <user> REPLICATION (or connect as a user that has it)",
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(sql_problem("reading the user's privileges", e)),
+    }
+    match client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots)::int,
+                    current_setting('max_replication_slots')::int,
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&config.slot],
+        )
+        .await
+    {
+        Ok(row) => {
+            let (used, max, exists): (i32, i32, bool) = (row.get(0), row.get(1), row.get(2));
+            if !exists && used >= max {
+                problems.push(problem(
+                    format!(
+                        "all {max} replication slots are in use; slot {} cannot be created",
+                        config.slot
+                    ),
+                    "raise max_replication_slots (and restart) or drop an unused slot",
+                ));
+            }
+        }
+        Err(e) => problems.push(sql_problem("reading replication slots", e)),
+    }
+    for table in &config.tables {
+        if let Err(p) = check_table(client, table).await {
+            problems.push(p);
+        }
+    }
+    problems
+}
+
+async fn check_table(client: &Client, table: &TableName) -> Result<(), SetupProblem> {
+    let row = client
+        .query_opt(
+            "SELECT c.relkind::text, c.relreplident::text,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.table],
+        )
+        .await
+        .map_err(|e| sql_problem(&format!("looking up table {table}"), e))?;
+    let Some(row) = row else {
+        return Err(problem(
+            format!("table {table} does not exist"),
+            "create it, or remove it from `tables` (names are case-sensitive; quote them)",
+        ));
+    };
+    let (kind, identity, has_pk): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+    if kind != "r" && kind != "p" {
+        return Err(problem(
+            format!("{table} is not a table (relkind {kind}) and cannot be published"),
+            "publish the underlying table instead",
+        ));
+    }
+    let identity_ok = match identity.as_str() {
+        "f" | "i" => true,
+        "d" => has_pk,
+        _ => false,
+    };
+    if !identity_ok {
+        return Err(problem(
+            format!(
+                "{table} has no primary key or replica identity: once published, every UPDATE \
+                 and DELETE on it would fail on the source"
+            ),
+            format!("add a primary key, or ALTER TABLE {table} REPLICA IDENTITY FULL"),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the publication if missing (with `publish_via_partition_root`), and makes
+/// its table list equal to the configured tables.
+pub async fn ensure_publication(
+    client: &Client,
+    config: &ProducerConfig,
+) -> Result<(), SetupProblem> {
+    let tables = config
+        .tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let publication = quote_ident(&config.publication);
+    let existing = client
+        .query_opt(
+            "SELECT pubviaroot, puballtables FROM pg_publication WHERE pubname = $1",
+            &[&config.publication],
+        )
+        .await
+        .map_err(|e| sql_problem("looking up the publication", e))?;
+    let sql = match existing {
+        None => format!(
+            "CREATE PUBLICATION {publication} FOR TABLE {tables} \
+             WITH (publish_via_partition_root = true)"
+        ),
+        Some(row) if row.get::<_, bool>(1) => {
+            return Err(problem(
+                format!("publication {} is FOR ALL TABLES", config.publication),
+                "use a publication that lists tables, or a new publication name",
+            ));
+        }
+        Some(row) => {
+            let mut sql = format!("ALTER PUBLICATION {publication} SET TABLE {tables};");
+            if !row.get::<_, bool>(0) {
+                sql.push_str(&format!(
+                    "ALTER PUBLICATION {publication} SET (publish_via_partition_root = true);"
+                ));
+            }
+            sql
+        }
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| sql_problem("creating or updating the publication", e))
+}
+
+/// Creates the logical replication slot (pgoutput) if missing; checks an existing one.
+pub async fn ensure_slot(client: &Client, config: &ProducerConfig) -> Result<(), SetupProblem> {
+    let existing = client
+        .query_opt(
+            "SELECT plugin::text, database::text, current_database()::text
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.slot],
+        )
+        .await
+        .map_err(|e| sql_problem("looking up the slot", e))?;
+    match existing {
+        None => {
+            client
+                .execute(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&config.slot],
+                )
+                .await
+                .map_err(|e| sql_problem("creating the replication slot", e))?;
+            Ok(())
+        }
+        Some(row) => {
+            let (plugin, db, current): (Option<String>, Option<String>, String) =
+                (row.get(0), row.get(1), row.get(2));
+            if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(current.as_str()) {
+                return Err(problem(
+                    format!(
+                        "slot {} exists but is not a pgoutput slot of database {current} \
+                         (plugin {plugin:?}, database {db:?})",
+                        config.slot
+                    ),
+                    "choose another slot name, or drop that slot",
+                ));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! JetStream streams: created when missing, never silently overwritten.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::{Storage, StreamConfig};
+use crate::lsn::Lsn;
+
+/// Header names of change events (docs/protocol.md §3.3).
+pub mod headers {
+    /// Commit LSN in `X/X` form.
+    pub const COMMIT_LSN: &str = "Walbrook-Commit-Lsn";
+    /// Ordinal within the transaction.
+    pub const ORDINAL: &str = "Walbrook-Ordinal";
+    /// `true` on a transaction's last event.
+    pub const LAST: &str = "Walbrook-Last";
+    /// Operation.
+    pub const OP: &str = "Walbrook-Op";
+    /// Fingerprint text.
+    pub const FINGERPRINT: &str = "Walbrook-Fingerprint";
+}
+
+/// An error managing streams.
+#[derive(Debug, thiserror::Error)]
+#[error("JetStream stream {stream}: {detail}")]
+pub struct StreamError {
+    stream: String,
+    detail: String,
+}
+
+/// Makes sure stream `name` exists, capturing `subjects`. A missing stream is created
+/// with `settings`; an existing one is left alone, with a warning for every setting
+/// that differs from the configuration (an operator may have changed it on purpose).
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+    description: &str,
+    settings: &StreamConfig,
+) -> Result<stream::Stream, StreamError> {
+    let err = |detail: String| StreamError {
+        stream: name.to_string(),
+        detail,
+    };
+    let wanted = stream::Config {
+        name: name.to_string(),
+        description: Some(description.to_string()),
+        subjects: vec![subjects.to_string()],
+        storage: match settings.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        num_replicas: settings.replicas,
+        max_age: settings.max_age,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    };
+    match js.get_stream(name).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| err(format!("reading its settings: {e}")))?;
+            let have = &info.config;
+            let mut drift = Vec::new();
+            if !have.subjects.iter().any(|s| s == subjects || s == ">") {
+                drift.push(format!(
+                    "subjects {:?} do not include {subjects}",
+                    have.subjects
+                ));
+            }
+            if have.storage != wanted.storage {
+                drift.push(format!(
+                    "storage {:?} (config: {:?})",
+                    have.storage, wanted.storage
+                ));
+            }
+            if have.num_replicas != wanted.num_replicas {
+                drift.push(format!(
+                    "replicas {} (config: {})",
+                    have.num_replicas, wanted.num_replicas
+                ));
+            }
+            if have.max_age != wanted.max_age {
+                drift.push(format!(
+                    "max_age {:?} (config: {:?})",
+                    have.max_age, wanted.max_age
+                ));
+            }
+            if have.duplicate_window != wanted.duplicate_window {
+                drift.push(format!(
+                    "duplicate_window {:?} (config: {:?})",
+                    have.duplicate_window, wanted.duplicate_window
+                ));
+            }
+            for item in &drift {
+                tracing::warn!(
+                    stream = name,
+                    "stream setting differs from the config, left as is: {item}"
+                );
+            }
+            if !have.subjects.iter().any(|s| s == subjects || s == ">") {
+                return Err(err(format!(
+                    "exists but does not capture {subjects}; fix the stream's subjects"
+                )));
+            }
+            Ok(existing)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref api)
+                    if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            js.create_stream(wanted)
+                .await
+                .map_err(|e| err(format!("cannot create it: {e}")))
+        }
+        Err(e) => Err(err(format!("cannot look it up: {e}"))),
+    }
+}
+
+/// The (commit LSN, ordinal) of the newest event stored in a change stream, if any.
+/// The producer skips events at or below it when it resumes (docs/protocol.md §3.4).
+pub async fn last_position(stream: &mut stream::Stream) -> Result<Option<(Lsn, u64)>, StreamError> {
+    let name = stream.cached_info().config.name.clone();
+    let err = |detail: String| StreamError {
+        stream: name.clone(),
+        detail,
+    };
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| err(format!("reading its state: {e}")))?;
+    let last = info.state.last_sequence;
+    if info.state.messages == 0 || last == 0 {
+        return Ok(None);
+    }
+    let message = match stream.get_raw_message(last).await {
+        Ok(message) => message,
+        // Removed by retention between info() and the read: nothing to compare with.
+        Err(_) => return Ok(None),
+    };
+    let lsn = message
+        .headers
+        .get(headers::COMMIT_LSN)
+        .and_then(|v| v.as_str().parse::<Lsn>().ok());
+    let ordinal = message
+        .headers
+        .get(headers::ORDINAL)
+        .and_then(|v| v.as_str().parse::<u64>().ok());
+    match (lsn, ordinal) {
+        (Some(lsn), Some(ordinal)) => Ok(Some((lsn, ordinal))),
+        _ => Err(err(format!(
+            "its last message (sequence {last}) has no {} / {} headers; \
+             is another application publishing into it?",
+            headers::COMMIT_LSN,
+            headers::ORDINAL
+        ))),
+    }
+}
+
+/// How long to wait between attempts to reach JetStream at start-up.
+pub const STARTUP_RETRY: Duration = Duration::from_secs(1);

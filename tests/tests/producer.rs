@@ -1,0 +1,438 @@
+//! End-to-end tests of the producer: real PostgreSQL in, real JetStream out.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use walbrook_harness::{NatsServer, PgServer, TestDb};
+use walbrook_pgtype_avro::Fingerprint;
+use walbrook_pgtype_avro::fingerprint::{decode_body, split_single_object};
+use walbrook_producer::config::{ProducerConfig, RawConfig};
+use walbrook_producer::pipeline;
+
+const ROOT: &str = "WBTEST";
+
+fn config(db: &TestDb<'_>, nats_url: &str, tables: &str) -> ProducerConfig {
+    let mut raw = RawConfig::default();
+    raw.apply_env([
+        ("WALBROOK_PG_URL", db.url()),
+        ("WALBROOK_NATS_URL", nats_url.to_string()),
+        ("WALBROOK_TABLES", tables.to_string()),
+        ("WALBROOK_SLOT", db.slot_name()),
+        ("WALBROOK_PUBLICATION", db.publication_name()),
+        ("WALBROOK_ROOT", ROOT.to_string()),
+        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
+    ])
+    .unwrap();
+    raw.validate().unwrap()
+}
+
+async fn sql(db: &TestDb<'_>) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// A decoded change event.
+#[derive(Debug, Clone)]
+struct Event {
+    op: String,
+    table: String,
+    commit_lsn: i64,
+    ordinal: i64,
+    last: bool,
+    before: Option<HashMap<String, Value>>,
+    after: Option<HashMap<String, Value>>,
+    msg_id: String,
+}
+
+fn record(value: &Value) -> Option<HashMap<String, Value>> {
+    let inner = match value {
+        Value::Union(_, inner) => inner.as_ref(),
+        other => other,
+    };
+    match inner {
+        Value::Null => None,
+        Value::Record(fields) => Some(fields.iter().cloned().collect()),
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
+fn field<'a>(fields: &'a [(String, Value)], name: &str) -> &'a Value {
+    &fields.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+/// Looks a schema up through the producer's RPC and decodes the message.
+async fn decode(nats: &async_nats::Client, db: &str, message: &jetstream::Message) -> Event {
+    let (fingerprint, body) = split_single_object(&message.payload).unwrap();
+    let reply = nats
+        .request(
+            format!("{ROOT}.{db}.rpc.schema"),
+            fingerprint.to_string().into(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        reply.headers.is_none()
+            || reply
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("Nats-Service-Error")
+                .is_none()
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(doc["fingerprint"], fingerprint.to_string());
+    let schema_json = doc["schema"].as_str().unwrap();
+    assert_eq!(Fingerprint::of_json_str(schema_json).unwrap(), fingerprint);
+    let schema = apache_avro::Schema::parse_str(schema_json).unwrap();
+    let Value::Record(fields) = decode_body(&schema, body).unwrap() else {
+        panic!("not a record")
+    };
+    let Value::Enum(_, op) = field(&fields, "op") else {
+        panic!()
+    };
+    let Value::Record(source) = field(&fields, "source") else {
+        panic!()
+    };
+    let long = |name: &str| match field(source, name) {
+        Value::Long(v) => *v,
+        other => panic!("{name}: {other:?}"),
+    };
+    let Value::String(table) = field(source, "table") else {
+        panic!()
+    };
+    let Value::Boolean(last) = field(source, "last") else {
+        panic!()
+    };
+    let headers = message.headers.as_ref().unwrap();
+    Event {
+        op: op.clone(),
+        table: table.clone(),
+        commit_lsn: long("commit_lsn"),
+        ordinal: long("ordinal"),
+        last: *last,
+        before: record(field(&fields, "before")),
+        after: record(field(&fields, "after")),
+        msg_id: headers.get("Nats-Msg-Id").unwrap().to_string(),
+    }
+}
+
+/// Reads `count` events from the change stream (waiting up to 20 s).
+async fn read_events(nats: &async_nats::Client, db: &str, count: usize) -> Vec<Event> {
+    let js = jetstream::new(nats.clone());
+    let stream = js.get_stream(format!("{ROOT}_{db}_WAL")).await.unwrap();
+    let consumer = stream
+        .create_consumer(OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut events = Vec::new();
+    while events.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} events arrived", events.len()))
+            .unwrap()
+            .unwrap();
+        events.push(decode(nats, db, &message).await);
+    }
+    // Nothing more than expected.
+    let extra = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+    assert!(extra.is_err(), "more events than expected: {extra:?}");
+    events
+}
+
+fn int(value: Option<&Value>) -> i64 {
+    match value {
+        Some(Value::Union(_, v)) => int(Some(v)),
+        Some(Value::Int(v)) => i64::from(*v),
+        Some(Value::Long(v)) => *v,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+fn text(value: Option<&Value>) -> Option<String> {
+    match value {
+        Some(Value::Union(_, v)) => text(Some(v)),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) => None,
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_operation_arrives_once_in_order() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_ops");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, name text, qty int NOT NULL DEFAULT 0);
+             CREATE TABLE logs (line text, at int);
+             ALTER TABLE logs REPLICA IDENTITY FULL;",
+        )
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config(&db, &nats.url(), "public.items, public.logs"),
+        shutdown.clone(),
+    ));
+    // Let the producer create the slot before writing (changes before it are not CDC).
+    wait_for_slot(&client, &db.slot_name()).await;
+    // One statement per round trip: each is its own transaction (a multi-statement
+    // simple query would be one implicit transaction).
+    for statement in [
+        "INSERT INTO items VALUES (1, 'one', 1), (2, 'two', 2), (3, 'three', 3)",
+        "BEGIN; UPDATE items SET qty = 10 WHERE id = 1; UPDATE items SET id = 20 WHERE id = 2; \
+         DELETE FROM items WHERE id = 3; COMMIT",
+        "INSERT INTO logs VALUES ('a', 1)",
+        "UPDATE logs SET at = 2",
+        "DELETE FROM logs",
+        "TRUNCATE items",
+    ] {
+        client.batch_execute(statement).await.unwrap();
+    }
+    let copy = client
+        .copy_in("COPY items (id, name) FROM STDIN")
+        .await
+        .unwrap();
+    futures::pin_mut!(copy);
+    futures::SinkExt::send(
+        &mut copy,
+        bytes::Bytes::from_static(b"7\tseven\n8\teight\n9\tnine\n"),
+    )
+    .await
+    .unwrap();
+    copy.finish().await.unwrap();
+
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let events = read_events(&nats_client, db.name(), 3 + 3 + 3 + 1 + 3).await;
+    let ops: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.table.as_str(), e.op.as_str()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("items", "INSERT"),
+            ("items", "INSERT"),
+            ("items", "INSERT"),
+            ("items", "UPDATE"),
+            ("items", "UPDATE_KEY"),
+            ("items", "DELETE"),
+            ("logs", "INSERT"),
+            ("logs", "UPDATE"),
+            ("logs", "DELETE"),
+            ("items", "TRUNCATE"),
+            ("items", "INSERT"),
+            ("items", "INSERT"),
+            ("items", "INSERT"),
+        ]
+    );
+    // Multi-row INSERT and COPY: every row, none lost to deduplication.
+    let ids: Vec<i64> = events
+        .iter()
+        .filter(|e| e.op == "INSERT" && e.table == "items")
+        .map(|e| int(e.after.as_ref().unwrap().get("id")))
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 7, 8, 9]);
+    // Transaction metadata: ordinals, last flags, unique deterministic ids.
+    let tx = &events[3..6];
+    assert!(tx.iter().all(|e| e.commit_lsn == tx[0].commit_lsn));
+    assert_eq!(tx.iter().map(|e| e.ordinal).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(
+        tx.iter().map(|e| e.last).collect::<Vec<_>>(),
+        [false, false, true]
+    );
+    let mut ids: Vec<&str> = events.iter().map(|e| e.msg_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "Nats-Msg-Id is unique per event");
+    // Before/after per replica identity.
+    assert!(
+        events[3].before.is_none(),
+        "DEFAULT identity, key unchanged: no before"
+    );
+    assert_eq!(int(events[3].after.as_ref().unwrap().get("qty")), 10);
+    assert_eq!(
+        int(events[4].before.as_ref().unwrap().get("id")),
+        2,
+        "old key"
+    );
+    assert_eq!(int(events[4].after.as_ref().unwrap().get("id")), 20);
+    assert_eq!(int(events[5].before.as_ref().unwrap().get("id")), 3);
+    assert!(events[5].after.is_none());
+    let full_update = &events[7];
+    assert_eq!(
+        text(full_update.before.as_ref().unwrap().get("line")).as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        int(full_update.before.as_ref().unwrap().get("at")),
+        1,
+        "FULL: whole old row"
+    );
+    assert_eq!(int(full_update.after.as_ref().unwrap().get("at")), 2);
+    assert!(events[9].before.is_none() && events[9].after.is_none());
+
+    // The flush position reaches the last commit once everything is acked.
+    let last_commit = events.last().unwrap().commit_lsn;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let confirmed: i64 = client
+            .query_one(
+                "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                &[&db.slot_name()],
+            )
+            .await
+            .unwrap()
+            .get::<_, rust_decimal_shim::Numeric>(0)
+            .0;
+        if confirmed > last_commit {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never confirmed the last commit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), producer)
+        .await
+        .expect("the producer stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn schema_lookup_answers_errors_at_once() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_rpc");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config(&db, &nats.url(), "public.t"),
+        shutdown.clone(),
+    ));
+    wait_for_slot(&client, &db.slot_name()).await;
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let subject = format!("{ROOT}.{}.rpc.schema", db.name());
+    let cases: [(&[u8], &str); 4] = [
+        (b"0123456789abcdef", "404"),
+        (b"not a fingerprint", "400"),
+        (b"0123456789ABCDEF", "400"),
+        (b"\xff\xfe", "400"),
+    ];
+    for (payload, code) in cases {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            nats_client.request(subject.clone(), payload.to_vec().into()),
+        )
+        .await
+        .expect("answered at once")
+        .unwrap();
+        let headers = reply.headers.expect("error headers");
+        assert_eq!(
+            headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+            code
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(body["error"]["code"].to_string(), code);
+    }
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn missing_prerequisites_stop_with_hints() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_checks");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE nokey (v text)")
+        .await
+        .unwrap();
+    let error = pipeline::run(
+        config(&db, &nats.url(), "public.nokey, public.absent"),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("\"public\".\"nokey\" has no primary key"),
+        "{text}"
+    );
+    assert!(text.contains("REPLICA IDENTITY FULL"), "{text}");
+    assert!(
+        text.contains("\"public\".\"absent\" does not exist"),
+        "{text}"
+    );
+    assert!(!error.is_retryable());
+}
+
+async fn wait_for_slot(client: &tokio_postgres::Client, slot: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the producer never started streaming"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `pg_lsn - pg_lsn` is numeric; read it as text and parse.
+mod rust_decimal_shim {
+    use tokio_postgres::types::{FromSql, Type};
+
+    pub struct Numeric(pub i64);
+
+    impl<'a> FromSql<'a> for Numeric {
+        fn from_sql(
+            _: &Type,
+            raw: &'a [u8],
+        ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+            // Binary numeric: ndigits, weight, sign, dscale, then base-10000 digits.
+            let n = |i: usize| i16::from_be_bytes([raw[i], raw[i + 1]]);
+            let (ndigits, weight) = (n(0), n(2));
+            let mut value: i64 = 0;
+            for d in 0..ndigits {
+                value = value * 10_000 + i64::from(n(8 + 2 * d as usize));
+            }
+            for _ in 0..(i32::from(weight) - i32::from(ndigits) + 1) {
+                value *= 10_000;
+            }
+            Ok(Numeric(value))
+        }
+
+        fn accepts(ty: &Type) -> bool {
+            *ty == Type::NUMERIC
+        }
+    }
+}
