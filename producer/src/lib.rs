@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod config;
 pub mod event;
 pub mod lsn;
+pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod publish;

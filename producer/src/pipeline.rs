@@ -35,6 +35,7 @@ use crate::catalog::Catalog;
 use crate::config::{NatsAuth, NatsConfig, ProducerConfig, redact_url};
 use crate::event::{EncodeError, Op, Source, TableEncoder};
 use crate::lsn::Lsn;
+use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message, Oid, Tuple};
 use crate::publish::{OutMessage, PublishFailure, Publisher, RetryPolicy, context_for};
 use crate::registry::{self, Registry};
@@ -150,8 +151,55 @@ pub async fn connect_nats(config: &NatsConfig) -> Result<async_nats::Client, Pro
 }
 
 /// Runs the producer until `shutdown` is cancelled (then drains, confirms and returns
-/// `Ok`) or a definite error stops it.
+/// `Ok`) or a definite error stops it. Serves metrics on `metrics_addr` if configured.
 pub async fn run(config: ProducerConfig, shutdown: CancellationToken) -> Result<(), ProducerError> {
+    run_with_metrics(config, shutdown, Metrics::new()).await
+}
+
+/// [`run`] with caller-provided metrics (tests read them).
+pub async fn run_with_metrics(
+    config: ProducerConfig,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+) -> Result<(), ProducerError> {
+    let server = config.metrics_addr.map(|addr| {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, metrics).await {
+                tracing::error!(%addr, error = %e, "cannot serve metrics");
+            }
+        })
+    });
+    if let Some(addr) = config.metrics_addr {
+        tracing::info!("metrics on http://{addr}/metrics, health on /healthz and /readyz");
+    }
+    let result = run_inner(config, shutdown, metrics.clone()).await;
+    if let Err(e) = &result {
+        metrics.error(error_kind(e));
+    }
+    if let Some(server) = server {
+        server.abort();
+    }
+    result
+}
+
+fn error_kind(error: &ProducerError) -> &'static str {
+    match error {
+        ProducerError::Setup(_) => "setup",
+        ProducerError::Postgres { .. } => "postgres",
+        ProducerError::Nats(_) | ProducerError::Stream(_) => "nats",
+        ProducerError::Publish(_) => "publish",
+        ProducerError::Encode(_) => "encode",
+        ProducerError::Replication(_) => "replication",
+        ProducerError::Protocol(_) => "protocol",
+    }
+}
+
+async fn run_inner(
+    config: ProducerConfig,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+) -> Result<(), ProducerError> {
     let pg_url = config.pg_url.expose().to_string();
     tracing::info!(postgres = %redact_url(&pg_url), nats = %config.nats.servers.join(","), "starting");
     let sql = Arc::new(connect_sql(&pg_url).await?);
@@ -227,7 +275,9 @@ pub async fn run(config: ProducerConfig, shutdown: CancellationToken) -> Result<
         sql,
         catalog: Catalog::new(),
         registry,
-        publisher: Publisher::new(js, config.nats.max_inflight, RetryPolicy::default()),
+        publisher: Publisher::new(js, config.nats.max_inflight, RetryPolicy::default())
+            .with_metrics(metrics.clone()),
+        metrics,
         encoders: HashMap::new(),
         tx: None,
         skip_through: resume,
@@ -305,6 +355,7 @@ struct Pipeline<'a> {
     skip_through: Option<(Lsn, u64)>,
     /// The newest event handed to the publisher.
     last_pushed: Option<(Lsn, u64)>,
+    metrics: Metrics,
 }
 
 enum Stop {
@@ -337,7 +388,10 @@ impl Pipeline<'_> {
                 Err(e) => return Err(e.into()),
             };
             tracing::info!(slot = %self.config.slot, "replication started");
-            match self.stream_loop(&mut stream, shutdown).await {
+            self.metrics.set_ready(true);
+            let outcome = self.stream_loop(&mut stream, shutdown).await;
+            self.metrics.set_ready(false);
+            match outcome {
                 Ok(Stop::Shutdown) => {
                     tracing::info!("shutting down: waiting for outstanding acks");
                     self.publisher.flush().await?;
@@ -350,6 +404,13 @@ impl Pipeline<'_> {
                 }
                 Err(ProducerError::Replication(e)) if e.is_retryable() => {
                     tracing::warn!(error = %e, "replication connection lost; resuming from the slot");
+                    self.metrics.error("replication");
+                    self.metrics
+                        .reconnects
+                        .get_or_create(&crate::metrics::KindLabels {
+                            kind: "postgres".into(),
+                        })
+                        .inc();
                     // The partial transaction will be sent again from its Begin; what
                     // was already pushed is skipped (the publisher still owns it).
                     self.tx = None;
@@ -373,6 +434,7 @@ impl Pipeline<'_> {
             if confirmed > reported {
                 stream.confirm(confirmed);
                 reported = confirmed;
+                self.metrics.confirmed_lsn.set(confirmed.0 as f64);
             }
             let has_room = self.publisher.has_room();
             let pending = !self.publisher.is_empty();
@@ -386,7 +448,10 @@ impl Pipeline<'_> {
                 // transport keeps answering keepalives while we wait).
                 item = stream.next(), if has_room => match item? {
                     Some(StreamItem::Message { message, lsn }) => self.handle(message, lsn).await?,
-                    Some(StreamItem::KeepAlive { .. }) => {}
+                    Some(StreamItem::KeepAlive { wal_end }) => {
+                        let behind = wal_end.0.saturating_sub(self.publisher.confirmed().0);
+                        self.metrics.lag_bytes.set(behind as f64);
+                    }
                     None => {
                         return Err(ProducerError::Replication(ReplicationError::Config(
                             "the server ended the replication stream".into(),
@@ -458,6 +523,8 @@ impl Pipeline<'_> {
                     .await?;
                 }
                 self.publisher.push_confirm(commit.end_lsn);
+                let lag = (now_micros() - tx.commit_ts_micros).max(0);
+                self.metrics.lag_seconds.set(lag as f64 / 1e6);
             }
             Message::LogicalMessage(message) => {
                 // A heartbeat outside any transaction: everything before it is either
@@ -590,6 +657,13 @@ impl Pipeline<'_> {
             })
             .await?;
         self.last_pushed = Some(position);
+        self.metrics
+            .events
+            .get_or_create(&crate::metrics::EventLabels {
+                table: format!("{}.{}", desc.schema, desc.table),
+                op: held.op.header_value().into(),
+            })
+            .inc();
         Ok(())
     }
 }

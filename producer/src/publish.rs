@@ -34,6 +34,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 
 use crate::lsn::Lsn;
+use crate::metrics::Metrics;
 
 /// A message ready to publish.
 #[derive(Debug, Clone)]
@@ -53,6 +54,7 @@ enum Entry {
     Publish {
         message: OutMessage,
         ack: Option<AckFuture>,
+        sent_at: std::time::Instant,
     },
     Confirm(Lsn),
 }
@@ -60,7 +62,7 @@ enum Entry {
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Entry::Publish { message, ack } => f
+            Entry::Publish { message, ack, .. } => f
                 .debug_struct("Publish")
                 .field("subject", &message.subject)
                 .field("sent", &ack.is_some())
@@ -123,6 +125,7 @@ pub struct Publisher {
     acked: u64,
     duplicates: u64,
     retries: u64,
+    metrics: Option<Metrics>,
 }
 
 /// Builds the JetStream context a [`Publisher`] needs: more ack permits than the window
@@ -154,6 +157,20 @@ impl Publisher {
             acked: 0,
             duplicates: 0,
             retries: 0,
+            metrics: None,
+        }
+    }
+
+    /// Records ack latency, in-flight count and re-sends in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Publisher {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn gauge_in_flight(&self) {
+        if let Some(m) = &self.metrics {
+            m.in_flight
+                .set(i64::try_from(self.in_flight).unwrap_or(i64::MAX));
         }
     }
 
@@ -167,8 +184,13 @@ impl Publisher {
             self.complete_front().await?;
         }
         let ack = send(&self.js, &message).await.ok();
-        self.window.push_back(Entry::Publish { message, ack });
+        self.window.push_back(Entry::Publish {
+            message,
+            ack,
+            sent_at: std::time::Instant::now(),
+        });
         self.in_flight += 1;
+        self.gauge_in_flight();
         Ok(())
     }
 
@@ -235,10 +257,17 @@ impl Publisher {
                     self.window.pop_front();
                     return Ok(());
                 }
-                Some(Entry::Publish { message, ack }) => match ack {
+                Some(Entry::Publish {
+                    message,
+                    ack,
+                    sent_at,
+                }) => match ack {
                     Some(future) => {
                         let result = future.as_mut().await;
                         *ack = None;
+                        if let (Ok(_), Some(m)) = (&result, &self.metrics) {
+                            m.ack_latency.observe(sent_at.elapsed().as_secs_f64());
+                        }
                         result.map_err(|e| classify(&message.subject, e.kind(), &e.to_string()))
                     }
                     None => Err(PublishFailure {
@@ -256,6 +285,7 @@ impl Publisher {
                     }
                     self.window.pop_front();
                     self.in_flight -= 1;
+                    self.gauge_in_flight();
                     return Ok(());
                 }
                 Err(failure) if failure.definite => return Err(failure),
@@ -284,9 +314,15 @@ impl Publisher {
     async fn resend_window(&mut self) -> Result<(), PublishFailure> {
         let js = self.js.clone();
         for entry in &mut self.window {
-            if let Entry::Publish { message, ack } = entry {
+            if let Entry::Publish {
+                message,
+                ack,
+                sent_at,
+            } = entry
+            {
                 // Drop the old future first: it holds an ack permit.
                 *ack = None;
+                *sent_at = std::time::Instant::now();
                 match send(&js, message).await {
                     Ok(future) => *ack = Some(future),
                     Err(failure) if failure.definite => return Err(failure),
@@ -294,6 +330,9 @@ impl Publisher {
                     Err(_) => {}
                 }
                 self.retries += 1;
+                if let Some(m) = &self.metrics {
+                    m.resends.inc();
+                }
             }
         }
         Ok(())

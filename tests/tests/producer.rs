@@ -180,10 +180,10 @@ async fn every_operation_arrives_once_in_order() {
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    let producer = tokio::spawn(pipeline::run(
-        config(&db, &nats.url(), "public.items, public.logs"),
-        shutdown.clone(),
-    ));
+    let metrics_port = walbrook_harness::free_port().unwrap();
+    let mut producer_config = config(&db, &nats.url(), "public.items, public.logs");
+    producer_config.metrics_addr = Some(format!("127.0.0.1:{metrics_port}").parse().unwrap());
+    let producer = tokio::spawn(pipeline::run(producer_config, shutdown.clone()));
     // Let the producer create the slot before writing (changes before it are not CDC).
     wait_for_slot(&client, &db.slot_name()).await;
     // One statement per round trip: each is its own transaction (a multi-statement
@@ -304,6 +304,29 @@ async fn every_operation_arrives_once_in_order() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Metrics and health endpoints.
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{metrics_port}");
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "walbrook_producer_events_total{table=\"public.items\",op=\"insert\"} 6",
+        "walbrook_producer_events_total{table=\"public.logs\",op=\"update\"} 1",
+        "walbrook_producer_events_total{table=\"public.items\",op=\"update_key\"} 1",
+        "walbrook_producer_in_flight_acks 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
+    assert!(metrics.contains("walbrook_producer_publish_ack_seconds_count"));
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), producer)

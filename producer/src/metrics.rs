@@ -1,0 +1,184 @@
+//! Prometheus metrics and the health endpoints (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Metrics never carry row values: labels are table names and operations only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the per-table event counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `schema.table`.
+    pub table: String,
+    /// Operation (`insert`, `update`, …).
+    pub op: String,
+}
+
+/// Labels naming what a counter is about.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `postgres`, `nats`, or an error kind.
+    pub kind: String,
+}
+
+/// The producer's metrics (cheap to clone: shared handles).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Events published, by table and operation.
+    pub events: Family<EventLabels, Counter>,
+    /// Seconds from a publish to its JetStream ack.
+    pub ack_latency: Histogram,
+    /// Un-acked publishes.
+    pub in_flight: Gauge,
+    /// The confirmed (flushed) LSN, as a number.
+    pub confirmed_lsn: Gauge<f64, AtomicU64>,
+    /// Bytes of WAL the server has sent beyond the confirmed LSN.
+    pub lag_bytes: Gauge<f64, AtomicU64>,
+    /// Seconds between a transaction's commit and its decoding by the producer.
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    /// Reconnects, by `kind` (`postgres`, `nats`).
+    pub reconnects: Family<KindLabels, Counter>,
+    /// Errors, by kind.
+    pub errors: Family<KindLabels, Counter>,
+    /// Publishes re-sent after a failed or missing ack.
+    pub resends: Counter,
+    ready: Arc<AtomicBool>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("walbrook_producer");
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Change events published, by table and operation",
+            events.clone(),
+        );
+        let ack_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "publish_ack_seconds",
+            "Seconds from publishing an event to its JetStream acknowledgement",
+            ack_latency.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_acks",
+            "Publishes not yet acknowledged",
+            in_flight.clone(),
+        );
+        let confirmed_lsn = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "confirmed_lsn",
+            "The LSN confirmed to PostgreSQL (everything before it is stored in JetStream)",
+            confirmed_lsn.clone(),
+        );
+        let lag_bytes = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "replication_lag_bytes",
+            "WAL bytes sent by the server beyond the confirmed LSN",
+            lag_bytes.clone(),
+        );
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "replication_lag_seconds",
+            "Seconds between the latest transaction's commit and its decoding",
+            lag_seconds.clone(),
+        );
+        let reconnects = Family::<KindLabels, Counter>::default();
+        registry.register("reconnects", "Reconnects, by server", reconnects.clone());
+        let errors = Family::<KindLabels, Counter>::default();
+        registry.register("errors", "Errors, by kind", errors.clone());
+        let resends = Counter::default();
+        registry.register(
+            "resends",
+            "Publishes re-sent after a failed or missing acknowledgement",
+            resends.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            events,
+            ack_latency,
+            in_flight,
+            confirmed_lsn,
+            lag_bytes,
+            lag_seconds,
+            reconnects,
+            errors,
+            resends,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Marks the producer ready (streaming) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (the process is alive) and `/readyz` (replication is
+/// streaming) on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let for_metrics = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = for_metrics.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = metrics.ready.load(Ordering::SeqCst);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not streaming")
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).await
+}
