@@ -28,9 +28,9 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -45,7 +45,11 @@ fn init_logging() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    // The demo prints its own narrative; only warnings from the pipeline interrupt it.
+    init_logging(match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    });
     match cli.command {
         Command::Produce(args) => produce::run(args).await,
         Command::Demo(args) => demo::run(args).await,
