@@ -251,12 +251,11 @@ async fn run_inner(
     }
 
     let registry = Registry::new();
-    let rpc_sql = Arc::new(connect_sql(&pg_url).await?);
     let rpc = tokio::spawn(registry::serve_lookups(
         nats.clone(),
         subjects.schema_rpc(),
         registry.clone(),
-        rpc_sql,
+        pg_url.clone(),
         database.clone(),
     ));
     let heartbeat = (!config.heartbeat_interval.is_zero()).then(|| {
@@ -270,6 +269,7 @@ async fn run_inner(
     let target = ConnectionTarget::from_url(&config.pg_url)?;
     let mut state = Pipeline {
         config: &config,
+        pg_url: pg_url.clone(),
         subjects,
         database,
         sql,
@@ -343,6 +343,7 @@ struct Held {
 
 struct Pipeline<'a> {
     config: &'a ProducerConfig,
+    pg_url: String,
     subjects: Subjects,
     database: String,
     sql: Arc<Client>,
@@ -397,13 +398,15 @@ impl Pipeline<'_> {
                     self.publisher.flush().await?;
                     let confirmed = self.publisher.confirmed();
                     stream.confirm(confirmed);
-                    wait_for_slot(&self.sql, &self.config.slot, confirmed).await;
+                    if let Ok(sql) = self.sql().await {
+                        wait_for_slot(&sql, &self.config.slot, confirmed).await;
+                    }
                     let _ = stream.shutdown().await;
                     tracing::info!(%confirmed, "stopped cleanly");
                     return Ok(());
                 }
-                Err(ProducerError::Replication(e)) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "replication connection lost; resuming from the slot");
+                Err(e) if e.is_retryable() && !matches!(e, ProducerError::Publish(_)) => {
+                    tracing::warn!(error = %e, "connection to PostgreSQL lost; resuming from the slot");
                     self.metrics.error("replication");
                     self.metrics
                         .reconnects
@@ -538,23 +541,32 @@ impl Pipeline<'_> {
         Ok(())
     }
 
+    /// The SQL connection, reconnected if it was lost.
+    async fn sql(&mut self) -> Result<Arc<Client>, ProducerError> {
+        if self.sql.is_closed() {
+            self.sql = Arc::new(connect_sql(&self.pg_url).await?);
+        }
+        Ok(Arc::clone(&self.sql))
+    }
+
     async fn relation(&mut self, relation: &pgoutput::Relation) -> Result<(), ProducerError> {
         // A Relation message follows DDL: type definitions may have changed too.
         self.catalog.invalidate();
-        let desc = self
-            .catalog
-            .describe(&self.sql, relation)
-            .await
-            .map_err(|e| ProducerError::Postgres {
-                context: "describing a relation",
-                detail: e.to_string(),
-            })?;
+        let sql = self.sql().await?;
+        let desc =
+            self.catalog
+                .describe(&sql, relation)
+                .await
+                .map_err(|e| ProducerError::Postgres {
+                    context: "describing a relation",
+                    detail: e.to_string(),
+                })?;
         let encoder = TableEncoder::new(desc)?;
         let fingerprint = encoder.fingerprint();
         if !self.registry.contains(fingerprint) {
             let desc = encoder.desc();
             let doc = registry::persist(
-                &self.sql,
+                &sql,
                 &self.database,
                 &desc.schema,
                 &desc.table,

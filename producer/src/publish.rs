@@ -16,7 +16,11 @@
 //! the same `Nats-Msg-Id`s, and keeps doing so with backoff until JetStream acks them
 //! or a definite error ([`PublishFailure::is_definite`]) stops it. Re-sent copies
 //! that JetStream already stored are dropped by its duplicate window, so the stream
-//! keeps the original order with no gap and no duplicate.
+//! keeps the original order with no gap and no duplicate. While any message in the
+//! window is unsent or failed, new messages are queued but not sent, so nothing can be
+//! stored ahead of an earlier message. The re-send schedule is publisher state, so
+//! cancelling a [`Publisher::complete_one`] (the producer's select loop does) never
+//! postpones it.
 //!
 //! The window never holds more than `async_nats`' own ack permits (the context is
 //! built with more permits than the window), which avoids the ack-window deadlock.
@@ -126,6 +130,15 @@ pub struct Publisher {
     duplicates: u64,
     retries: u64,
     metrics: Option<Metrics>,
+    /// Current retry backoff; grows while acks keep failing, resets on success.
+    backoff: Duration,
+    /// When the next in-order re-send of the window is due.
+    resend_at: Option<tokio::time::Instant>,
+    /// Some message in the window is unsent or failed: new messages wait (are not
+    /// sent) until the window is re-sent in order.
+    broken: bool,
+    /// Since when acks keep failing.
+    failing_since: Option<tokio::time::Instant>,
 }
 
 /// Builds the JetStream context a [`Publisher`] needs: more ack permits than the window
@@ -158,6 +171,10 @@ impl Publisher {
             duplicates: 0,
             retries: 0,
             metrics: None,
+            backoff: Duration::ZERO,
+            resend_at: None,
+            broken: false,
+            failing_since: None,
         }
     }
 
@@ -183,7 +200,15 @@ impl Publisher {
         while self.in_flight >= self.max_inflight {
             self.complete_front().await?;
         }
-        let ack = send(&self.js, &message).await.ok();
+        // Never send past an unsent or failed message: the stream must keep the order.
+        let ack = if self.broken {
+            None
+        } else {
+            send(&self.js, &message).await.ok()
+        };
+        if ack.is_none() {
+            self.broken = true;
+        }
         self.window.push_back(Entry::Publish {
             message,
             ack,
@@ -247,9 +272,14 @@ impl Publisher {
     }
 
     async fn complete_front(&mut self) -> Result<(), PublishFailure> {
-        let mut backoff = self.retry.initial_backoff;
-        let started = tokio::time::Instant::now();
         loop {
+            // A scheduled re-send survives cancellation: it is state, not a local.
+            if let Some(at) = self.resend_at {
+                tokio::time::sleep_until(at).await;
+                self.resend_at = None;
+                self.resend_window().await?;
+                continue;
+            }
             let outcome = match self.window.front_mut() {
                 None => return Ok(()),
                 Some(Entry::Confirm(lsn)) => {
@@ -272,7 +302,7 @@ impl Publisher {
                     }
                     None => Err(PublishFailure {
                         subject: message.subject.clone(),
-                        detail: "not sent (client not connected)".into(),
+                        detail: "not sent (NATS not connected)".into(),
                         definite: false,
                     }),
                 },
@@ -286,33 +316,45 @@ impl Publisher {
                     self.window.pop_front();
                     self.in_flight -= 1;
                     self.gauge_in_flight();
+                    self.backoff = Duration::ZERO;
+                    self.failing_since = None;
                     return Ok(());
                 }
                 Err(failure) if failure.definite => return Err(failure),
                 Err(failure) => {
+                    let now = tokio::time::Instant::now();
+                    let since = *self.failing_since.get_or_insert(now);
                     if let Some(limit) = self.retry.give_up_after
-                        && started.elapsed() >= limit
+                        && now.duration_since(since) >= limit
                     {
                         return Err(failure);
                     }
+                    self.backoff = if self.backoff.is_zero() {
+                        self.retry.initial_backoff
+                    } else {
+                        (self.backoff * 2).min(self.retry.max_backoff)
+                    };
                     tracing::warn!(
                         subject = %failure.subject,
                         error = %failure.detail,
-                        backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        backoff_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX),
                         in_flight = self.in_flight,
                         "JetStream did not ack; re-sending the window in order"
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.retry.max_backoff);
-                    self.resend_window().await?;
+                    // Nothing new is sent until the window has been re-sent in order.
+                    self.broken = true;
+                    self.resend_at = Some(now + self.backoff);
                 }
             }
         }
     }
 
-    /// Re-sends every un-acked message in order, replacing their ack futures.
+    /// Re-sends every un-acked message in order, replacing their ack futures. Stops at
+    /// the first message that cannot be sent (sending later ones would reorder the
+    /// stream) and schedules the next attempt.
     async fn resend_window(&mut self) -> Result<(), PublishFailure> {
         let js = self.js.clone();
+        self.broken = true;
         for entry in &mut self.window {
             if let Entry::Publish {
                 message,
@@ -323,18 +365,22 @@ impl Publisher {
                 // Drop the old future first: it holds an ack permit.
                 *ack = None;
                 *sent_at = std::time::Instant::now();
-                match send(&js, message).await {
-                    Ok(future) => *ack = Some(future),
-                    Err(failure) if failure.definite => return Err(failure),
-                    // Left unsent: the next completion retries it.
-                    Err(_) => {}
-                }
                 self.retries += 1;
                 if let Some(m) = &self.metrics {
                     m.resends.inc();
                 }
+                match send(&js, message).await {
+                    Ok(future) => *ack = Some(future),
+                    Err(failure) if failure.definite => return Err(failure),
+                    Err(_) => {
+                        let backoff = self.backoff.max(self.retry.initial_backoff);
+                        self.resend_at = Some(tokio::time::Instant::now() + backoff);
+                        return Ok(());
+                    }
+                }
             }
         }
+        self.broken = false;
         Ok(())
     }
 }

@@ -143,16 +143,23 @@ pub async fn serve_lookups(
     nats: async_nats::Client,
     subject: String,
     registry: Registry,
-    db: Arc<Client>,
+    pg_url: String,
     database: String,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut requests = nats.queue_subscribe(subject, "walbrook".into()).await?;
+    let mut db: Option<Arc<Client>> = None;
     while let Some(request) = requests.next().await {
         let Some(reply) = request.reply.clone() else {
             tracing::debug!("schema lookup without a reply subject ignored");
             continue;
         };
-        let answer = answer_lookup(&request.payload, &registry, &db, &database).await;
+        if db.as_ref().is_none_or(|c| c.is_closed()) {
+            db = crate::pipeline::connect_sql(&pg_url)
+                .await
+                .ok()
+                .map(Arc::new);
+        }
+        let answer = answer_lookup(&request.payload, &registry, db.as_deref(), &database).await;
         let (headers, body) = match answer {
             Ok(doc) => (
                 async_nats::HeaderMap::new(),
@@ -170,7 +177,7 @@ pub async fn serve_lookups(
 async fn answer_lookup(
     payload: &[u8],
     registry: &Registry,
-    db: &Client,
+    db: Option<&Client>,
     database: &str,
 ) -> Result<SchemaDoc, (u16, String)> {
     let text = std::str::from_utf8(payload)
@@ -200,6 +207,12 @@ async fn answer_lookup(
     if let Some(doc) = registry.get(fingerprint) {
         return Ok(doc);
     }
+    let Some(db) = db else {
+        return Err((
+            500,
+            "schema store unavailable: cannot connect to PostgreSQL".into(),
+        ));
+    };
     match load(db, database, fingerprint).await {
         Ok(Some(doc)) => {
             registry.insert(fingerprint, doc.clone());
