@@ -276,6 +276,53 @@ pub(crate) fn to_slot(
     }
 }
 
+#[derive(PartialEq)]
+pub(crate) enum Carrier {
+    Text,
+    Json,
+    Bytes,
+}
+
+/// For types represented by one plain `string`/`bytes` branch: the `PgValue` variant that
+/// carries their values.
+pub(crate) fn plain_carrier(ty: &PgType) -> Option<Carrier> {
+    use Builtin::*;
+    match ty {
+        PgType::Domain { base, .. } => plain_carrier(base),
+        PgType::Enum { .. } | PgType::Other { .. } => Some(Carrier::Text),
+        PgType::Builtin(b) => match b {
+            Json | Jsonb => Some(Carrier::Json),
+            Bytea => Some(Carrier::Bytes),
+            Bool | Int2 | Int4 | Int8 | Oid | Xid | Cid | Xid8 | PgLsn | Float4 | Float8
+            | Numeric | Uuid | Date | Time | TimeTz | Timestamp | TimestampTz | Interval => None,
+            _ => Some(Carrier::Text),
+        },
+        _ => None,
+    }
+}
+
+/// Like [`to_slot`], consuming the value (strings and byte strings are moved, not copied).
+pub(crate) fn into_slot(
+    ty: &PgType,
+    typmod: i32,
+    v: PgValue,
+    nullable: bool,
+    unchanged: bool,
+) -> Result<Value, Error> {
+    let owned = match (plain_carrier(ty), v) {
+        (Some(Carrier::Text), PgValue::Text(s)) | (Some(Carrier::Json), PgValue::Json(s)) => {
+            Value::String(s)
+        }
+        (Some(Carrier::Bytes), PgValue::Bytes(b)) => Value::Bytes(b),
+        (_, v) => return to_slot(ty, typmod, &v, nullable, unchanged),
+    };
+    Ok(if nullable || unchanged {
+        Value::Union(u32::from(nullable), Box::new(owned))
+    } else {
+        owned
+    })
+}
+
 /// Inverse of [`to_slot`].
 pub(crate) fn from_slot(
     ty: &PgType,
@@ -500,6 +547,109 @@ fn range_from(ty: &PgType, subtype: &PgType, v: &Value) -> Result<PgRange, Error
         lower: bound("lower", boolean("lower_inclusive")?)?,
         upper: bound("upper", boolean("upper_inclusive")?)?,
     })
+}
+
+/// Writes the Avro binary encoding of a slot value straight from a typed value: the same bytes
+/// as `binary::write_value(&to_slot(..)?)` (the tests check this), without building Avro
+/// values for the common scalar types.
+pub(crate) fn write_slot(
+    ty: &PgType,
+    typmod: i32,
+    v: &PgValue,
+    nullable: bool,
+    unchanged: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    use crate::binary::{write_bytes, write_long};
+    use Builtin::*;
+    let n = branch_count(ty, typmod) as u32;
+    let offset = u32::from(nullable);
+    let is_union = nullable || unchanged || n > 1;
+    let base = match ty {
+        PgType::Domain { base, .. } if matches!(base.as_ref(), PgType::Builtin(_)) => base,
+        _ => ty,
+    };
+    let typmod = match ty {
+        PgType::Domain { base_typmod, .. } if typmod < 0 => *base_typmod,
+        _ => typmod,
+    };
+    let branch = |i: u32, out: &mut Vec<u8>| {
+        if is_union {
+            write_long(i64::from(offset + i), out);
+        }
+    };
+    match (base, v) {
+        (_, PgValue::Null) if nullable => write_long(0, out),
+        (_, PgValue::Unchanged) if unchanged => write_long(i64::from(offset + n), out),
+        (PgType::Builtin(b), v) => match (b, v) {
+            (Bool, PgValue::Bool(x)) => {
+                branch(0, out);
+                out.push(u8::from(*x));
+            }
+            (Int2, PgValue::Int2(x)) => {
+                branch(0, out);
+                write_long(i64::from(*x), out);
+            }
+            (Int4, PgValue::Int4(x)) => {
+                branch(0, out);
+                write_long(i64::from(*x), out);
+            }
+            (Int8, PgValue::Int8(x)) => {
+                branch(0, out);
+                write_long(*x, out);
+            }
+            (Float4, PgValue::Float4(x)) => {
+                branch(0, out);
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            (Float8, PgValue::Float8(x)) => {
+                branch(0, out);
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            (Numeric, PgValue::Numeric(PgNumeric::Finite(t))) => {
+                match numeric_decimal_params(typmod) {
+                    None => {
+                        branch(0, out);
+                        write_bytes(t.as_bytes(), out);
+                    }
+                    Some((p, s)) => {
+                        let u = unscaled(t, p, s).ok_or_else(|| type_err(ty, v))?;
+                        branch(0, out);
+                        write_bytes(&u.to_signed_bytes_be(), out);
+                    }
+                }
+            }
+            (Uuid, PgValue::Uuid(u)) => {
+                branch(0, out);
+                let mut buf = [0u8; 36];
+                write_bytes(u.hyphenated().encode_lower(&mut buf).as_bytes(), out);
+            }
+            (Date, PgValue::Date(PgDate::Days(d))) => {
+                branch(0, out);
+                write_long(i64::from(*d), out);
+            }
+            (Time, PgValue::Time(x)) => {
+                branch(0, out);
+                write_long(*x, out);
+            }
+            (Timestamp, PgValue::Timestamp(PgTimestamp::Micros(x)))
+            | (TimestampTz, PgValue::TimestampTz(PgTimestamp::Micros(x))) => {
+                branch(0, out);
+                write_long(*x, out);
+            }
+            (Json | Jsonb, PgValue::Json(t)) => {
+                branch(0, out);
+                write_bytes(t.as_bytes(), out);
+            }
+            (Bytea, PgValue::Bytes(x)) => {
+                branch(0, out);
+                write_bytes(x, out);
+            }
+            _ => crate::binary::write_value(&to_slot(ty, typmod, v, nullable, unchanged)?, out)?,
+        },
+        _ => crate::binary::write_value(&to_slot(ty, typmod, v, nullable, unchanged)?, out)?,
+    }
+    Ok(())
 }
 
 #[cfg(test)]

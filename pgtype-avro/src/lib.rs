@@ -62,6 +62,7 @@
 //! ```
 
 mod avro;
+mod binary;
 mod error;
 pub mod fingerprint;
 pub mod names;

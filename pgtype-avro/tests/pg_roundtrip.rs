@@ -601,6 +601,19 @@ async fn run_round_trip(interval_style: &str, only_intervals: bool) -> usize {
                     .encode_text(&[ColumnValue::Text(id), v])
                     .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", row[1]));
                 let bytes = schema.to_single_object(&avro).unwrap();
+                // The direct writer must be byte-identical to apache-avro's validating writer.
+                let reference = walbrook_pgtype_avro::fingerprint::encode_single_object(
+                    schema.schema(),
+                    schema.fingerprint(),
+                    &avro,
+                )
+                .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", row[1]));
+                assert_eq!(bytes, reference, "{ty} {:?}", row[1]);
+                let mut direct = Vec::new();
+                schema
+                    .write_text_single_object(&[ColumnValue::Text(id), v], &mut direct)
+                    .unwrap();
+                assert_eq!(direct, reference, "{ty} {:?}", row[1]);
                 let back = schema.from_single_object(&bytes).unwrap();
                 let decoded = schema
                     .decode_value(&back)

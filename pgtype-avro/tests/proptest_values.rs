@@ -27,6 +27,18 @@ fn one_column(pg_type: PgType, typmod: i32) -> TableSchemas {
 fn through_avro(s: &TableSchemas, text: &str) -> (PgValue, String) {
     let rec = s.after.encode_text(&[ColumnValue::Text(text)]).unwrap();
     let bytes = s.after.to_single_object(&rec).unwrap();
+    let reference = walbrook_pgtype_avro::fingerprint::encode_single_object(
+        s.after.schema(),
+        s.after.fingerprint(),
+        &rec,
+    )
+    .unwrap();
+    assert_eq!(bytes, reference);
+    let mut direct = Vec::new();
+    s.after
+        .write_text_single_object(&[ColumnValue::Text(text)], &mut direct)
+        .unwrap();
+    assert_eq!(direct, reference);
     let mut decoded = s
         .after
         .decode_value(&s.after.from_single_object(&bytes).unwrap())

@@ -280,6 +280,20 @@ fn hostile_names_are_escaped_reversibly() {
         ])
         .unwrap();
     let msg = s.after.to_single_object(&rec).unwrap();
+    let mut direct = Vec::new();
+    s.after
+        .write_text_single_object(
+            &[
+                ColumnValue::Text("7"),
+                ColumnValue::Unchanged,
+                ColumnValue::Null,
+                ColumnValue::Text("-12345678901234567890.123456789012345"),
+                ColumnValue::Text("1 day"),
+            ],
+            &mut direct,
+        )
+        .unwrap();
+    assert_eq!(direct, msg);
     let back = s
         .after
         .decode_value(&s.after.from_single_object(&msg).unwrap())
@@ -308,6 +322,32 @@ fn hostile_names_are_escaped_reversibly() {
     assert!(
         msg.contains("Mixed-Case.Name") && msg.contains("oid 25"),
         "{msg}"
+    );
+    let direct_err = s
+        .row
+        .write_text_single_object(
+            &[
+                ColumnValue::Text("7"),
+                ColumnValue::Unchanged,
+                ColumnValue::Null,
+                ColumnValue::Null,
+                ColumnValue::Null,
+            ],
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+    assert_eq!(direct_err.to_string(), msg);
+    let not_null = [
+        ColumnValue::Null,
+        ColumnValue::Text("x"),
+        ColumnValue::Null,
+        ColumnValue::Null,
+        ColumnValue::Null,
+    ];
+    assert!(
+        s.after
+            .write_text_single_object(&not_null, &mut Vec::new())
+            .is_err()
     );
     // NULL in a NOT NULL column is an error too; so is a malformed value.
     assert!(
