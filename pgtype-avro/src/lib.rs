@@ -5,7 +5,9 @@
 //!   from a [`RelationDesc`] (which the producer reads from the catalogs).
 //! * [`TableSchema::encode_text`] turns pgoutput's text values into an Avro record value;
 //!   [`TableSchema::to_single_object`] frames it (`C3 01` + 8-byte little-endian CRC-64-AVRO
-//!   fingerprint + body).
+//!   fingerprint + body). The producer's fast path [`TableSchema::write_text_single_object`]
+//!   (or [`TableSchema::write_text_body`] inside an envelope) goes from text to bytes directly
+//!   and produces the same bytes.
 //! * Clients go back with [`TableSchema::from_single_object`] (or
 //!   [`fingerprint::split_single_object`] + [`fingerprint::decode_body`]),
 //!   [`TableSchema::decode_value`] (typed [`PgValue`]s) and [`TableSchema::render_text`]

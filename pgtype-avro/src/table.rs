@@ -319,6 +319,18 @@ impl TableSchema {
         self.check_arity(values.len())?;
         out.extend_from_slice(&fingerprint::SINGLE_OBJECT_MAGIC);
         out.extend_from_slice(&self.fingerprint.to_bytes());
+        self.write_text_body(values, out)
+    }
+
+    /// Appends only the Avro binary body of the record (no header), for producers that embed
+    /// the record in an envelope built with [`record_json`]. On error, `out` may hold a partial
+    /// body.
+    pub fn write_text_body(
+        &self,
+        values: &[ColumnValue<'_>],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        self.check_arity(values.len())?;
         for s in &self.slots {
             let c = &self.relation.columns[s.column];
             let res = match values[s.column] {
