@@ -736,3 +736,55 @@ async fn builtin_oids_match_the_catalog() {
         }
     }
 }
+
+#[tokio::test]
+async fn unrepresentable_values_are_errors_naming_the_column() {
+    let pg = walbrook_harness::PgServer::shared();
+    let db = pg.fresh_database("pgtype_unrep");
+    let client = connect(&db.url(), "postgres").await;
+    let rows = simple(
+        &client,
+        "SELECT '294276-12-31 23:59:59.999999'::timestamp, \
+                '294276-12-31 23:59:59.999999+00'::timestamptz",
+    )
+    .await;
+    for (i, (oid, type_name)) in [
+        (1114u32, "timestamp without time zone"),
+        (1184, "timestamp with time zone"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let text = rows[0][i].clone().unwrap();
+        let relation = RelationDesc {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec![ColumnDesc {
+                name: "late".into(),
+                pg_type: PgType::from_builtin_oid(oid).unwrap(),
+                type_name: type_name.into(),
+                typmod: -1,
+                not_null: false,
+                is_key: false,
+            }],
+            replica_identity: ReplicaIdentity::Default,
+        };
+        let s = TableSchemas::new(&relation).unwrap();
+        let err = s
+            .after
+            .encode_text(&[ColumnValue::Text(&text)])
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"late\"")
+                && msg.contains(type_name)
+                && msg.contains(&format!("oid {oid}")),
+            "{msg}"
+        );
+        assert!(
+            s.after
+                .write_text_single_object(&[ColumnValue::Text(&text)], &mut Vec::new())
+                .is_err()
+        );
+    }
+}

@@ -414,3 +414,57 @@ fn replica_identity_rules() {
     assert_eq!(a.after.fingerprint(), b.after.fingerprint());
     assert_ne!(a.after.fingerprint(), a.row.fingerprint());
 }
+
+#[test]
+fn records_compose_into_one_envelope_schema() {
+    use walbrook_pgtype_avro::schema::NamedTypes;
+    use walbrook_pgtype_avro::{RecordKind, record_json};
+    let mut rel = hostile();
+    rel.replica_identity = ReplicaIdentity::Full;
+    let s = TableSchemas::new(&rel).unwrap();
+    // One document: helper types (walbrook.Interval, walbrook.Unchanged) defined once.
+    let mut named = NamedTypes::new();
+    let before = record_json(&rel, RecordKind::Before, &mut named);
+    let after = record_json(&rel, RecordKind::After, &mut named);
+    let envelope = serde_json::json!({
+        "type": "record", "name": "walbrook.Change", "fields": [
+            {"name": "op", "type": "string"},
+            {"name": "before", "type": ["null", before]},
+            {"name": "after", "type": ["null", after]},
+        ]
+    });
+    let text = envelope.to_string();
+    assert_eq!(text.matches("\"name\":\"walbrook.Interval\"").count(), 1);
+    let schema = apache_avro::Schema::parse(&envelope).unwrap();
+    let fp = walbrook_pgtype_avro::Fingerprint::of_json(&envelope).unwrap();
+    let values = [
+        ColumnValue::Text("1"),
+        ColumnValue::Text("a"),
+        ColumnValue::Null,
+        ColumnValue::Text("NaN"),
+        ColumnValue::Text("-00:00:01"),
+    ];
+    // Hand-framed envelope: header, op, before = null, after = branch 1 + record body.
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&[0xC3, 0x01]);
+    msg.extend_from_slice(&fp.to_bytes());
+    msg.extend_from_slice(&[2, b'c', 0, 2]);
+    s.after.write_text_body(&values, &mut msg).unwrap();
+    let (got_fp, body) = walbrook_pgtype_avro::fingerprint::split_single_object(&msg).unwrap();
+    assert_eq!(got_fp, fp);
+    let decoded = walbrook_pgtype_avro::fingerprint::decode_body(&schema, body).unwrap();
+    let Value::Record(fields) = decoded else {
+        panic!()
+    };
+    assert_eq!(fields[0].1, Value::String("c".into()));
+    assert_eq!(fields[1].1, Value::Union(0, Box::new(Value::Null)));
+    let Value::Union(1, after_value) = &fields[2].1 else {
+        panic!()
+    };
+    assert_eq!(
+        s.after.decode_value(after_value).unwrap(),
+        s.after
+            .decode_value(&s.after.encode_text(&values).unwrap())
+            .unwrap()
+    );
+}
