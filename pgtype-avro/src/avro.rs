@@ -66,10 +66,8 @@ pub(crate) fn to_branch(ty: &PgType, typmod: i32, v: &PgValue) -> Result<(u32, V
                         Ok((1, Value::Enum(2, NUMERIC_SPECIAL_SYMBOLS[2].into())))
                     }
                     PgNumeric::Finite(t) => {
-                        let unscaled = unscaled(t, p, s).ok_or_else(|| type_err(ty, v))?;
-                        plain(Value::Decimal(apache_avro::Decimal::from(
-                            unscaled.to_signed_bytes_be(),
-                        )))
+                        let bytes = decimal_bytes(t, p, s).ok_or_else(|| type_err(ty, v))?;
+                        plain(Value::Decimal(apache_avro::Decimal::from(bytes)))
                     }
                 },
             },
@@ -229,6 +227,53 @@ fn unscaled(text: &str, precision: u32, scale: u32) -> Option<BigInt> {
     }
     let n = BigInt::parse_bytes(digits.as_bytes(), 10)?;
     Some(if neg { -n } else { n })
+}
+
+/// The minimal big-endian two's-complement bytes of the unscaled value of decimal text at
+/// `scale` (what Avro's `decimal` carries), if it fits `precision` digits exactly. Uses `i128`
+/// arithmetic up to 38 digits (the same bytes as `BigInt::to_signed_bytes_be`, tested).
+fn decimal_bytes(text: &str, precision: u32, scale: u32) -> Option<Vec<u8>> {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let int = int.trim_start_matches('0');
+    if int.len() + scale as usize > 38 || frac.len() > 38 {
+        return unscaled(text, precision, scale).map(|u| u.to_signed_bytes_be());
+    }
+    let scale = scale as usize;
+    if !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    if frac.len() > scale && frac.as_bytes()[scale..].iter().any(|&c| c != b'0') {
+        return None;
+    }
+    let mut acc: i128 = 0;
+    for c in int.bytes() {
+        acc = acc * 10 + i128::from(c - b'0');
+    }
+    for i in 0..scale {
+        let d = frac.as_bytes().get(i).map_or(0, |c| c - b'0');
+        acc = acc * 10 + i128::from(d);
+    }
+    if precision < 39 && acc >= 10i128.pow(precision) {
+        return None;
+    }
+    if neg {
+        acc = -acc;
+    }
+    let full = acc.to_be_bytes();
+    let mut start = 0;
+    while start < 15 {
+        let (b, next) = (full[start], full[start + 1]);
+        if (b == 0x00 && next & 0x80 == 0) || (b == 0xFF && next & 0x80 != 0) {
+            start += 1;
+        } else {
+            break;
+        }
+    }
+    Some(full[start..].to_vec())
 }
 
 fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
@@ -613,9 +658,9 @@ pub(crate) fn write_slot(
                         write_bytes(t.as_bytes(), out);
                     }
                     Some((p, s)) => {
-                        let u = unscaled(t, p, s).ok_or_else(|| type_err(ty, v))?;
+                        let bytes = decimal_bytes(t, p, s).ok_or_else(|| type_err(ty, v))?;
                         branch(0, out);
-                        write_bytes(&u.to_signed_bytes_be(), out);
+                        write_bytes(&bytes, out);
                     }
                 }
             }
@@ -669,5 +714,31 @@ mod tests {
         assert_eq!(unscaled("12345.6", 5, 1), None); // 6 digits > precision 5
         assert_eq!(unscaled("1.25", 5, 1), None); // would round
         assert_eq!(unscaled("1.20", 5, 1), Some(BigInt::from(12)));
+        assert_eq!(
+            decimal_bytes("231.112", 10, 5),
+            Some(vec![0x01, 0x60, 0xA6, 0x20])
+        );
+        assert_eq!(decimal_bytes("0", 1, 0), Some(vec![0]));
+        assert_eq!(decimal_bytes("-0.00", 3, 2), Some(vec![0]));
+        assert_eq!(decimal_bytes("12345.6", 5, 1), None);
+        assert_eq!(decimal_bytes("1.25", 5, 1), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decimal_bytes_match_bigint(
+            int in "-?[0-9]{1,40}",
+            frac in "[0-9]{0,12}",
+            p in 1u32..60,
+            s in 0u32..12,
+        ) {
+            let text = if frac.is_empty() { int.clone() } else { format!("{int}.{frac}") };
+            if s <= p {
+                proptest::prop_assert_eq!(
+                    decimal_bytes(&text, p, s),
+                    unscaled(&text, p, s).map(|u| u.to_signed_bytes_be())
+                );
+            }
+        }
     }
 }
