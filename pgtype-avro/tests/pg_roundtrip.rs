@@ -15,6 +15,8 @@ use walbrook_pgtype_avro::{
 const SETUP: &str = r#"
 CREATE EXTENSION citext;
 CREATE EXTENSION hstore;
+CREATE EXTENSION ltree;
+CREATE EXTENSION cube;
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'with space', 'Ünïcode "q"');
 CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
 CREATE DOMAIN amount AS numeric(12,2);
@@ -291,6 +293,9 @@ fn cases() -> Vec<(&'static str, Vec<String>)> {
         ("pg_snapshot", s(&["'10:20:10,14,15'"])),
         ("regclass", s(&["'pg_class'"])),
         ("hstore", s(&["'a=>1, \"b c\"=>NULL, \"\"=>\"\\\"\"'"])),
+        ("ltree", s(&["'Top.Science.Astronomy'", "''"])),
+        ("cube", s(&["'(1,2),(3,4)'", "'(1e300)'"])),
+        ("ltree[]", s(&["ARRAY['a.b'::ltree, NULL]"])),
         ("mood", s(&["'sad'", "'with space'", "'Ünïcode \"q\"'"])),
         ("posint", s(&["1", "2147483647"])),
         ("amount", s(&["'12.34'", "'NaN'", "'-9999999999.99'"])),
@@ -508,11 +513,15 @@ fn resolve<'a>(
 }
 
 async fn connect(url: &str, interval_style: &str) -> Client {
+    connect_tz(url, interval_style, "UTC").await
+}
+
+async fn connect_tz(url: &str, interval_style: &str, time_zone: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = '{interval_style}'; \
+            "SET TimeZone = '{time_zone}'; SET DateStyle = 'ISO'; SET IntervalStyle = '{interval_style}'; \
              SET extra_float_digits = 3; SET bytea_output = 'hex'"
         ))
         .await
@@ -520,15 +529,19 @@ async fn connect(url: &str, interval_style: &str) -> Client {
     client
 }
 
-async fn run_round_trip(interval_style: &str, only_intervals: bool) -> usize {
+async fn run_round_trip(
+    interval_style: &str,
+    time_zone: &str,
+    only: Option<&dyn Fn(&str) -> bool>,
+) -> usize {
     let pg = walbrook_harness::PgServer::shared();
     let db = pg.fresh_database("pgtype_rt");
-    let client = connect(&db.url(), interval_style).await;
+    let client = connect_tz(&db.url(), interval_style, time_zone).await;
     client.batch_execute(SETUP).await.unwrap();
     let mut checked = 0;
     let mut failures = Vec::new();
     for (k, (ty, values)) in cases().into_iter().enumerate() {
-        if only_intervals && !ty.starts_with("interval") {
+        if only.is_some_and(|f| !f(ty)) {
             continue;
         }
         let table = format!("t{k}");
@@ -693,14 +706,24 @@ async fn run_round_trip(interval_style: &str, only_intervals: bool) -> usize {
 
 #[tokio::test]
 async fn every_type_round_trips_through_avro() {
-    let checked = run_round_trip("postgres", false).await;
+    let checked = run_round_trip("postgres", "UTC", None).await;
     assert!(checked > 250, "only {checked} values checked");
 }
 
 #[tokio::test]
 async fn intervals_round_trip_with_iso_8601_style() {
-    let checked = run_round_trip("iso_8601", true).await;
+    let checked = run_round_trip("iso_8601", "UTC", Some(&|t| t.starts_with("interval"))).await;
     assert!(checked >= 10, "only {checked} values checked");
+}
+
+#[tokio::test]
+async fn time_zones_other_than_utc_are_parsed() {
+    // +05:45, a negative half-hour zone, and local mean time offsets with seconds for old dates.
+    for tz in ["Asia/Kathmandu", "America/St_Johns", "Europe/Amsterdam"] {
+        let only = |t: &str| t.contains("tz") || t.contains("timestamp") || t == "pair";
+        let checked = run_round_trip("postgres", tz, Some(&only)).await;
+        assert!(checked >= 15, "only {checked} values checked in {tz}");
+    }
 }
 
 #[tokio::test]
