@@ -318,6 +318,12 @@ fn hostile_names_are_escaped_reversibly() {
             ColumnValue::Null,
         ])
         .unwrap_err();
+    assert!(
+        matches!(&err, walbrook_pgtype_avro::Error::Column { column, oid: 25, source, .. }
+            if column == "Mixed-Case.Name"
+                && matches!(**source, walbrook_pgtype_avro::Error::ValueType { .. })),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("Mixed-Case.Name") && msg.contains("oid 25"),
@@ -372,6 +378,11 @@ fn hostile_names_are_escaped_reversibly() {
         ])
         .unwrap_err();
     assert!(err.to_string().contains("1st id") && err.to_string().contains("bigint"));
+    assert!(
+        matches!(&err, walbrook_pgtype_avro::Error::Column { column, oid: 20, source, .. }
+            if column == "1st id" && matches!(**source, walbrook_pgtype_avro::Error::Parse { .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
