@@ -76,6 +76,29 @@ fn bench(c: &mut Criterion) {
         b.iter(|| after.encode_text(std::hint::black_box(&ROW)).unwrap())
     });
     g.finish();
+
+    let mut d = c.benchmark_group("decode_row");
+    d.throughput(Throughput::Elements(1));
+    let msg = after
+        .to_single_object(&after.encode_text(&ROW).unwrap())
+        .unwrap();
+    d.bench_function("single_object_to_pg_values", |b| {
+        b.iter(|| {
+            let v = after
+                .from_single_object(std::hint::black_box(&msg))
+                .unwrap();
+            after.decode_value(&v).unwrap()
+        })
+    });
+    d.bench_function("single_object_to_pg_text", |b| {
+        b.iter(|| {
+            let v = after
+                .from_single_object(std::hint::black_box(&msg))
+                .unwrap();
+            after.render_text(&after.decode_value(&v).unwrap()).unwrap()
+        })
+    });
+    d.finish();
 }
 
 criterion_group!(benches, bench);
