@@ -90,6 +90,13 @@ fn bench(c: &mut Criterion) {
             after.decode_value(&v).unwrap()
         })
     });
+    d.bench_function("single_object_to_pg_values_direct", |b| {
+        b.iter(|| {
+            after
+                .decode_single_object(std::hint::black_box(&msg))
+                .unwrap()
+        })
+    });
     d.bench_function("single_object_to_pg_text", |b| {
         b.iter(|| {
             let v = after

@@ -276,7 +276,7 @@ fn decimal_bytes(text: &str, precision: u32, scale: u32) -> Option<Vec<u8>> {
     Some(full[start..].to_vec())
 }
 
-fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
+pub(crate) fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
     let neg = unscaled.sign() == Sign::Minus;
     let mut digits = unscaled.magnitude().to_str_radix(10);
     let scale = scale as usize;

@@ -68,6 +68,7 @@ mod binary;
 mod error;
 pub mod fingerprint;
 pub mod names;
+mod reader;
 pub mod schema;
 mod table;
 pub mod text;

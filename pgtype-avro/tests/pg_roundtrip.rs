@@ -632,6 +632,12 @@ async fn run_round_trip(
                     .decode_value(&back)
                     .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", row[1]));
                 let text = schema.render_text(&decoded).unwrap();
+                // The direct reader gives exactly what apache-avro + conversion give.
+                let direct = schema.decode_single_object(&bytes).unwrap();
+                assert_eq!(format!("{direct:?}"), format!("{decoded:?}"), "{ty}");
+                for cut in [0, bytes.len() / 2, bytes.len() - 1] {
+                    assert!(schema.decode_single_object(&bytes[..cut]).is_err(), "{ty}");
+                }
                 // Typed values (the snapshot/client path) encode to the same Avro value.
                 let typed: Vec<_> = decoded.iter().map(|(_, v)| v.clone()).collect();
                 let again = schema.encode_values(&typed).unwrap();

@@ -300,6 +300,16 @@ fn hostile_names_are_escaped_reversibly() {
         .unwrap();
     assert_eq!(back[0], ("1st id".to_string(), PgValue::Int8(7)));
     assert_eq!(back[1], ("Mixed-Case.Name".to_string(), PgValue::Unchanged));
+    assert_eq!(s.after.decode_single_object(&msg).unwrap(), back);
+    let mut wrong = msg.clone();
+    wrong[2] ^= 1;
+    assert!(matches!(
+        s.after.decode_single_object(&wrong),
+        Err(walbrook_pgtype_avro::Error::Framing(_))
+    ));
+    let mut trailing = msg.clone();
+    trailing.push(0);
+    assert!(s.after.decode_single_object(&trailing).is_err());
     assert_eq!(back[2], ("_x41_".to_string(), PgValue::Null));
     assert_eq!(
         back[3].1,
