@@ -337,11 +337,140 @@ fn main() -> Result<(), walbrook_pgtype_avro::Error> {
         "message": hex(&message),
         "expected": {"id": {"t": "int", "v": 42}},
     }));
+    out.push(complex()?);
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({"messages": out})).expect("json")
     );
     Ok(())
+}
+
+/// Nested types: composite, arrays of decimals and timestamps with infinity, ranges,
+/// multiranges, enums and domains. Expected values use the "deep" tag: the test normalises
+/// fastavro's values (Decimal and datetimes to strings) before comparing.
+fn complex() -> Result<Json, walbrook_pgtype_avro::Error> {
+    use walbrook_pgtype_avro::CompositeField;
+    let b = |oid| PgType::from_builtin_oid(oid).expect("built-in");
+    let n5_2 = (5 << 16 | 2) + 4;
+    let n10_5 = (10 << 16 | 5) + 4;
+    let n12_2 = (12 << 16 | 2) + 4;
+    let pair = PgType::Composite {
+        oid: 70000,
+        name: "pair".into(),
+        fields: vec![
+            CompositeField {
+                name: "a".into(),
+                pg_type: b(23),
+                typmod: -1,
+            },
+            CompositeField {
+                name: "b-text".into(),
+                pg_type: b(25),
+                typmod: -1,
+            },
+            CompositeField {
+                name: "c".into(),
+                pg_type: b(1231),
+                typmod: n5_2,
+            },
+        ],
+    };
+    let mood = PgType::Enum {
+        oid: 70001,
+        name: "mood".into(),
+        labels: vec!["sad".into(), "with space".into()],
+    };
+    let amount = PgType::Domain {
+        oid: 70002,
+        name: "amount".into(),
+        base: Box::new(b(1700)),
+        base_typmod: n12_2,
+    };
+    let cols: Vec<(&str, PgType, &str, i32, &str, Json)> = vec![
+        ("id", b(23), "integer", -1, "1", json!(1)),
+        (
+            "pair",
+            pair,
+            "pair",
+            -1,
+            "(1,\"x y\",\"{1.50,NULL}\")",
+            json!({"a": 1, "b_x2d_text": "x y",
+                "c": {"dims": [{"lower": 1, "length": 2}], "elements": ["1.50", null]}}),
+        ),
+        (
+            "mr",
+            b(4451),
+            "int4multirange",
+            -1,
+            "{[1,3),[5,7)}",
+            json!([{"empty": false, "lower": 1, "lower_inclusive": true, "upper": 3, "upper_inclusive": false},
+                {"empty": false, "lower": 5, "lower_inclusive": true, "upper": 7, "upper_inclusive": false}]),
+        ),
+        (
+            "tsarr",
+            b(1185),
+            "timestamp with time zone[]",
+            -1,
+            "{infinity,\"2020-01-01 00:00:00+00\",NULL}",
+            json!({"dims": [{"lower": 1, "length": 3}],
+                "elements": ["infinity", "2020-01-01T00:00:00+00:00", null]}),
+        ),
+        (
+            "numarr",
+            b(1231),
+            "numeric(10,5)[]",
+            n10_5,
+            "[0:1]={1.50000,NaN}",
+            json!({"dims": [{"lower": 0, "length": 2}], "elements": ["1.50000", "NaN"]}),
+        ),
+        (
+            "tstzr",
+            b(3910),
+            "tstzrange",
+            -1,
+            "[\"2020-01-01 00:00:00+00\",infinity)",
+            json!({"empty": false, "lower": "2020-01-01T00:00:00+00:00", "lower_inclusive": true,
+                "upper": "infinity", "upper_inclusive": false}),
+        ),
+        ("mood", mood, "mood", -1, "with space", json!("with space")),
+        ("amount", amount, "amount", -1, "12.34", json!("12.34")),
+    ];
+    let relation = RelationDesc {
+        schema: "public".into(),
+        table: "complex".into(),
+        columns: cols
+            .iter()
+            .map(|(name, ty, type_name, typmod, _, _)| ColumnDesc {
+                name: (*name).into(),
+                pg_type: ty.clone(),
+                type_name: (*type_name).into(),
+                typmod: *typmod,
+                not_null: *name == "id",
+                is_key: *name == "id",
+            })
+            .collect(),
+        replica_identity: ReplicaIdentity::Default,
+    };
+    let schemas = TableSchemas::new(&relation)?;
+    let values: Vec<ColumnValue<'_>> = cols.iter().map(|c| ColumnValue::Text(c.4)).collect();
+    let mut message = Vec::new();
+    schemas
+        .row
+        .write_text_single_object(&values, &mut message)?;
+    let mut expected = serde_json::Map::new();
+    for c in &cols {
+        expected.insert(
+            walbrook_pgtype_avro::encode_name(c.0),
+            json!({"t": "deep", "v": c.5}),
+        );
+    }
+    Ok(json!({
+        "name": "complex_row",
+        "schema": schemas.row.json(),
+        "fingerprint": schemas.row.fingerprint().to_string(),
+        "message": hex(&message),
+        "expected": expected,
+    }))
 }
 
 fn hex(b: &[u8]) -> String {

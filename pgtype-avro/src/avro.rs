@@ -66,10 +66,8 @@ pub(crate) fn to_branch(ty: &PgType, typmod: i32, v: &PgValue) -> Result<(u32, V
                         Ok((1, Value::Enum(2, NUMERIC_SPECIAL_SYMBOLS[2].into())))
                     }
                     PgNumeric::Finite(t) => {
-                        let unscaled = unscaled(t, p, s).ok_or_else(|| type_err(ty, v))?;
-                        plain(Value::Decimal(apache_avro::Decimal::from(
-                            unscaled.to_signed_bytes_be(),
-                        )))
+                        let bytes = decimal_bytes(t, p, s).ok_or_else(|| type_err(ty, v))?;
+                        plain(Value::Decimal(apache_avro::Decimal::from(bytes)))
                     }
                 },
             },
@@ -231,7 +229,54 @@ fn unscaled(text: &str, precision: u32, scale: u32) -> Option<BigInt> {
     Some(if neg { -n } else { n })
 }
 
-fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
+/// The minimal big-endian two's-complement bytes of the unscaled value of decimal text at
+/// `scale` (what Avro's `decimal` carries), if it fits `precision` digits exactly. Uses `i128`
+/// arithmetic up to 38 digits (the same bytes as `BigInt::to_signed_bytes_be`, tested).
+fn decimal_bytes(text: &str, precision: u32, scale: u32) -> Option<Vec<u8>> {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let int = int.trim_start_matches('0');
+    if int.len() + scale as usize > 38 || frac.len() > 38 {
+        return unscaled(text, precision, scale).map(|u| u.to_signed_bytes_be());
+    }
+    let scale = scale as usize;
+    if !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    if frac.len() > scale && frac.as_bytes()[scale..].iter().any(|&c| c != b'0') {
+        return None;
+    }
+    let mut acc: i128 = 0;
+    for c in int.bytes() {
+        acc = acc * 10 + i128::from(c - b'0');
+    }
+    for i in 0..scale {
+        let d = frac.as_bytes().get(i).map_or(0, |c| c - b'0');
+        acc = acc * 10 + i128::from(d);
+    }
+    if precision < 39 && acc >= 10i128.pow(precision) {
+        return None;
+    }
+    if neg {
+        acc = -acc;
+    }
+    let full = acc.to_be_bytes();
+    let mut start = 0;
+    while start < 15 {
+        let (b, next) = (full[start], full[start + 1]);
+        if (b == 0x00 && next & 0x80 == 0) || (b == 0xFF && next & 0x80 != 0) {
+            start += 1;
+        } else {
+            break;
+        }
+    }
+    Some(full[start..].to_vec())
+}
+
+pub(crate) fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
     let neg = unscaled.sign() == Sign::Minus;
     let mut digits = unscaled.magnitude().to_str_radix(10);
     let scale = scale as usize;
@@ -274,6 +319,53 @@ pub(crate) fn to_slot(
             })
         }
     }
+}
+
+#[derive(PartialEq)]
+pub(crate) enum Carrier {
+    Text,
+    Json,
+    Bytes,
+}
+
+/// For types represented by one plain `string`/`bytes` branch: the `PgValue` variant that
+/// carries their values.
+pub(crate) fn plain_carrier(ty: &PgType) -> Option<Carrier> {
+    use Builtin::*;
+    match ty {
+        PgType::Domain { base, .. } => plain_carrier(base),
+        PgType::Enum { .. } | PgType::Other { .. } => Some(Carrier::Text),
+        PgType::Builtin(b) => match b {
+            Json | Jsonb => Some(Carrier::Json),
+            Bytea => Some(Carrier::Bytes),
+            Bool | Int2 | Int4 | Int8 | Oid | Xid | Cid | Xid8 | PgLsn | Float4 | Float8
+            | Numeric | Uuid | Date | Time | TimeTz | Timestamp | TimestampTz | Interval => None,
+            _ => Some(Carrier::Text),
+        },
+        _ => None,
+    }
+}
+
+/// Like [`to_slot`], consuming the value (strings and byte strings are moved, not copied).
+pub(crate) fn into_slot(
+    ty: &PgType,
+    typmod: i32,
+    v: PgValue,
+    nullable: bool,
+    unchanged: bool,
+) -> Result<Value, Error> {
+    let owned = match (plain_carrier(ty), v) {
+        (Some(Carrier::Text), PgValue::Text(s)) | (Some(Carrier::Json), PgValue::Json(s)) => {
+            Value::String(s)
+        }
+        (Some(Carrier::Bytes), PgValue::Bytes(b)) => Value::Bytes(b),
+        (_, v) => return to_slot(ty, typmod, &v, nullable, unchanged),
+    };
+    Ok(if nullable || unchanged {
+        Value::Union(u32::from(nullable), Box::new(owned))
+    } else {
+        owned
+    })
 }
 
 /// Inverse of [`to_slot`].
@@ -502,6 +594,109 @@ fn range_from(ty: &PgType, subtype: &PgType, v: &Value) -> Result<PgRange, Error
     })
 }
 
+/// Writes the Avro binary encoding of a slot value straight from a typed value: the same bytes
+/// as `binary::write_value(&to_slot(..)?)` (the tests check this), without building Avro
+/// values for the common scalar types.
+pub(crate) fn write_slot(
+    ty: &PgType,
+    typmod: i32,
+    v: &PgValue,
+    nullable: bool,
+    unchanged: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    use crate::binary::{write_bytes, write_long};
+    use Builtin::*;
+    let n = branch_count(ty, typmod) as u32;
+    let offset = u32::from(nullable);
+    let is_union = nullable || unchanged || n > 1;
+    let base = match ty {
+        PgType::Domain { base, .. } if matches!(base.as_ref(), PgType::Builtin(_)) => base,
+        _ => ty,
+    };
+    let typmod = match ty {
+        PgType::Domain { base_typmod, .. } if typmod < 0 => *base_typmod,
+        _ => typmod,
+    };
+    let branch = |i: u32, out: &mut Vec<u8>| {
+        if is_union {
+            write_long(i64::from(offset + i), out);
+        }
+    };
+    match (base, v) {
+        (_, PgValue::Null) if nullable => write_long(0, out),
+        (_, PgValue::Unchanged) if unchanged => write_long(i64::from(offset + n), out),
+        (PgType::Builtin(b), v) => match (b, v) {
+            (Bool, PgValue::Bool(x)) => {
+                branch(0, out);
+                out.push(u8::from(*x));
+            }
+            (Int2, PgValue::Int2(x)) => {
+                branch(0, out);
+                write_long(i64::from(*x), out);
+            }
+            (Int4, PgValue::Int4(x)) => {
+                branch(0, out);
+                write_long(i64::from(*x), out);
+            }
+            (Int8, PgValue::Int8(x)) => {
+                branch(0, out);
+                write_long(*x, out);
+            }
+            (Float4, PgValue::Float4(x)) => {
+                branch(0, out);
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            (Float8, PgValue::Float8(x)) => {
+                branch(0, out);
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            (Numeric, PgValue::Numeric(PgNumeric::Finite(t))) => {
+                match numeric_decimal_params(typmod) {
+                    None => {
+                        branch(0, out);
+                        write_bytes(t.as_bytes(), out);
+                    }
+                    Some((p, s)) => {
+                        let bytes = decimal_bytes(t, p, s).ok_or_else(|| type_err(ty, v))?;
+                        branch(0, out);
+                        write_bytes(&bytes, out);
+                    }
+                }
+            }
+            (Uuid, PgValue::Uuid(u)) => {
+                branch(0, out);
+                let mut buf = [0u8; 36];
+                write_bytes(u.hyphenated().encode_lower(&mut buf).as_bytes(), out);
+            }
+            (Date, PgValue::Date(PgDate::Days(d))) => {
+                branch(0, out);
+                write_long(i64::from(*d), out);
+            }
+            (Time, PgValue::Time(x)) => {
+                branch(0, out);
+                write_long(*x, out);
+            }
+            (Timestamp, PgValue::Timestamp(PgTimestamp::Micros(x)))
+            | (TimestampTz, PgValue::TimestampTz(PgTimestamp::Micros(x))) => {
+                branch(0, out);
+                write_long(*x, out);
+            }
+            (Json | Jsonb, PgValue::Json(t)) => {
+                branch(0, out);
+                write_bytes(t.as_bytes(), out);
+            }
+            (Bytea, PgValue::Bytes(x)) => {
+                branch(0, out);
+                write_bytes(x, out);
+            }
+            _ => crate::binary::write_value(&to_slot(ty, typmod, v, nullable, unchanged)?, out)?,
+        },
+        _ => crate::binary::write_value(&to_slot(ty, typmod, v, nullable, unchanged)?, out)?,
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,5 +714,31 @@ mod tests {
         assert_eq!(unscaled("12345.6", 5, 1), None); // 6 digits > precision 5
         assert_eq!(unscaled("1.25", 5, 1), None); // would round
         assert_eq!(unscaled("1.20", 5, 1), Some(BigInt::from(12)));
+        assert_eq!(
+            decimal_bytes("231.112", 10, 5),
+            Some(vec![0x01, 0x60, 0xA6, 0x20])
+        );
+        assert_eq!(decimal_bytes("0", 1, 0), Some(vec![0]));
+        assert_eq!(decimal_bytes("-0.00", 3, 2), Some(vec![0]));
+        assert_eq!(decimal_bytes("12345.6", 5, 1), None);
+        assert_eq!(decimal_bytes("1.25", 5, 1), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decimal_bytes_match_bigint(
+            int in "-?[0-9]{1,40}",
+            frac in "[0-9]{0,12}",
+            p in 1u32..60,
+            s in 0u32..12,
+        ) {
+            let text = if frac.is_empty() { int.clone() } else { format!("{int}.{frac}") };
+            if s <= p {
+                proptest::prop_assert_eq!(
+                    decimal_bytes(&text, p, s),
+                    unscaled(&text, p, s).map(|u| u.to_signed_bytes_be())
+                );
+            }
+        }
     }
 }

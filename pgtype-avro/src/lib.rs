@@ -5,11 +5,13 @@
 //!   from a [`RelationDesc`] (which the producer reads from the catalogs).
 //! * [`TableSchema::encode_text`] turns pgoutput's text values into an Avro record value;
 //!   [`TableSchema::to_single_object`] frames it (`C3 01` + 8-byte little-endian CRC-64-AVRO
-//!   fingerprint + body).
-//! * Clients go back with [`TableSchema::from_single_object`] (or
-//!   [`fingerprint::split_single_object`] + [`fingerprint::decode_body`]),
-//!   [`TableSchema::decode_value`] (typed [`PgValue`]s) and [`TableSchema::render_text`]
-//!   (PostgreSQL input text that writes the same value back).
+//!   fingerprint + body). The producer's fast path [`TableSchema::write_text_single_object`]
+//!   (or [`TableSchema::write_text_body`] inside an envelope) goes from text to bytes directly
+//!   and produces the same bytes.
+//! * Clients go back with [`TableSchema::decode_single_object`] (typed [`PgValue`]s, directly)
+//!   or the generic apache-avro route ([`TableSchema::from_single_object`] /
+//!   [`fingerprint::decode_body`] + [`TableSchema::decode_value`]), and
+//!   [`TableSchema::render_text`] (PostgreSQL input text that writes the same value back).
 //! * Column and table names that are not valid Avro names are escaped reversibly
 //!   ([`encode_name`] / [`decode_name`]); the original is also kept as the `pgName` property.
 //!
@@ -54,17 +56,20 @@
 //! assert_eq!(&bytes[..2], &[0xC3, 0x01]);
 //!
 //! // Client: bytes -> typed values -> PostgreSQL input text.
-//! let decoded = after.decode_value(&after.from_single_object(&bytes)?)?;
+//! let decoded = after.decode_single_object(&bytes)?;
 //! assert_eq!(decoded[0], ("id".to_string(), PgValue::Int8(42)));
+//! assert_eq!(decoded, after.decode_value(&after.from_single_object(&bytes)?)?);
 //! let text = after.render_text(&decoded)?;
 //! assert_eq!(text, vec![Some("42".to_string()), Some("-1.50".to_string())]);
 //! # Ok::<(), walbrook_pgtype_avro::Error>(())
 //! ```
 
 mod avro;
+mod binary;
 mod error;
 pub mod fingerprint;
 pub mod names;
+mod reader;
 pub mod schema;
 mod table;
 pub mod text;

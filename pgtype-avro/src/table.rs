@@ -5,7 +5,7 @@ use apache_avro::types::Value;
 use serde_json::{Map, Value as Json, json};
 
 use crate::Error;
-use crate::avro::{from_slot, to_slot};
+use crate::avro::{Carrier, from_slot, into_slot, plain_carrier, to_slot, write_slot};
 use crate::fingerprint::{self, Fingerprint};
 use crate::names::encode_name;
 use crate::schema::{NamedTypes, value_schema};
@@ -51,6 +51,7 @@ pub enum ColumnValue<'a> {
 #[derive(Debug, Clone)]
 struct Slot {
     column: usize,
+    field: String,
     nullable: bool,
     unchanged: bool,
 }
@@ -145,6 +146,7 @@ fn slots(relation: &RelationDesc, kind: RecordKind) -> Vec<Slot> {
         })
         .map(|(i, c)| Slot {
             column: i,
+            field: encode_name(&c.name),
             nullable: !c.not_null,
             unchanged: kind == RecordKind::After && c.pg_type.is_varlena(),
         })
@@ -224,9 +226,9 @@ impl TableSchema {
                     parse_text(&c.pg_type, c.typmod, t).map_err(|e| self.col_err(s, e))?
                 }
             };
-            let av = to_slot(&c.pg_type, c.typmod, &v, s.nullable, s.unchanged)
+            let av = into_slot(&c.pg_type, c.typmod, v, s.nullable, s.unchanged)
                 .map_err(|e| self.col_err(s, e))?;
-            fields.push((encode_name(&c.name), av));
+            fields.push((s.field.clone(), av));
         }
         Ok(Value::Record(fields))
     }
@@ -245,7 +247,7 @@ impl TableSchema {
                 s.unchanged,
             )
             .map_err(|e| self.col_err(s, e))?;
-            fields.push((encode_name(&c.name), av));
+            fields.push((s.field.clone(), av));
         }
         Ok(Value::Record(fields))
     }
@@ -295,9 +297,126 @@ impl TableSchema {
             .collect()
     }
 
-    /// Encodes a record value as a single-object message with this schema's fingerprint.
+    /// Encodes a record value built by this schema ([`TableSchema::encode_text`],
+    /// [`TableSchema::encode_values`]) as a single-object message with this schema's
+    /// fingerprint. Uses the crate's direct binary writer (byte-identical to apache-avro's,
+    /// which the tests check); use [`fingerprint::encode_single_object`] for values built
+    /// elsewhere, which validates them against the schema.
     pub fn to_single_object(&self, value: &Value) -> Result<Vec<u8>, Error> {
-        fingerprint::encode_single_object(&self.schema, self.fingerprint, value)
+        let mut out = Vec::with_capacity(128);
+        self.write_single_object(value, &mut out)?;
+        Ok(out)
+    }
+
+    /// The producer's fast path: pgoutput text values (one per relation column) straight to a
+    /// single-object message appended to `out`, without building Avro values. Produces exactly
+    /// the bytes of `to_single_object(&encode_text(values)?)` (tested).
+    pub fn write_text_single_object(
+        &self,
+        values: &[ColumnValue<'_>],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        self.check_arity(values.len())?;
+        out.extend_from_slice(&fingerprint::SINGLE_OBJECT_MAGIC);
+        out.extend_from_slice(&self.fingerprint.to_bytes());
+        self.write_text_body(values, out)
+    }
+
+    /// Appends only the Avro binary body of the record (no header), for producers that embed
+    /// the record in an envelope built with [`record_json`]. On error, `out` may hold a partial
+    /// body.
+    pub fn write_text_body(
+        &self,
+        values: &[ColumnValue<'_>],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        self.check_arity(values.len())?;
+        for s in &self.slots {
+            let c = &self.relation.columns[s.column];
+            let res = match values[s.column] {
+                ColumnValue::Text(t)
+                    if matches!(
+                        plain_carrier(&c.pg_type),
+                        Some(Carrier::Text | Carrier::Json)
+                    ) =>
+                {
+                    if s.nullable || s.unchanged {
+                        crate::binary::write_long(i64::from(s.nullable), out);
+                    }
+                    crate::binary::write_bytes(t.as_bytes(), out);
+                    Ok(())
+                }
+                ColumnValue::Text(t) => parse_text(&c.pg_type, c.typmod, t).and_then(|v| {
+                    write_slot(&c.pg_type, c.typmod, &v, s.nullable, s.unchanged, out)
+                }),
+                ColumnValue::Null => write_slot(
+                    &c.pg_type,
+                    c.typmod,
+                    &PgValue::Null,
+                    s.nullable,
+                    s.unchanged,
+                    out,
+                ),
+                ColumnValue::Unchanged => write_slot(
+                    &c.pg_type,
+                    c.typmod,
+                    &PgValue::Unchanged,
+                    s.nullable,
+                    s.unchanged,
+                    out,
+                ),
+            };
+            res.map_err(|e| self.col_err(s, e))?;
+        }
+        Ok(())
+    }
+
+    /// Like [`TableSchema::to_single_object`], appending to `out`.
+    pub fn write_single_object(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
+        if !matches!(value, Value::Record(f) if f.len() == self.slots.len()) {
+            return Err(Error::Schema(format!(
+                "expected a record of {} fields",
+                self.slots.len()
+            )));
+        }
+        out.extend_from_slice(&fingerprint::SINGLE_OBJECT_MAGIC);
+        out.extend_from_slice(&self.fingerprint.to_bytes());
+        crate::binary::write_value(value, out)
+    }
+
+    /// The client's fast path: decodes a single-object message written with this schema
+    /// straight to (original column name, value) pairs. Same result as
+    /// `decode_value(&from_single_object(message)?)` (tested), without building Avro values;
+    /// fails on a different fingerprint, truncated input, invalid data or trailing bytes.
+    pub fn decode_single_object(&self, message: &[u8]) -> Result<Vec<(String, PgValue)>, Error> {
+        let (fp, body) = fingerprint::split_single_object(message)?;
+        if fp != self.fingerprint {
+            return Err(Error::Framing(format!(
+                "fingerprint {fp} is not this schema's {}",
+                self.fingerprint
+            )));
+        }
+        self.decode_body(body)
+    }
+
+    /// Decodes just the Avro body of this record (no header), e.g. from inside an envelope.
+    pub fn decode_body(&self, body: &[u8]) -> Result<Vec<(String, PgValue)>, Error> {
+        let mut r = crate::reader::Reader::new(body);
+        let mut out = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let c = &self.relation.columns[s.column];
+            let v = r
+                .slot(&c.pg_type, c.typmod, s.nullable, s.unchanged)
+                .map_err(|e| self.col_err(s, e))?;
+            out.push((c.name.clone(), v));
+        }
+        if r.remaining() != 0 {
+            return Err(Error::Framing(format!(
+                "{} trailing bytes after the Avro body",
+                r.remaining()
+            )));
+        }
+        Ok(out)
     }
 
     /// Decodes a single-object message written with this schema. Fails when the fingerprint

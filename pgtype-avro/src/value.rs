@@ -66,6 +66,32 @@ pub enum PgValue {
     Composite(Vec<(String, PgValue)>),
 }
 
+impl PgValue {
+    /// For `time`: the value as a `chrono::NaiveTime` (`24:00:00` has none).
+    pub fn time_to_chrono(&self) -> Option<chrono::NaiveTime> {
+        match self {
+            PgValue::Time(us) | PgValue::TimeTz { micros: us, .. } => micros_to_time(*us),
+            _ => None,
+        }
+    }
+
+    /// For `timetz`: the UTC offset as a `chrono::FixedOffset`.
+    pub fn timetz_offset(&self) -> Option<chrono::FixedOffset> {
+        match self {
+            PgValue::TimeTz { offset_seconds, .. } => {
+                chrono::FixedOffset::east_opt(*offset_seconds)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn micros_to_time(us: i64) -> Option<chrono::NaiveTime> {
+    let secs = u32::try_from(us.div_euclid(1_000_000)).ok()?;
+    let nanos = u32::try_from(us.rem_euclid(1_000_000) * 1000).ok()?;
+    chrono::NaiveTime::from_num_seconds_from_midnight_opt(secs, nanos)
+}
+
 /// A `numeric` value, lossless at any size.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PgNumeric {
@@ -292,5 +318,20 @@ mod tests {
             Some(rust_decimal::Decimal::new(23111200, 5))
         );
         assert_eq!(PgNumeric::NaN.to_decimal(), None);
+        assert_eq!(
+            PgValue::Time(45_000_500_000).time_to_chrono(),
+            chrono::NaiveTime::from_hms_micro_opt(12, 30, 0, 500_000)
+        );
+        assert_eq!(PgValue::Time(86_400_000_000).time_to_chrono(), None);
+        let tz = PgValue::TimeTz {
+            micros: 0,
+            offset_seconds: -19800,
+        };
+        assert_eq!(tz.timetz_offset(), chrono::FixedOffset::west_opt(19800));
+        assert_eq!(
+            PgTimestamp::Micros(1_555_035_031_782_068).to_chrono_utc(),
+            chrono::DateTime::from_timestamp_micros(1_555_035_031_782_068)
+        );
+        assert_eq!(PgTimestamp::Infinity.to_chrono_naive(), None);
     }
 }

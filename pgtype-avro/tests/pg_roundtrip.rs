@@ -15,6 +15,8 @@ use walbrook_pgtype_avro::{
 const SETUP: &str = r#"
 CREATE EXTENSION citext;
 CREATE EXTENSION hstore;
+CREATE EXTENSION ltree;
+CREATE EXTENSION cube;
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'with space', 'Ünïcode "q"');
 CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
 CREATE DOMAIN amount AS numeric(12,2);
@@ -291,6 +293,9 @@ fn cases() -> Vec<(&'static str, Vec<String>)> {
         ("pg_snapshot", s(&["'10:20:10,14,15'"])),
         ("regclass", s(&["'pg_class'"])),
         ("hstore", s(&["'a=>1, \"b c\"=>NULL, \"\"=>\"\\\"\"'"])),
+        ("ltree", s(&["'Top.Science.Astronomy'", "''"])),
+        ("cube", s(&["'(1,2),(3,4)'", "'(1e300)'"])),
+        ("ltree[]", s(&["ARRAY['a.b'::ltree, NULL]"])),
         ("mood", s(&["'sad'", "'with space'", "'Ünïcode \"q\"'"])),
         ("posint", s(&["1", "2147483647"])),
         ("amount", s(&["'12.34'", "'NaN'", "'-9999999999.99'"])),
@@ -508,11 +513,15 @@ fn resolve<'a>(
 }
 
 async fn connect(url: &str, interval_style: &str) -> Client {
+    connect_tz(url, interval_style, "UTC").await
+}
+
+async fn connect_tz(url: &str, interval_style: &str, time_zone: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = '{interval_style}'; \
+            "SET TimeZone = '{time_zone}'; SET DateStyle = 'ISO'; SET IntervalStyle = '{interval_style}'; \
              SET extra_float_digits = 3; SET bytea_output = 'hex'"
         ))
         .await
@@ -520,15 +529,19 @@ async fn connect(url: &str, interval_style: &str) -> Client {
     client
 }
 
-async fn run_round_trip(interval_style: &str, only_intervals: bool) -> usize {
+async fn run_round_trip(
+    interval_style: &str,
+    time_zone: &str,
+    only: Option<&dyn Fn(&str) -> bool>,
+) -> usize {
     let pg = walbrook_harness::PgServer::shared();
     let db = pg.fresh_database("pgtype_rt");
-    let client = connect(&db.url(), interval_style).await;
+    let client = connect_tz(&db.url(), interval_style, time_zone).await;
     client.batch_execute(SETUP).await.unwrap();
     let mut checked = 0;
     let mut failures = Vec::new();
     for (k, (ty, values)) in cases().into_iter().enumerate() {
-        if only_intervals && !ty.starts_with("interval") {
+        if only.is_some_and(|f| !f(ty)) {
             continue;
         }
         let table = format!("t{k}");
@@ -601,11 +614,34 @@ async fn run_round_trip(interval_style: &str, only_intervals: bool) -> usize {
                     .encode_text(&[ColumnValue::Text(id), v])
                     .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", row[1]));
                 let bytes = schema.to_single_object(&avro).unwrap();
+                // The direct writer must be byte-identical to apache-avro's validating writer.
+                let reference = walbrook_pgtype_avro::fingerprint::encode_single_object(
+                    schema.schema(),
+                    schema.fingerprint(),
+                    &avro,
+                )
+                .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", row[1]));
+                assert_eq!(bytes, reference, "{ty} {:?}", row[1]);
+                let mut direct = Vec::new();
+                schema
+                    .write_text_single_object(&[ColumnValue::Text(id), v], &mut direct)
+                    .unwrap();
+                assert_eq!(direct, reference, "{ty} {:?}", row[1]);
                 let back = schema.from_single_object(&bytes).unwrap();
                 let decoded = schema
                     .decode_value(&back)
                     .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", row[1]));
                 let text = schema.render_text(&decoded).unwrap();
+                // The direct reader gives exactly what apache-avro + conversion give.
+                let direct = schema.decode_single_object(&bytes).unwrap();
+                assert_eq!(format!("{direct:?}"), format!("{decoded:?}"), "{ty}");
+                for cut in [0, bytes.len() / 2, bytes.len() - 1] {
+                    assert!(schema.decode_single_object(&bytes[..cut]).is_err(), "{ty}");
+                }
+                // Typed values (the snapshot/client path) encode to the same Avro value.
+                let typed: Vec<_> = decoded.iter().map(|(_, v)| v.clone()).collect();
+                let again = schema.encode_values(&typed).unwrap();
+                assert_eq!(schema.to_single_object(&again).unwrap(), bytes, "{ty}");
                 if schema.kind() == walbrook_pgtype_avro::RecordKind::After {
                     rendered.push((id.to_owned(), text[1].clone()));
                 } else {
@@ -676,14 +712,25 @@ async fn run_round_trip(interval_style: &str, only_intervals: bool) -> usize {
 
 #[tokio::test]
 async fn every_type_round_trips_through_avro() {
-    let checked = run_round_trip("postgres", false).await;
+    let checked = run_round_trip("postgres", "UTC", None).await;
+    eprintln!("round-tripped {checked} values");
     assert!(checked > 250, "only {checked} values checked");
 }
 
 #[tokio::test]
 async fn intervals_round_trip_with_iso_8601_style() {
-    let checked = run_round_trip("iso_8601", true).await;
+    let checked = run_round_trip("iso_8601", "UTC", Some(&|t| t.starts_with("interval"))).await;
     assert!(checked >= 10, "only {checked} values checked");
+}
+
+#[tokio::test]
+async fn time_zones_other_than_utc_are_parsed() {
+    // +05:45, a negative half-hour zone, and local mean time offsets with seconds for old dates.
+    for tz in ["Asia/Kathmandu", "America/St_Johns", "Europe/Amsterdam"] {
+        let only = |t: &str| t.contains("tz") || t.contains("timestamp") || t == "pair";
+        let checked = run_round_trip("postgres", tz, Some(&only)).await;
+        assert!(checked >= 15, "only {checked} values checked in {tz}");
+    }
 }
 
 #[tokio::test]
@@ -721,5 +768,57 @@ async fn builtin_oids_match_the_catalog() {
             let varlena = r[1].as_deref() == Some("-1") || r[1].as_deref() == Some("-2");
             assert_eq!(PgType::Builtin(b).is_varlena(), varlena, "{b:?}");
         }
+    }
+}
+
+#[tokio::test]
+async fn unrepresentable_values_are_errors_naming_the_column() {
+    let pg = walbrook_harness::PgServer::shared();
+    let db = pg.fresh_database("pgtype_unrep");
+    let client = connect(&db.url(), "postgres").await;
+    let rows = simple(
+        &client,
+        "SELECT '294276-12-31 23:59:59.999999'::timestamp, \
+                '294276-12-31 23:59:59.999999+00'::timestamptz",
+    )
+    .await;
+    for (i, (oid, type_name)) in [
+        (1114u32, "timestamp without time zone"),
+        (1184, "timestamp with time zone"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let text = rows[0][i].clone().unwrap();
+        let relation = RelationDesc {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec![ColumnDesc {
+                name: "late".into(),
+                pg_type: PgType::from_builtin_oid(oid).unwrap(),
+                type_name: type_name.into(),
+                typmod: -1,
+                not_null: false,
+                is_key: false,
+            }],
+            replica_identity: ReplicaIdentity::Default,
+        };
+        let s = TableSchemas::new(&relation).unwrap();
+        let err = s
+            .after
+            .encode_text(&[ColumnValue::Text(&text)])
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"late\"")
+                && msg.contains(type_name)
+                && msg.contains(&format!("oid {oid}")),
+            "{msg}"
+        );
+        assert!(
+            s.after
+                .write_text_single_object(&[ColumnValue::Text(&text)], &mut Vec::new())
+                .is_err()
+        );
     }
 }

@@ -27,10 +27,24 @@ fn one_column(pg_type: PgType, typmod: i32) -> TableSchemas {
 fn through_avro(s: &TableSchemas, text: &str) -> (PgValue, String) {
     let rec = s.after.encode_text(&[ColumnValue::Text(text)]).unwrap();
     let bytes = s.after.to_single_object(&rec).unwrap();
+    let reference = walbrook_pgtype_avro::fingerprint::encode_single_object(
+        s.after.schema(),
+        s.after.fingerprint(),
+        &rec,
+    )
+    .unwrap();
+    assert_eq!(bytes, reference);
+    let mut direct = Vec::new();
+    s.after
+        .write_text_single_object(&[ColumnValue::Text(text)], &mut direct)
+        .unwrap();
+    assert_eq!(direct, reference);
     let mut decoded = s
         .after
         .decode_value(&s.after.from_single_object(&bytes).unwrap())
         .unwrap();
+    let direct = s.after.decode_single_object(&bytes).unwrap();
+    assert_eq!(format!("{direct:?}"), format!("{decoded:?}"));
     let rendered = s.after.render_text(&decoded).unwrap().remove(0).unwrap();
     (decoded.remove(0).1, rendered)
 }
@@ -182,5 +196,50 @@ proptest! {
             let ty = PgType::from_builtin_oid(oid).unwrap();
             let _ = parse_text(&ty, -1, &text);
         }
+    }
+}
+
+fn garbage_schema() -> &'static TableSchemas {
+    static SCHEMAS: std::sync::OnceLock<TableSchemas> = std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        // A table with nested types; messages get a valid header and a garbage body.
+        let types = [
+            1007u32, 3910, 4451, 1186, 1266, 1700, 1082, 1184, 2950, 17, 1231, 16, 21,
+        ];
+        let columns: Vec<ColumnDesc> = types
+            .iter()
+            .enumerate()
+            .map(|(i, &oid)| ColumnDesc {
+                name: format!("c{i}"),
+                pg_type: PgType::from_builtin_oid(oid).unwrap(),
+                type_name: String::new(),
+                typmod: if oid == 1231 { (10 << 16 | 2) + 4 } else { -1 },
+                not_null: false,
+                is_key: false,
+            })
+            .collect();
+        TableSchemas::new(&RelationDesc {
+            schema: "s".into(),
+            table: "t".into(),
+            columns,
+            replica_identity: ReplicaIdentity::Default,
+        })
+        .unwrap()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn direct_reader_never_panics_on_garbage(
+        body in proptest::collection::vec(any::<u8>(), 0..80),
+        prefix in proptest::collection::vec(any::<u8>(), 0..3),
+    ) {
+        let s = garbage_schema();
+        let mut msg = vec![0xC3, 0x01];
+        msg.extend_from_slice(&s.after.fingerprint().to_bytes());
+        msg.extend_from_slice(&prefix);
+        msg.extend_from_slice(&body);
+        let _ = s.after.decode_single_object(&msg);
     }
 }

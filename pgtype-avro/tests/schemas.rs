@@ -280,12 +280,36 @@ fn hostile_names_are_escaped_reversibly() {
         ])
         .unwrap();
     let msg = s.after.to_single_object(&rec).unwrap();
+    let mut direct = Vec::new();
+    s.after
+        .write_text_single_object(
+            &[
+                ColumnValue::Text("7"),
+                ColumnValue::Unchanged,
+                ColumnValue::Null,
+                ColumnValue::Text("-12345678901234567890.123456789012345"),
+                ColumnValue::Text("1 day"),
+            ],
+            &mut direct,
+        )
+        .unwrap();
+    assert_eq!(direct, msg);
     let back = s
         .after
         .decode_value(&s.after.from_single_object(&msg).unwrap())
         .unwrap();
     assert_eq!(back[0], ("1st id".to_string(), PgValue::Int8(7)));
     assert_eq!(back[1], ("Mixed-Case.Name".to_string(), PgValue::Unchanged));
+    assert_eq!(s.after.decode_single_object(&msg).unwrap(), back);
+    let mut wrong = msg.clone();
+    wrong[2] ^= 1;
+    assert!(matches!(
+        s.after.decode_single_object(&wrong),
+        Err(walbrook_pgtype_avro::Error::Framing(_))
+    ));
+    let mut trailing = msg.clone();
+    trailing.push(0);
+    assert!(s.after.decode_single_object(&trailing).is_err());
     assert_eq!(back[2], ("_x41_".to_string(), PgValue::Null));
     assert_eq!(
         back[3].1,
@@ -304,10 +328,42 @@ fn hostile_names_are_escaped_reversibly() {
             ColumnValue::Null,
         ])
         .unwrap_err();
+    assert!(
+        matches!(&err, walbrook_pgtype_avro::Error::Column { column, oid: 25, source, .. }
+            if column == "Mixed-Case.Name"
+                && matches!(**source, walbrook_pgtype_avro::Error::ValueType { .. })),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("Mixed-Case.Name") && msg.contains("oid 25"),
         "{msg}"
+    );
+    let direct_err = s
+        .row
+        .write_text_single_object(
+            &[
+                ColumnValue::Text("7"),
+                ColumnValue::Unchanged,
+                ColumnValue::Null,
+                ColumnValue::Null,
+                ColumnValue::Null,
+            ],
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+    assert_eq!(direct_err.to_string(), msg);
+    let not_null = [
+        ColumnValue::Null,
+        ColumnValue::Text("x"),
+        ColumnValue::Null,
+        ColumnValue::Null,
+        ColumnValue::Null,
+    ];
+    assert!(
+        s.after
+            .write_text_single_object(&not_null, &mut Vec::new())
+            .is_err()
     );
     // NULL in a NOT NULL column is an error too; so is a malformed value.
     assert!(
@@ -332,6 +388,11 @@ fn hostile_names_are_escaped_reversibly() {
         ])
         .unwrap_err();
     assert!(err.to_string().contains("1st id") && err.to_string().contains("bigint"));
+    assert!(
+        matches!(&err, walbrook_pgtype_avro::Error::Column { column, oid: 20, source, .. }
+            if column == "1st id" && matches!(**source, walbrook_pgtype_avro::Error::Parse { .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -373,4 +434,58 @@ fn replica_identity_rules() {
     let b = TableSchemas::new(&creek_types()).unwrap();
     assert_eq!(a.after.fingerprint(), b.after.fingerprint());
     assert_ne!(a.after.fingerprint(), a.row.fingerprint());
+}
+
+#[test]
+fn records_compose_into_one_envelope_schema() {
+    use walbrook_pgtype_avro::schema::NamedTypes;
+    use walbrook_pgtype_avro::{RecordKind, record_json};
+    let mut rel = hostile();
+    rel.replica_identity = ReplicaIdentity::Full;
+    let s = TableSchemas::new(&rel).unwrap();
+    // One document: helper types (walbrook.Interval, walbrook.Unchanged) defined once.
+    let mut named = NamedTypes::new();
+    let before = record_json(&rel, RecordKind::Before, &mut named);
+    let after = record_json(&rel, RecordKind::After, &mut named);
+    let envelope = serde_json::json!({
+        "type": "record", "name": "walbrook.Change", "fields": [
+            {"name": "op", "type": "string"},
+            {"name": "before", "type": ["null", before]},
+            {"name": "after", "type": ["null", after]},
+        ]
+    });
+    let text = envelope.to_string();
+    assert_eq!(text.matches("\"name\":\"walbrook.Interval\"").count(), 1);
+    let schema = apache_avro::Schema::parse(&envelope).unwrap();
+    let fp = walbrook_pgtype_avro::Fingerprint::of_json(&envelope).unwrap();
+    let values = [
+        ColumnValue::Text("1"),
+        ColumnValue::Text("a"),
+        ColumnValue::Null,
+        ColumnValue::Text("NaN"),
+        ColumnValue::Text("-00:00:01"),
+    ];
+    // Hand-framed envelope: header, op, before = null, after = branch 1 + record body.
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&[0xC3, 0x01]);
+    msg.extend_from_slice(&fp.to_bytes());
+    msg.extend_from_slice(&[2, b'c', 0, 2]);
+    s.after.write_text_body(&values, &mut msg).unwrap();
+    let (got_fp, body) = walbrook_pgtype_avro::fingerprint::split_single_object(&msg).unwrap();
+    assert_eq!(got_fp, fp);
+    let decoded = walbrook_pgtype_avro::fingerprint::decode_body(&schema, body).unwrap();
+    let Value::Record(fields) = decoded else {
+        panic!()
+    };
+    assert_eq!(fields[0].1, Value::String("c".into()));
+    assert_eq!(fields[1].1, Value::Union(0, Box::new(Value::Null)));
+    let Value::Union(1, after_value) = &fields[2].1 else {
+        panic!()
+    };
+    assert_eq!(
+        s.after.decode_value(after_value).unwrap(),
+        s.after
+            .decode_value(&s.after.encode_text(&values).unwrap())
+            .unwrap()
+    );
 }
