@@ -1,12 +1,15 @@
 //! The `walbrook` command.
 //!
 //! * `walbrook produce` runs the producer appliance (PostgreSQL → NATS JetStream).
+//! * `walbrook check` validates the configuration and prerequisites without
+//!   starting replication, printing each problem with its fix.
 //! * `walbrook demo` shows the pipeline on a demo table next to the servers named by
 //!   `WALBROOK_PG_URL` and `WALBROOK_NATS_URL` (`make demo` starts throwaway ones).
 //!
 //! Logs go to stderr; `WALBROOK_LOG_FORMAT=json` switches to JSON lines and
 //! `RUST_LOG` sets the level (default `info`).
 
+mod check;
 mod demo;
 mod produce;
 
@@ -24,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the producer: stream the configured tables' changes into JetStream.
     Produce(produce::ProduceArgs),
+    /// Check the configuration and the PostgreSQL/NATS prerequisites, printing fixes.
+    Check(check::CheckArgs),
     /// Show the pipeline on a demo table: generate changes and print what is captured.
     Demo(demo::DemoArgs),
 }
@@ -52,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Produce(args) => produce::run(args).await,
+        Command::Check(args) => check::run(args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

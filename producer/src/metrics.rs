@@ -182,3 +182,75 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
         );
     axum::serve(listener, app).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grafana_dashboard_only_uses_metrics_that_exist() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/grafana/walbrook-producer.json"))
+                .expect("the dashboard is valid JSON");
+        let metrics = Metrics::new();
+        // Label families render only once they have a member.
+        metrics
+            .events
+            .get_or_create(&EventLabels {
+                table: "t".into(),
+                op: "insert".into(),
+            })
+            .inc();
+        metrics.error("x");
+        metrics
+            .reconnects
+            .get_or_create(&KindLabels { kind: "x".into() })
+            .inc();
+        let rendered = metrics.render();
+        let exported: Vec<&str> = rendered
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let mut checked = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if let Some(name) = word.strip_prefix("walbrook_producer_") {
+                        let base = name.trim_end_matches("_bucket").trim_end_matches("_total");
+                        let full = format!("walbrook_producer_{base}");
+                        assert!(
+                            exported.contains(&full.as_str()),
+                            "{word} is not exported: {exported:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 8, "only {checked} metric references found");
+    }
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let metrics = Metrics::new();
+        metrics
+            .events
+            .get_or_create(&EventLabels {
+                table: "public.t".into(),
+                op: "insert".into(),
+            })
+            .inc_by(3);
+        metrics.error("encode");
+        let text = metrics.render();
+        assert!(
+            text.contains("walbrook_producer_events_total{table=\"public.t\",op=\"insert\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walbrook_producer_errors_total{kind=\"encode\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -562,34 +562,44 @@ impl Pipeline<'_> {
                     detail: e.to_string(),
                 })?;
         let encoder = TableEncoder::new(desc)?;
-        let fingerprint = encoder.fingerprint();
-        if !self.registry.contains(fingerprint) {
-            let desc = encoder.desc();
-            let doc = registry::persist(
-                &sql,
-                &self.database,
-                &desc.schema,
-                &desc.table,
-                fingerprint,
-                encoder.schema_json(),
-            )
-            .await
-            .map_err(pg_error("persisting a schema"))?;
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("schema-{fingerprint}").as_str());
-            headers.insert(headers::FINGERPRINT, fingerprint.to_string().as_str());
-            let payload = serde_json::to_vec(&doc).expect("a schema document serializes");
-            self.publisher
-                .push(OutMessage {
-                    subject: self.subjects.schema_announcement(&desc.schema, &desc.table),
-                    headers,
-                    payload: payload.into(),
-                })
-                .await?;
-            self.registry.insert(fingerprint, doc);
-            tracing::info!(table = %format!("{}.{}", desc.schema, desc.table), %fingerprint, "schema version announced");
-        }
         self.encoders.insert(relation.id, Arc::new(encoder));
+        Ok(())
+    }
+
+    /// Persists and announces a schema version the first time an event uses it
+    /// (pgoutput also describes relations no event is published for, such as the
+    /// partitions of a table published through its root).
+    async fn announce(&mut self, encoder: &TableEncoder) -> Result<(), ProducerError> {
+        let fingerprint = encoder.fingerprint();
+        if self.registry.contains(fingerprint) {
+            return Ok(());
+        }
+        let sql = self.sql().await?;
+        let desc = encoder.desc();
+        let doc = registry::persist(
+            &sql,
+            &self.database,
+            &desc.schema,
+            &desc.table,
+            fingerprint,
+            encoder.schema_json(),
+        )
+        .await
+        .map_err(pg_error("persisting a schema"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("schema-{fingerprint}").as_str());
+        headers.insert(headers::FINGERPRINT, fingerprint.to_string().as_str());
+        let payload = serde_json::to_vec(&doc).expect("a schema document serializes");
+        self.publisher
+            .push(OutMessage {
+                subject: self.subjects.schema_announcement(&desc.schema, &desc.table),
+                headers,
+                payload: payload.into(),
+                chained: false,
+            })
+            .await?;
+        self.registry.insert(fingerprint, doc);
+        tracing::info!(table = %format!("{}.{}", desc.schema, desc.table), %fingerprint, "schema version announced");
         Ok(())
     }
 
@@ -630,6 +640,7 @@ impl Pipeline<'_> {
         if self.skip_through.is_some_and(|stored| position <= stored) {
             return Ok(());
         }
+        self.announce(&held.encoder).await?;
         let desc = held.encoder.desc();
         let source = Source {
             database: self.database.clone(),
@@ -666,6 +677,7 @@ impl Pipeline<'_> {
                 subject: self.subjects.change(&desc.schema, &desc.table),
                 headers,
                 payload: payload.into(),
+                chained: true,
             })
             .await?;
         self.last_pushed = Some(position);

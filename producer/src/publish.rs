@@ -22,6 +22,15 @@
 //! cancelling a [`Publisher::complete_one`] (the producer's select loop does) never
 //! postpones it.
 //!
+//! Client libraries buffer messages while reconnecting, so a message written to a dying
+//! connection can be lost while a later one, buffered, is stored after the reconnect.
+//! Chained messages (the change stream) therefore carry `Nats-Expected-Last-Msg-Id`
+//! naming their predecessor in this session: JetStream refuses a message whose
+//! predecessor is missing, the refusal triggers the in-order re-send, and the stream
+//! never holds a later change before an earlier one. (JetStream recognises duplicates
+//! before it checks the expectation, so re-sending already stored messages is safe;
+//! `producer/tests/jetstream_semantics.rs` checks both facts against the server.)
+//!
 //! The window never holds more than `async_nats`' own ack permits (the context is
 //! built with more permits than the window), which avoids the ack-window deadlock.
 
@@ -49,7 +58,18 @@ pub struct OutMessage {
     pub headers: HeaderMap,
     /// The payload.
     pub payload: Bytes,
+    /// Whether the message belongs to the publisher's ordered chain (the change
+    /// stream): it then carries `Nats-Expected-Last-Msg-Id` naming the previous chained
+    /// message, so JetStream refuses it until that one is stored.
+    pub chained: bool,
 }
+
+/// Header JetStream uses to refuse a message whose predecessor is not the stream's last.
+const EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
+
+/// How long a "wrong last message id" may persist before the publisher gives up: it
+/// then means someone else writes into the stream.
+const WRONG_LAST_LIMIT: Duration = Duration::from_secs(60);
 
 /// A pending JetStream acknowledgement, kept in the window until it resolves.
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
@@ -85,6 +105,7 @@ pub struct PublishFailure {
     /// What JetStream or the client said.
     pub detail: String,
     definite: bool,
+    wrong_last: bool,
 }
 
 impl PublishFailure {
@@ -139,6 +160,8 @@ pub struct Publisher {
     broken: bool,
     /// Since when acks keep failing.
     failing_since: Option<tokio::time::Instant>,
+    /// `Nats-Msg-Id` of the last chained message pushed in this session.
+    chain_last: Option<String>,
 }
 
 /// Builds the JetStream context a [`Publisher`] needs: more ack permits than the window
@@ -175,6 +198,7 @@ impl Publisher {
             resend_at: None,
             broken: false,
             failing_since: None,
+            chain_last: None,
         }
     }
 
@@ -196,9 +220,21 @@ impl Publisher {
     /// # Cancel safety
     /// Not cancel safe: a cancelled call may leave the message unsent. The producer
     /// only cancels it on shutdown, when un-confirmed work is replayed anyway.
-    pub async fn push(&mut self, message: OutMessage) -> Result<(), PublishFailure> {
+    pub async fn push(&mut self, mut message: OutMessage) -> Result<(), PublishFailure> {
         while self.in_flight >= self.max_inflight {
             self.complete_front().await?;
+        }
+        if message.chained {
+            let id = message
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_string());
+            if let Some(previous) = &self.chain_last {
+                message
+                    .headers
+                    .insert(EXPECTED_LAST_MSG_ID, previous.as_str());
+            }
+            self.chain_last = id;
         }
         // Never send past an unsent or failed message: the stream must keep the order.
         let ack = if self.broken {
@@ -304,6 +340,7 @@ impl Publisher {
                         subject: message.subject.clone(),
                         detail: "not sent (NATS not connected)".into(),
                         definite: false,
+                        wrong_last: false,
                     }),
                 },
             };
@@ -328,6 +365,17 @@ impl Publisher {
                         && now.duration_since(since) >= limit
                     {
                         return Err(failure);
+                    }
+                    if failure.wrong_last && now.duration_since(since) >= WRONG_LAST_LIMIT {
+                        return Err(PublishFailure {
+                            detail: format!(
+                                "{}; for over {}s: is another publisher writing into this stream?",
+                                failure.detail,
+                                WRONG_LAST_LIMIT.as_secs()
+                            ),
+                            definite: true,
+                            ..failure
+                        });
                     }
                     self.backoff = if self.backoff.is_zero() {
                         self.retry.initial_backoff
@@ -400,7 +448,10 @@ fn classify(subject: &str, kind: PublishErrorKind, detail: &str) -> PublishFailu
     let definite = match kind {
         // The message can never fit: retrying would loop forever.
         PublishErrorKind::MaxPayloadExceeded => true,
-        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => true,
+        // The chain's predecessor is not stored yet (it was lost and is being re-sent):
+        // re-sending the window in order repairs it.
+        PublishErrorKind::WrongLastMessageId => false,
+        PublishErrorKind::WrongLastSequence => true,
         // A stream can be (re)created by an operator; keep trying, loudly.
         PublishErrorKind::StreamNotFound => false,
         PublishErrorKind::TimedOut
@@ -418,5 +469,6 @@ fn classify(subject: &str, kind: PublishErrorKind, detail: &str) -> PublishFailu
         subject: subject.to_string(),
         detail: detail.to_string(),
         definite,
+        wrong_last: kind == PublishErrorKind::WrongLastMessageId,
     }
 }

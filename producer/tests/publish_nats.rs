@@ -18,6 +18,7 @@ fn message(i: u64) -> OutMessage {
         subject: "T.db.wal.public.t".into(),
         headers,
         payload: Bytes::from(i.to_string()),
+        chained: true,
     }
 }
 
@@ -111,9 +112,15 @@ async fn a_nats_outage_loses_nothing_and_duplicates_nothing() {
     assert_eq!(publisher.confirmed(), Lsn(TOTAL));
     let (_, _, resent) = publisher.counters();
     assert!(resent > 0, "the outage must have forced re-sends");
-    assert_eq!(
-        stored(&js).await,
-        (0..TOTAL).collect::<Vec<_>>(),
-        "every message exactly once, in order"
+    let stored = stored(&js).await;
+    let first_difference = stored
+        .iter()
+        .zip(0..TOTAL)
+        .position(|(got, want)| *got != want);
+    assert!(
+        stored.len() == TOTAL as usize && first_difference.is_none(),
+        "every message exactly once, in order: {} stored, first difference at {first_difference:?}: {:?}",
+        stored.len(),
+        first_difference.map(|i| &stored[i.saturating_sub(3)..(i + 5).min(stored.len())])
     );
 }

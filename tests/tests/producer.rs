@@ -459,3 +459,115 @@ mod rust_decimal_shim {
         }
     }
 }
+
+fn is_unchanged(value: Option<&Value>) -> bool {
+    matches!(value, Some(Value::Union(_, inner)) if matches!(inner.as_ref(), Value::Record(f) if f.is_empty()))
+}
+
+#[tokio::test]
+async fn toast_ddl_partitions_and_index_identity() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_ddl");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+             ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+             CREATE TABLE measurements (at date NOT NULL, v int, PRIMARY KEY (at))
+               PARTITION BY RANGE (at);
+             CREATE TABLE measurements_2024 PARTITION OF measurements
+               FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+             CREATE TABLE measurements_2025 PARTITION OF measurements
+               FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             CREATE TABLE codes (id int, code text NOT NULL, label text);
+             CREATE UNIQUE INDEX codes_code ON codes (code);
+             ALTER TABLE codes REPLICA IDENTITY USING INDEX codes_code;",
+        )
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config(
+            &db,
+            &nats.url(),
+            "public.docs, public.measurements, public.codes",
+        ),
+        shutdown.clone(),
+    ));
+    wait_for_slot(&client, &db.slot_name()).await;
+    for statement in [
+        "INSERT INTO docs VALUES (1, 'a', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300) g))",
+        // The TOASTed body is not sent: it must arrive marked unchanged, not NULL.
+        "UPDATE docs SET title = 'b' WHERE id = 1",
+        "ALTER TABLE docs ADD COLUMN tags text[]",
+        "INSERT INTO docs VALUES (2, 'c', 'short', '{x,NULL}')",
+        "ALTER TABLE docs DROP COLUMN title",
+        "INSERT INTO docs VALUES (3, 'd', NULL)",
+        "INSERT INTO measurements VALUES ('2024-06-01', 1), ('2025-06-01', 2)",
+        "INSERT INTO codes VALUES (1, 'k1', 'first')",
+        "UPDATE codes SET code = 'k2' WHERE code = 'k1'",
+    ] {
+        client.batch_execute(statement).await.unwrap();
+    }
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let events = read_events(&nats_client, db.name(), 8).await;
+    let ops: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.table.as_str(), e.op.as_str()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("docs", "INSERT"),
+            ("docs", "UPDATE"),
+            ("docs", "INSERT"),
+            ("docs", "INSERT"),
+            ("measurements", "INSERT"),
+            ("measurements", "INSERT"),
+            ("codes", "INSERT"),
+            ("codes", "UPDATE_KEY"),
+        ]
+    );
+    let update = events[1].after.as_ref().unwrap();
+    assert_eq!(text(update.get("title")).as_deref(), Some("b"));
+    assert!(
+        is_unchanged(update.get("body")),
+        "unchanged TOAST is marked: {:?}",
+        update.get("body")
+    );
+    // DDL mid-stream: the added column appears, then the dropped one disappears.
+    let second = events[2].after.as_ref().unwrap();
+    assert!(second.contains_key("tags") && second.contains_key("title"));
+    let third = events[3].after.as_ref().unwrap();
+    assert!(third.contains_key("tags") && !third.contains_key("title"));
+    // Partitions are published under the root table.
+    assert!(events[4..6].iter().all(|e| e.table == "measurements"));
+    // REPLICA IDENTITY USING INDEX: the old identity is the index column.
+    let key_change = &events[7];
+    assert_eq!(
+        text(key_change.before.as_ref().unwrap().get("code")).as_deref(),
+        Some("k1")
+    );
+    assert_eq!(
+        text(key_change.after.as_ref().unwrap().get("code")).as_deref(),
+        Some("k2")
+    );
+
+    // Three schema versions of docs were announced on the schema subject.
+    let js = jetstream::new(nats_client.clone());
+    let mut schema_stream = js
+        .get_stream(format!("{ROOT}_{}_SCHEMA", db.name()))
+        .await
+        .unwrap();
+    let announced = schema_stream.info().await.unwrap().state.messages;
+    let mut seen = Vec::new();
+    for seq in 1..=announced {
+        let m = schema_stream.get_raw_message(seq).await.unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        seen.push(format!("{} {}", doc["table"], doc["fingerprint"]));
+    }
+    assert_eq!(announced, 5, "docs ×3, measurements, codes: {seen:#?}");
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+}

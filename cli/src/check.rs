@@ -1,0 +1,115 @@
+//! `walbrook check`: validate the configuration and the PostgreSQL and NATS
+//! prerequisites without starting replication; print each problem with its fix.
+
+use std::path::PathBuf;
+
+use walbrook_producer::config::{StreamConfig, redact_url};
+use walbrook_producer::pipeline::{connect_nats, connect_sql};
+use walbrook_producer::setup;
+use walbrook_producer::subject::{StreamKind, Subjects};
+
+/// Options of `walbrook check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// TOML configuration file; `WALBROOK_*` environment variables override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+/// Runs the checks; fails (exit 1) if any problem was found.
+pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
+    let config = match crate::produce::load_config(args.config.as_ref()) {
+        Ok(config) => {
+            println!("ok    configuration is valid");
+            config
+        }
+        Err(e) => {
+            println!("FAIL  configuration: {e:#}");
+            anyhow::bail!("1 problem found");
+        }
+    };
+    let mut problems = 0;
+    let pg_url = config.pg_url.expose().to_string();
+    match connect_sql(&pg_url).await {
+        Ok(client) => {
+            println!("ok    PostgreSQL reachable at {}", redact_url(&pg_url));
+            let found = setup::check(&client, &config).await;
+            if found.is_empty() {
+                println!(
+                    "ok    PostgreSQL prerequisites (wal_level, privileges, slots, {} tables)",
+                    config.tables.len()
+                );
+            }
+            for problem in found {
+                problems += 1;
+                println!("FAIL  {}\n      fix: {}", problem.problem, problem.hint);
+            }
+        }
+        Err(e) => {
+            problems += 1;
+            println!(
+                "FAIL  {e}\n      fix: check postgres.url / WALBROOK_PG_URL and that the server runs"
+            );
+        }
+    }
+    match connect_nats(&config.nats).await {
+        Ok(client) => {
+            println!("ok    NATS reachable at {}", config.nats.servers.join(","));
+            let js = async_nats::jetstream::new(client);
+            match js.query_account().await {
+                Ok(_) => println!("ok    JetStream enabled for this account"),
+                Err(e) => {
+                    problems += 1;
+                    println!(
+                        "FAIL  JetStream not available: {e}\n      fix: start nats-server with -js (or enable JetStream for the account)"
+                    );
+                }
+            }
+            report_stream_drift(&js, &config.root, &config.stream, &config).await;
+        }
+        Err(e) => {
+            problems += 1;
+            println!("FAIL  {e}\n      fix: check nats.url and the credentials");
+        }
+    }
+    if problems > 0 {
+        anyhow::bail!("{problems} problem(s) found");
+    }
+    println!("all checks passed");
+    Ok(())
+}
+
+/// Reports existing streams whose settings differ from the configuration (a warning:
+/// the producer leaves operator changes in place).
+async fn report_stream_drift(
+    js: &async_nats::jetstream::Context,
+    root: &str,
+    wanted: &StreamConfig,
+    config: &walbrook_producer::config::ProducerConfig,
+) {
+    let Ok(client) = connect_sql(config.pg_url.expose()).await else {
+        return;
+    };
+    let Ok(row) = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+    else {
+        return;
+    };
+    let database: String = row.get(0);
+    let subjects = Subjects::new(root, &database);
+    for kind in [StreamKind::Wal, StreamKind::Schema] {
+        let name = subjects.stream_name(kind);
+        match js.get_stream(&name).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) if info.config.num_replicas != wanted.replicas => println!(
+                    "warn  stream {name} has {} replicas, the config says {} (left as is)",
+                    info.config.num_replicas, wanted.replicas
+                ),
+                Ok(_) => println!("ok    stream {name} exists"),
+                Err(e) => println!("warn  stream {name}: {e}"),
+            },
+            Err(_) => println!("ok    stream {name} will be created at start"),
+        }
+    }
+}

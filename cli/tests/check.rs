@@ -1,0 +1,79 @@
+//! `walbrook check` reports every problem with its fix, and passes when ready.
+
+use std::process::Command;
+
+use walbrook_harness::{NatsServer, PgServer};
+
+fn check(envs: &[(&str, String)]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_walbrook"));
+    command.arg("check");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_problems_with_fixes_and_passes_when_ready() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("check");
+    let nats = NatsServer::start().unwrap();
+    db.psql("CREATE TABLE good (id int PRIMARY KEY); CREATE TABLE nokey (v text);")
+        .unwrap();
+    let base = vec![
+        ("WALBROOK_PG_URL", db.url()),
+        ("WALBROOK_NATS_URL", nats.url()),
+        ("WALBROOK_SLOT", db.slot_name()),
+    ];
+
+    let mut bad = base.clone();
+    bad.push((
+        "WALBROOK_TABLES",
+        "public.good, public.nokey, public.missing".into(),
+    ));
+    let (ok, out) = check(&bad);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL  table \"public\".\"missing\" does not exist"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"public\".\"nokey\" has no primary key"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "fix: add a primary key, or ALTER TABLE \"public\".\"nokey\" REPLICA IDENTITY FULL"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("ok    JetStream enabled"), "{out}");
+
+    let mut invalid = base.clone();
+    invalid.push(("WALBROOK_TABLES", "public.good".into()));
+    invalid.push(("WALBROOK_MAX_INFLIGHT", "0".into()));
+    let (ok, out) = check(&invalid);
+    assert!(!ok);
+    assert!(
+        out.contains("FAIL  configuration: nats.max_inflight: must be between 1 and 100000"),
+        "{out}"
+    );
+
+    let mut good = base;
+    good.push(("WALBROOK_TABLES", "public.good".into()));
+    let (ok, out) = check(&good);
+    assert!(ok, "{out}");
+    assert!(out.contains("all checks passed"), "{out}");
+    // Nothing was started: no slot exists afterwards.
+    let slots = db
+        .psql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.slot_name()
+        ))
+        .unwrap();
+    assert_eq!(slots.trim(), "0");
+}
