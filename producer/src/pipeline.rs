@@ -207,6 +207,9 @@ async fn run_inner(
     if !problems.is_empty() {
         return Err(ProducerError::Setup(problems));
     }
+    // NATS before the slot: a slot created for a producer that cannot publish would
+    // only retain WAL.
+    let nats = connect_nats(&config.nats).await?;
     sql.batch_execute(registry::SETUP_SQL)
         .await
         .map_err(pg_error("creating the _walbrook schema"))?;
@@ -223,7 +226,6 @@ async fn run_inner(
         .get(0);
     let subjects = Subjects::new(&config.root, &database);
 
-    let nats = connect_nats(&config.nats).await?;
     let js = context_for(
         nats.clone(),
         config.nats.max_inflight,

@@ -571,3 +571,77 @@ async fn toast_ddl_partitions_and_index_identity() {
     shutdown.cancel();
     producer.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn authenticates_to_nats_and_never_logs_the_password() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_auth");
+    let nats = NatsServer::start_with_config(
+        "authorization { users: [ { user: walbrook, password: \"s3cret-pw\" } ] }\n",
+    )
+    .unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let with_password = |password: &str| {
+        let mut raw = RawConfig::default();
+        raw.apply_env([
+            ("WALBROOK_PG_URL", db.url()),
+            ("WALBROOK_NATS_URL", nats.url()),
+            ("WALBROOK_NATS_USER", "walbrook".to_string()),
+            ("WALBROOK_NATS_PASSWORD", password.to_string()),
+            ("WALBROOK_TABLES", "public.t".to_string()),
+            ("WALBROOK_SLOT", db.slot_name()),
+            ("WALBROOK_PUBLICATION", db.publication_name()),
+            ("WALBROOK_ROOT", ROOT.to_string()),
+        ])
+        .unwrap();
+        raw.validate().unwrap()
+    };
+    let wrong = with_password("wrong-pw");
+    assert!(
+        !format!("{wrong:?}").contains("wrong-pw"),
+        "Debug hides the password"
+    );
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        pipeline::run(wrong, CancellationToken::new()),
+    )
+    .await
+    .expect("a refused login fails fast")
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.starts_with("NATS: connecting to"), "{text}");
+    assert!(!text.contains("wrong-pw"), "{text}");
+    let slots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot_name()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slots, 0,
+        "no slot is created for a producer that cannot reach NATS"
+    );
+
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(with_password("s3cret-pw"), shutdown.clone()));
+    wait_for_slot(&client, &db.slot_name()).await;
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let reader =
+        async_nats::ConnectOptions::with_user_and_password("walbrook".into(), "s3cret-pw".into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+    let events = read_events(&reader, db.name(), 1).await;
+    assert_eq!(events[0].op, "INSERT");
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+}
