@@ -126,7 +126,21 @@ async fn decode(nats: &async_nats::Client, db: &str, message: &jetstream::Messag
 /// Reads `count` events from the change stream (waiting up to 20 s).
 async fn read_events(nats: &async_nats::Client, db: &str, count: usize) -> Vec<Event> {
     let js = jetstream::new(nats.clone());
-    let stream = js.get_stream(format!("{ROOT}_{db}_WAL")).await.unwrap();
+    // Seen once in CI under heavy load: "stream not found" right after the producer
+    // started streaming. Retry briefly and report the last error if it persists.
+    let name = format!("{ROOT}_{db}_WAL");
+    let mut attempts = 0;
+    let stream = loop {
+        match js.get_stream(&name).await {
+            Ok(stream) => break stream,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                eprintln!("get_stream({name}) failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("stream {name} not found after 10 s: {e}"),
+        }
+    };
     let consumer = stream
         .create_consumer(OrderedConfig::default())
         .await

@@ -1,0 +1,196 @@
+//! `walbrook-bench`: pipeline benchmarks against the physical reference, measured on
+//! the same machine in the same run.
+//!
+//! ```text
+//! walbrook-bench [--rows N] [--rows-per-tx M] [--out DIR]
+//! ```
+//!
+//! Backlog drain: fills an N-row backlog behind two logical slots, then times
+//! (a) `pg_recvlogical` draining one slot (the physical reference: pgoutput bytes to
+//! /dev/null) and (b) `walbrook produce` draining the other into JetStream (file
+//! storage, every event acked), and reports the throughput ratio (b)/(a) and the
+//! producer's peak RSS. Results go to `DIR/backlog.json` (default `results/`).
+//!
+//! The `walbrook` binary must sit next to this one (`cargo build --release -p
+//! walbrook-cli -p walbrook-harness`); `make bench` does that.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use walbrook_harness::{NatsServer, PgServer};
+
+struct Args {
+    rows: u64,
+    rows_per_tx: u64,
+    out: std::path::PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        rows: 1_000_000,
+        rows_per_tx: 1_000,
+        out: "results".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--rows" => args.rows = value.parse().expect("--rows N"),
+            "--rows-per-tx" => args.rows_per_tx = value.parse().expect("--rows-per-tx M"),
+            "--out" => args.out = value.into(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn main() {
+    let args = parse_args();
+    let pg = PgServer::start_with(&[("synchronous_commit", "off")]).expect("PostgreSQL");
+    let nats = NatsServer::start().expect("nats-server");
+    let db = pg.fresh_database("bench");
+    let reference_slot = format!("{}_ref", db.name());
+    let walbrook_slot = db.slot_name();
+    let publication = db.publication_name();
+    db.psql(&format!(
+        "CREATE TABLE bench (id bigint PRIMARY KEY, name text NOT NULL, amount numeric(12,2),
+                             at timestamptz NOT NULL DEFAULT now(), flag boolean);
+         CREATE PUBLICATION {publication} FOR TABLE bench WITH (publish_via_partition_root = true);"
+    ))
+    .expect("schema");
+    for slot in [&reference_slot, &walbrook_slot] {
+        db.psql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"))
+            .expect("slot");
+    }
+    eprintln!("filling a backlog of {} rows ({} rows per transaction)…", args.rows, args.rows_per_tx);
+    let fill = Instant::now();
+    let mut first = 0;
+    while first < args.rows {
+        let last = (first + args.rows_per_tx).min(args.rows) - 1;
+        db.psql(&format!(
+            "INSERT INTO bench SELECT g, 'name-' || g, (g % 100000) / 100.0, now(), g % 2 = 0
+               FROM generate_series({first}, {last}) g"
+        ))
+        .expect("insert");
+        first = last + 1;
+    }
+    let end_lsn = db
+        .psql("SELECT pg_current_wal_lsn()")
+        .expect("lsn")
+        .trim()
+        .to_string();
+    eprintln!("backlog filled in {:.1}s, up to {end_lsn}", fill.elapsed().as_secs_f64());
+
+    // (a) pg_recvlogical drains its slot to /dev/null.
+    let bin = pg.bin_dir().expect("own cluster").join("pg_recvlogical");
+    let started = Instant::now();
+    let status = Command::new(&bin)
+        .args(["-d", &db.url(), "--slot", &reference_slot, "--start", "--no-loop"])
+        .args(["-o", "proto_version=1", "-o", &format!("publication_names={publication}")])
+        .args(["--endpos", &end_lsn, "-f", "/dev/null"])
+        .status()
+        .expect("pg_recvlogical");
+    assert!(status.success(), "pg_recvlogical failed");
+    let reference_secs = started.elapsed().as_secs_f64();
+    eprintln!("pg_recvlogical: {reference_secs:.2}s");
+
+    // (b) walbrook produce drains the other slot into JetStream.
+    let walbrook = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("walbrook");
+    std::fs::create_dir_all(&args.out).expect("results dir");
+    let log = std::fs::File::create(args.out.join("producer.log")).ok();
+    let started = Instant::now();
+    let mut producer = Command::new(&walbrook)
+        .arg("produce")
+        .env("WALBROOK_PG_URL", db.url())
+        .env("WALBROOK_NATS_URL", nats.url())
+        .env("WALBROOK_TABLES", "public.bench")
+        .env("WALBROOK_SLOT", &walbrook_slot)
+        .env("WALBROOK_PUBLICATION", &publication)
+        .env("WALBROOK_ROOT", "BENCH")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, Stdio::from))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (build it next to walbrook-bench)", walbrook.display()));
+    let target: walbrook_producer_lsn::Lsn = end_lsn.parse().expect("lsn");
+    let mut peak_kib = 0;
+    loop {
+        if let Some(kib) = peak_rss_kib(producer.id()) {
+            peak_kib = peak_kib.max(kib);
+        }
+        let confirmed = db
+            .psql(&format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{walbrook_slot}'"
+            ))
+            .ok()
+            .and_then(|t| t.trim().parse::<walbrook_producer_lsn::Lsn>().ok());
+        if confirmed.is_some_and(|c| c >= target) {
+            break;
+        }
+        if let Ok(Some(status)) = producer.try_wait() {
+            panic!("the producer exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let walbrook_secs = started.elapsed().as_secs_f64();
+    if let Some(kib) = peak_rss_kib(producer.id()) {
+        peak_kib = peak_kib.max(kib);
+    }
+    let _ = producer.kill();
+    let _ = producer.wait();
+    eprintln!("walbrook produce: {walbrook_secs:.2}s (peak RSS {} MiB)", peak_kib / 1024);
+
+    let ratio = reference_secs / walbrook_secs;
+    let result = serde_json::json!({
+        "benchmark": "backlog_drain",
+        "rows": args.rows,
+        "rows_per_transaction": args.rows_per_tx,
+        "pg_recvlogical_seconds": reference_secs,
+        "walbrook_seconds": walbrook_secs,
+        "pg_recvlogical_rows_per_second": args.rows as f64 / reference_secs,
+        "walbrook_rows_per_second": args.rows as f64 / walbrook_secs,
+        "ratio_walbrook_to_pg_recvlogical": ratio,
+        "walbrook_peak_rss_mib": peak_kib as f64 / 1024.0,
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "postgres": db.psql("SHOW server_version").unwrap_or_default().trim(),
+        },
+    });
+    let path = args.out.join("backlog.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
+    println!(
+        "backlog drain, {} rows: pg_recvlogical {:.0} rows/s, walbrook {:.0} rows/s, ratio {:.2}, producer peak RSS {:.0} MiB ({})",
+        args.rows,
+        args.rows as f64 / reference_secs,
+        args.rows as f64 / walbrook_secs,
+        ratio,
+        peak_kib as f64 / 1024.0,
+        path.display()
+    );
+}
+
+/// The LSN text form, parsed without depending on the producer crate.
+mod walbrook_producer_lsn {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct Lsn(u64);
+
+    impl std::str::FromStr for Lsn {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, Self::Err> {
+            let (hi, lo) = s.split_once('/').ok_or_else(|| s.to_string())?;
+            let hi = u64::from_str_radix(hi, 16).map_err(|e| e.to_string())?;
+            let lo = u64::from_str_radix(lo, 16).map_err(|e| e.to_string())?;
+            Ok(Lsn((hi << 32) | lo))
+        }
+    }
+}
