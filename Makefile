@@ -1,5 +1,5 @@
 # Walbrook's two commands. Both install what is missing first (scripts/setup.sh).
-.PHONY: demo test setup
+.PHONY: demo test setup bench
 
 ## make demo: run the pipeline on a demo table next to throwaway PostgreSQL + NATS
 demo:
@@ -12,3 +12,10 @@ test:
 ## make setup: only install what is missing
 setup:
 	bash scripts/setup.sh
+
+## make bench: pipeline benchmarks against the physical references (release build)
+ROWS ?= 1000000
+bench:
+	bash scripts/setup.sh
+	cargo build --release -p walbrook-cli -p walbrook-harness
+	$${CARGO_TARGET_DIR:-target}/release/walbrook-bench --rows $(ROWS) --out results

@@ -67,10 +67,15 @@ fn main() {
     ))
     .expect("schema");
     for slot in [&reference_slot, &walbrook_slot] {
-        db.psql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"))
-            .expect("slot");
+        db.psql(&format!(
+            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+        ))
+        .expect("slot");
     }
-    eprintln!("filling a backlog of {} rows ({} rows per transaction)…", args.rows, args.rows_per_tx);
+    eprintln!(
+        "filling a backlog of {} rows ({} rows per transaction)…",
+        args.rows, args.rows_per_tx
+    );
     let fill = Instant::now();
     let mut first = 0;
     while first < args.rows {
@@ -87,14 +92,29 @@ fn main() {
         .expect("lsn")
         .trim()
         .to_string();
-    eprintln!("backlog filled in {:.1}s, up to {end_lsn}", fill.elapsed().as_secs_f64());
+    eprintln!(
+        "backlog filled in {:.1}s, up to {end_lsn}",
+        fill.elapsed().as_secs_f64()
+    );
 
     // (a) pg_recvlogical drains its slot to /dev/null.
     let bin = pg.bin_dir().expect("own cluster").join("pg_recvlogical");
     let started = Instant::now();
     let status = Command::new(&bin)
-        .args(["-d", &db.url(), "--slot", &reference_slot, "--start", "--no-loop"])
-        .args(["-o", "proto_version=1", "-o", &format!("publication_names={publication}")])
+        .args([
+            "-d",
+            &db.url(),
+            "--slot",
+            &reference_slot,
+            "--start",
+            "--no-loop",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            &format!("publication_names={publication}"),
+        ])
         .args(["--endpos", &end_lsn, "-f", "/dev/null"])
         .status()
         .expect("pg_recvlogical");
@@ -121,7 +141,12 @@ fn main() {
         .stdout(Stdio::null())
         .stderr(log.map_or_else(Stdio::null, Stdio::from))
         .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (build it next to walbrook-bench)", walbrook.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build it next to walbrook-bench)",
+                walbrook.display()
+            )
+        });
     let target: walbrook_producer_lsn::Lsn = end_lsn.parse().expect("lsn");
     let mut peak_kib = 0;
     loop {
@@ -148,7 +173,17 @@ fn main() {
     }
     let _ = producer.kill();
     let _ = producer.wait();
-    eprintln!("walbrook produce: {walbrook_secs:.2}s (peak RSS {} MiB)", peak_kib / 1024);
+    eprintln!(
+        "walbrook produce: {walbrook_secs:.2}s (peak RSS {} MiB)",
+        peak_kib / 1024
+    );
+
+    // (c) Raw JetStream: the same number of messages of the producer's average size,
+    // each with a Nats-Msg-Id, published pipelined (1024 acks in flight) from one
+    // connection into a file-storage stream: the ceiling NATS sets on this machine.
+    let average_bytes = average_event_bytes(&nats.url(), db.name());
+    let raw_secs = raw_jetstream(&nats.url(), args.rows, average_bytes);
+    eprintln!("raw JetStream publish: {raw_secs:.2}s ({average_bytes} B messages)");
 
     let ratio = reference_secs / walbrook_secs;
     let result = serde_json::json!({
@@ -161,6 +196,10 @@ fn main() {
         "walbrook_rows_per_second": args.rows as f64 / walbrook_secs,
         "ratio_walbrook_to_pg_recvlogical": ratio,
         "walbrook_peak_rss_mib": peak_kib as f64 / 1024.0,
+        "raw_jetstream_seconds": raw_secs,
+        "raw_jetstream_messages_per_second": args.rows as f64 / raw_secs,
+        "event_bytes": average_bytes,
+        "ratio_walbrook_to_raw_jetstream": raw_secs / walbrook_secs,
         "machine": {
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "postgres": db.psql("SHOW server_version").unwrap_or_default().trim(),
@@ -169,14 +208,76 @@ fn main() {
     let path = args.out.join("backlog.json");
     std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
     println!(
-        "backlog drain, {} rows: pg_recvlogical {:.0} rows/s, walbrook {:.0} rows/s, ratio {:.2}, producer peak RSS {:.0} MiB ({})",
+        "backlog drain, {} rows: pg_recvlogical {:.0} rows/s, walbrook {:.0} rows/s (ratio {:.2}), \
+         raw JetStream publish {:.0} msgs/s (walbrook/raw {:.2}), producer peak RSS {:.0} MiB ({})",
         args.rows,
         args.rows as f64 / reference_secs,
         args.rows as f64 / walbrook_secs,
         ratio,
+        args.rows as f64 / raw_secs,
+        raw_secs / walbrook_secs,
         peak_kib as f64 / 1024.0,
         path.display()
     );
+}
+
+/// Average payload size of the events the producer stored.
+fn average_event_bytes(nats_url: &str, database: &str) -> usize {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let client = async_nats::connect(nats_url).await.expect("nats");
+            let js = async_nats::jetstream::new(client);
+            let mut stream = js
+                .get_stream(format!("BENCH_{database}_WAL"))
+                .await
+                .expect("change stream");
+            let info = stream.info().await.expect("stream info");
+            let bytes = info.state.bytes / info.state.messages.max(1);
+            usize::try_from(bytes).unwrap_or(256)
+        })
+}
+
+/// Seconds to publish `count` messages of `size` bytes with pipelined acks.
+fn raw_jetstream(nats_url: &str, count: u64, size: usize) -> f64 {
+    use async_nats::jetstream::{self, stream};
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let client = async_nats::connect(nats_url).await.expect("nats");
+            let js = jetstream::ContextBuilder::new()
+                .max_ack_inflight(2048)
+                .build(client);
+            js.create_stream(stream::Config {
+                name: "RAW".into(),
+                subjects: vec!["raw.>".into()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .expect("raw stream");
+            let payload = bytes::Bytes::from(vec![0x5a; size]);
+            let started = Instant::now();
+            let mut window = std::collections::VecDeque::new();
+            for i in 0..count {
+                if window.len() >= 1024 {
+                    let ack: async_nats::jetstream::context::PublishAckFuture =
+                        window.pop_front().expect("non-empty");
+                    ack.await.expect("ack");
+                }
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("{i:016X}-0").as_str());
+                window.push_back(
+                    js.publish_with_headers("raw.t", headers, payload.clone())
+                        .await
+                        .expect("publish"),
+                );
+            }
+            for ack in window {
+                ack.await.expect("ack");
+            }
+            started.elapsed().as_secs_f64()
+        })
 }
 
 /// The LSN text form, parsed without depending on the producer crate.
