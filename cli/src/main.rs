@@ -51,9 +51,11 @@ fn init_logging(default_level: &str) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own narrative; only warnings from the pipeline interrupt it.
+    // pgwire-replication logs every failed session at ERROR (including a standby's
+    // routine "slot in use" answers); the producer reports those errors itself.
     init_logging(match cli.command {
-        Command::Demo(_) => "warn",
-        _ => "info",
+        Command::Demo(_) => "warn,pgwire_replication=off",
+        _ => "info,pgwire_replication=off",
     });
     match cli.command {
         Command::Produce(args) => produce::run(args).await,

@@ -211,3 +211,44 @@ async fn nats_restart_and_severed_postgres_lose_nothing() {
     sigkill(&mut producer);
     assert_exactly_once(&ids, total, TXS * ROWS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_active_producer_dies() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("standby");
+    let nats = NatsServer::start().unwrap();
+    prepare(&db).await;
+    let log_a = std::env::temp_dir().join(format!("{}-producer-a.log", db.name()));
+    let log_b = std::env::temp_dir().join(format!("{}-producer-b.log", db.name()));
+    let mut active = spawn_producer(&db, &db.url(), &nats.url(), &log_a);
+    wait_for_active_slot(&db).await;
+    let mut standby = spawn_producer(&db, &db.url(), &nats.url(), &log_b);
+    // The standby waits for the slot instead of failing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        standby.try_wait().unwrap().is_none(),
+        "the standby must keep waiting"
+    );
+    assert!(
+        std::fs::read_to_string(&log_b)
+            .unwrap()
+            .contains("another producer holds the slot"),
+        "the standby says it waits"
+    );
+
+    const TXS: i64 = 100;
+    const ROWS: i64 = 10;
+    let load = tokio::spawn(writer(db.url(), TXS, ROWS, Duration::from_millis(10)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let killed_at = std::time::Instant::now();
+    sigkill(&mut active);
+    load.await.unwrap();
+    let (ids, total) = stored_ids(&nats.url(), db.name(), (TXS * ROWS) as u64).await;
+    eprintln!("standby caught up {:?} after the kill", killed_at.elapsed());
+    assert!(
+        standby.try_wait().unwrap().is_none(),
+        "the standby is now the active producer"
+    );
+    sigkill(&mut standby);
+    assert_exactly_once(&ids, total, TXS * ROWS);
+}

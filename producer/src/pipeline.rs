@@ -44,6 +44,9 @@ use crate::setup;
 use crate::streams::{self, StreamError, headers};
 use crate::subject::{StreamKind, Subjects};
 
+/// How often a standby producer tries to take the slot over.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
 /// Prefix of the heartbeat messages the producer writes into the WAL.
 pub const HEARTBEAT_PREFIX: &str = "walbrook.heartbeat";
 
@@ -284,6 +287,7 @@ async fn run_inner(
         tx: None,
         skip_through: resume,
         last_pushed: resume,
+        wal_stream,
     };
     let result = state.replicate(&target, &shutdown).await;
     rpc.abort();
@@ -358,6 +362,8 @@ struct Pipeline<'a> {
     skip_through: Option<(Lsn, u64)>,
     /// The newest event handed to the publisher.
     last_pushed: Option<(Lsn, u64)>,
+    /// The change stream, read at every (re)start for the newest stored position.
+    wal_stream: async_nats::jetstream::stream::Stream,
     metrics: Metrics,
 }
 
@@ -372,6 +378,7 @@ impl Pipeline<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), ProducerError> {
         let mut backoff = Duration::from_millis(200);
+        let mut standby_announced = false;
         loop {
             let started = ReplicationStream::start(
                 target,
@@ -382,6 +389,17 @@ impl Pipeline<'_> {
             .await;
             let mut stream = match started {
                 Ok(stream) => stream,
+                Err(e) if e.is_slot_in_use() => {
+                    if !standby_announced {
+                        tracing::info!(slot = %self.config.slot, "standby: another producer holds the slot; taking over when it is released");
+                        standby_announced = true;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(STANDBY_POLL) => {}
+                    }
+                    continue;
+                }
                 Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
                     tracing::warn!(error = %e, ?backoff, "cannot start replication; retrying");
                     tokio::time::sleep(backoff).await;
@@ -391,6 +409,10 @@ impl Pipeline<'_> {
                 Err(e) => return Err(e.into()),
             };
             tracing::info!(slot = %self.config.slot, "replication started");
+            // Another producer may have published until a moment ago (after a takeover,
+            // or a restart): never publish again what the stream already holds.
+            let stored = streams::last_position(&mut self.wal_stream).await?;
+            self.skip_through = self.skip_through.max(stored);
             self.metrics.set_ready(true);
             let outcome = self.stream_loop(&mut stream, shutdown).await;
             self.metrics.set_ready(false);
@@ -406,6 +428,12 @@ impl Pipeline<'_> {
                     let _ = stream.shutdown().await;
                     tracing::info!(%confirmed, "stopped cleanly");
                     return Ok(());
+                }
+                Err(ProducerError::Replication(e)) if e.is_slot_in_use() => {
+                    tracing::info!(slot = %self.config.slot, "standby: another producer holds the slot; taking over when it is released");
+                    self.tx = None;
+                    self.skip_through = self.skip_through.max(self.last_pushed);
+                    tokio::time::sleep(STANDBY_POLL).await;
                 }
                 Err(e) if e.is_retryable() && !matches!(e, ProducerError::Publish(_)) => {
                     tracing::warn!(error = %e, "connection to PostgreSQL lost; resuming from the slot");

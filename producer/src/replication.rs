@@ -41,6 +41,13 @@ pub enum ReplicationError {
 }
 
 impl ReplicationError {
+    /// Whether the slot is in use by another consumer (another producer holds it):
+    /// the producer then waits as a standby and takes over once it is released.
+    pub fn is_slot_in_use(&self) -> bool {
+        matches!(self, ReplicationError::Transport(pgwire_replication::PgWireError::Server(m))
+            if m.contains("is active for PID"))
+    }
+
     /// Whether reconnecting may help (network trouble, server restart), as opposed to
     /// a definite problem (bad credentials, missing slot, undecodable data).
     pub fn is_retryable(&self) -> bool {
@@ -162,7 +169,10 @@ impl ReplicationStream {
         .with_wakeup_interval(status_interval)
         .with_buffer_size(4096)
         .with_application_name(format!("walbrook:{slot}"));
-        let client = ReplicationClient::connect(config).await?;
+        let mut client = ReplicationClient::connect(config).await?;
+        // Surface START_REPLICATION's answer here (e.g. the slot is in use by another
+        // producer) rather than on the first read.
+        client.wait_started().await?;
         Ok(ReplicationStream { client })
     }
 
