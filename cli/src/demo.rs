@@ -152,12 +152,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     producer.await??;
-    client
-        .batch_execute(
-            "SELECT pg_drop_replication_slot('walbrook_demo');
-             DROP PUBLICATION IF EXISTS walbrook_demo;",
-        )
-        .await?;
+    // The walsender of the stopped producer exits a moment after it: retry the drop.
+    let mut attempts = 0;
+    loop {
+        let dropped = client
+            .batch_execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                  WHERE slot_name = 'walbrook_demo';
+                 DROP PUBLICATION IF EXISTS walbrook_demo;",
+            )
+            .await;
+        match dropped {
+            Ok(()) => break,
+            Err(_) if attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context("dropping the demo slot and publication"),
+        }
+    }
     println!("\nDone: the producer drained, confirmed its position and stopped cleanly.");
     Ok(())
 }
