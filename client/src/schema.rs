@@ -1,0 +1,399 @@
+//! The schema cache and the change-event decoder.
+//!
+//! A message's fingerprint (docs/protocol.md §3.1) is resolved through the lookup RPC
+//! (`<root>.<db>.rpc.schema`, §5.2) once per fingerprint and process-lifetime client; the
+//! resulting [`EventSchema`] decodes every later message of that table version without I/O.
+//! Concurrent lookups of one fingerprint share one request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::RequestErrorKind;
+use chrono::{DateTime, Utc};
+use serde_json::{Value as Json, json};
+use tokio::sync::OnceCell;
+use walbrook_pgtype_avro::fingerprint::{parsing_canonical_form, split_single_object};
+use walbrook_pgtype_avro::{Fingerprint, TableSchema};
+
+use crate::error::{Error, ErrorKind};
+use crate::event::{Column, Op, Row, Source};
+use crate::names::Lsn;
+
+/// One envelope schema version as the registry announced it (docs/protocol.md §5.1).
+#[derive(Debug)]
+pub struct EventSchema {
+    fingerprint: Fingerprint,
+    schema_json: String,
+    database: String,
+    table: String,
+    before: TableSchema,
+    after: TableSchema,
+    before_columns: Arc<[Column]>,
+    after_columns: Arc<[Column]>,
+}
+
+/// The decoded envelope of one message, before the stream metadata is attached.
+pub(crate) struct Decoded {
+    pub(crate) op: Op,
+    pub(crate) source: Source,
+    pub(crate) before: Option<Row>,
+    pub(crate) after: Option<Row>,
+}
+
+const OP_SYMBOLS: [&str; 6] = [
+    "INSERT",
+    "UPDATE",
+    "UPDATE_KEY",
+    "DELETE",
+    "TRUNCATE",
+    "READ",
+];
+
+/// The `walbrook.Source` record the client reads.
+fn expected_source() -> Json {
+    json!({"type": "record", "name": "Source", "namespace": "walbrook", "fields": [
+        {"name": "database", "type": "string"},
+        {"name": "schema", "type": "string"},
+        {"name": "table", "type": "string"},
+        {"name": "xid", "type": "long"},
+        {"name": "commit_lsn", "type": "long"},
+        {"name": "lsn", "type": "long"},
+        {"name": "commit_ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "ordinal", "type": "long"},
+        {"name": "last", "type": "boolean"},
+        {"name": "sent_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}
+    ]})
+}
+
+fn decode_err(detail: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Decode, detail)
+}
+
+fn columns(schema: &TableSchema) -> Arc<[Column]> {
+    schema
+        .columns()
+        .map(|c| Column {
+            name: c.name.clone(),
+            type_name: c.type_name.clone(),
+            oid: c.pg_type.oid(),
+            is_key: c.is_key,
+            not_null: c.not_null,
+        })
+        .collect()
+}
+
+impl EventSchema {
+    /// Builds the decoder of an envelope schema (the `schema` text of a registry document).
+    /// Fails with [`ErrorKind::Decode`] when it is not a change-event envelope this SDK can
+    /// read.
+    pub fn from_json(fingerprint: Fingerprint, schema_json: &str) -> Result<EventSchema, Error> {
+        let document: Json = serde_json::from_str(schema_json)
+            .map_err(|e| decode_err(format!("schema {fingerprint} is not JSON: {e}")))?;
+        let bad = |what: &str| decode_err(format!("schema {fingerprint}: {what}"));
+        let fields = document
+            .get("fields")
+            .and_then(Json::as_array)
+            .ok_or_else(|| bad("not a record"))?;
+        let names: Vec<&str> = fields
+            .iter()
+            .map(|f| f.get("name").and_then(Json::as_str).unwrap_or_default())
+            .collect();
+        if names != ["op", "source", "before", "after"] {
+            return Err(bad(&format!(
+                "expected the fields op, source, before, after; got {names:?}"
+            )));
+        }
+        let symbols = fields[0]["type"]["symbols"].as_array();
+        if symbols.is_none_or(|s| s.iter().map(Json::as_str).ne(OP_SYMBOLS.map(Some))) {
+            return Err(bad("op is not the walbrook.Op enum"));
+        }
+        let pcf = |j: &Json| parsing_canonical_form(j).map_err(|e| bad(&e.to_string()));
+        if pcf(&fields[1]["type"])? != pcf(&expected_source())? {
+            return Err(bad("source is not the walbrook.Source record"));
+        }
+        let record = |i: usize| -> Result<TableSchema, Error> {
+            let union = fields[i]["type"].as_array();
+            let Some([null, record]) = union.map(Vec::as_slice) else {
+                return Err(bad(&format!("{} is not [null, record]", names[i])));
+            };
+            if null != "null" {
+                return Err(bad(&format!("{} is not [null, record]", names[i])));
+            }
+            TableSchema::from_record_json(record, &document).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Decode,
+                    format!(
+                        "schema {fingerprint}: cannot build the {} decoder",
+                        names[i]
+                    ),
+                    e,
+                )
+            })
+        };
+        let before = record(2)?;
+        let after = record(3)?;
+        Ok(EventSchema {
+            fingerprint,
+            schema_json: schema_json.to_owned(),
+            database: String::new(),
+            table: format!("{}.{}", after.table_schema(), after.table_name()),
+            before_columns: columns(&before),
+            after_columns: columns(&after),
+            before,
+            after,
+        })
+    }
+
+    /// The fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The envelope schema JSON text, as the producer registered it.
+    pub fn schema_json(&self) -> &str {
+        &self.schema_json
+    }
+
+    /// The source database, as the registry document names it.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// `schema.table`.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The columns of the `after` row (all columns).
+    pub fn columns(&self) -> &[Column] {
+        &self.after_columns
+    }
+
+    /// The columns of the `before` row (the replica identity, or all under FULL).
+    pub fn before_columns(&self) -> &[Column] {
+        &self.before_columns
+    }
+
+    /// Decodes a single-object message written with this schema.
+    pub(crate) fn decode(&self, payload: &[u8]) -> Result<Decoded, Error> {
+        let (fingerprint, body) = split_single_object(payload)
+            .map_err(|e| Error::with_source(ErrorKind::Decode, "bad framing", e))?;
+        if fingerprint != self.fingerprint {
+            return Err(decode_err(format!(
+                "fingerprint {fingerprint} is not this schema's {}",
+                self.fingerprint
+            )));
+        }
+        let mut r = Body(body);
+        let op = Op::from_index(r.long()?).ok_or_else(|| decode_err("op out of range"))?;
+        let source = Source {
+            database: r.string()?,
+            schema: r.string()?,
+            table: r.string()?,
+            xid: r.long()?,
+            commit_lsn: Lsn(r.long()? as u64),
+            lsn: Lsn(r.long()? as u64),
+            commit_time: micros_time(r.long()?)?,
+            ordinal: u64::try_from(r.long()?).map_err(|_| decode_err("negative ordinal"))?,
+            last: r.boolean()?,
+            sent_at: micros_time(r.long()?)?,
+        };
+        let before = self.row(&mut r, &self.before, &self.before_columns)?;
+        let after = self.row(&mut r, &self.after, &self.after_columns)?;
+        if !r.0.is_empty() {
+            return Err(decode_err(format!(
+                "{} trailing bytes after the event",
+                r.0.len()
+            )));
+        }
+        Ok(Decoded {
+            op,
+            source,
+            before,
+            after,
+        })
+    }
+
+    fn row(
+        &self,
+        r: &mut Body<'_>,
+        schema: &TableSchema,
+        columns: &Arc<[Column]>,
+    ) -> Result<Option<Row>, Error> {
+        match r.long()? {
+            0 => Ok(None),
+            1 => {
+                let (values, rest) = schema.decode_body_prefix(r.0).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Decode,
+                        format!("{} {} row", self.table, schema.kind().as_str()),
+                        e,
+                    )
+                })?;
+                r.0 = rest;
+                Ok(Some(Row::new(
+                    columns.clone(),
+                    values.into_iter().map(|(_, v)| v).collect(),
+                )))
+            }
+            _ => Err(decode_err("row union branch out of range")),
+        }
+    }
+}
+
+fn micros_time(us: i64) -> Result<DateTime<Utc>, Error> {
+    DateTime::from_timestamp_micros(us).ok_or_else(|| decode_err("timestamp out of range"))
+}
+
+/// A bounds-checked reader of the envelope's own fields.
+struct Body<'a>(&'a [u8]);
+
+impl Body<'_> {
+    fn long(&mut self) -> Result<i64, Error> {
+        let mut z: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self
+                .0
+                .split_first()
+                .ok_or_else(|| decode_err("truncated event"))?;
+            self.0 = rest;
+            z |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        Err(decode_err("varint longer than 10 bytes"))
+    }
+
+    fn string(&mut self) -> Result<String, Error> {
+        let n = usize::try_from(self.long()?).map_err(|_| decode_err("negative length"))?;
+        if n > self.0.len() {
+            return Err(decode_err("truncated event"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        String::from_utf8(head.to_vec()).map_err(|_| decode_err("string is not UTF-8"))
+    }
+
+    fn boolean(&mut self) -> Result<bool, Error> {
+        let (&b, rest) = self
+            .0
+            .split_first()
+            .ok_or_else(|| decode_err("truncated event"))?;
+        self.0 = rest;
+        match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(decode_err("boolean byte is not 0 or 1")),
+        }
+    }
+}
+
+type Slot = Arc<OnceCell<Arc<EventSchema>>>;
+
+/// Fingerprint → decoder, fed by the lookup RPC.
+pub(crate) struct SchemaCache {
+    nats: async_nats::Client,
+    subject: String,
+    timeout: Duration,
+    slots: Mutex<HashMap<Fingerprint, Slot>>,
+}
+
+impl SchemaCache {
+    pub(crate) fn new(nats: async_nats::Client, subject: String, timeout: Duration) -> SchemaCache {
+        SchemaCache {
+            nats,
+            subject,
+            timeout,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The decoder for `fingerprint`, looked up once. Concurrent callers for one fingerprint
+    /// wait for the same request; a failed lookup is not cached (the next call asks again).
+    pub(crate) async fn get(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(fingerprint).or_default().clone()
+        };
+        slot.get_or_try_init(|| self.lookup(fingerprint))
+            .await
+            .cloned()
+    }
+
+    async fn lookup(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
+        let request = self
+            .nats
+            .request(self.subject.clone(), fingerprint.to_string().into());
+        let reply = match tokio::time::timeout(self.timeout, request).await {
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "schema lookup of {fingerprint} got no answer in {:?}",
+                        self.timeout
+                    ),
+                ));
+            }
+            Ok(Err(e)) => {
+                let kind = match e.kind() {
+                    RequestErrorKind::TimedOut => ErrorKind::Timeout,
+                    RequestErrorKind::NoResponders => ErrorKind::Unavailable,
+                    _ => ErrorKind::Nats,
+                };
+                return Err(Error::with_source(
+                    kind,
+                    format!("schema lookup of {fingerprint} on {}", self.subject),
+                    e,
+                ));
+            }
+            Ok(Ok(reply)) => reply,
+        };
+        if let Some(code) = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+        {
+            let text = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Service-Error"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            let kind = match code.as_str() {
+                "404" => ErrorKind::SchemaNotFound,
+                "400" => ErrorKind::Protocol,
+                _ => ErrorKind::Server,
+            };
+            return Err(Error::new(
+                kind,
+                format!("schema lookup of {fingerprint}: {} {text}", code.as_str()),
+            ));
+        }
+        let protocol = |what: String| Error::new(ErrorKind::Protocol, what);
+        let document: Json = serde_json::from_slice(&reply.payload).map_err(|e| {
+            protocol(format!(
+                "schema lookup of {fingerprint}: reply is not JSON: {e}"
+            ))
+        })?;
+        let schema_json = document["schema"].as_str().ok_or_else(|| {
+            protocol(format!(
+                "schema lookup of {fingerprint}: reply has no schema"
+            ))
+        })?;
+        let actual = Fingerprint::of_json_str(schema_json).map_err(|e| {
+            protocol(format!(
+                "schema lookup of {fingerprint}: the schema does not parse: {e}"
+            ))
+        })?;
+        if actual != fingerprint {
+            return Err(protocol(format!(
+                "schema lookup of {fingerprint} answered the schema of {actual}"
+            )));
+        }
+        let mut schema = EventSchema::from_json(fingerprint, schema_json)?;
+        schema.database = document["database"].as_str().unwrap_or_default().to_owned();
+        Ok(Arc::new(schema))
+    }
+}
