@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use async_nats::RequestErrorKind;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use serde_json::{Value as Json, json};
-use tokio::sync::OnceCell;
 use walbrook_pgtype_avro::fingerprint::{parsing_canonical_form, split_single_object};
 use walbrook_pgtype_avro::{Fingerprint, TableSchema};
 
@@ -290,38 +291,80 @@ impl Body<'_> {
     }
 }
 
-type Slot = Arc<OnceCell<Arc<EventSchema>>>;
+type Lookup = Shared<BoxFuture<'static, Result<Arc<EventSchema>, Error>>>;
+
+enum Slot {
+    Ready(Arc<EventSchema>),
+    InFlight(u64, Lookup),
+}
 
 /// Fingerprint → decoder, fed by the lookup RPC.
 pub(crate) struct SchemaCache {
+    rpc: Arc<Rpc>,
+    slots: Mutex<(u64, HashMap<Fingerprint, Slot>)>,
+}
+
+struct Rpc {
     nats: async_nats::Client,
     subject: String,
     timeout: Duration,
-    slots: Mutex<HashMap<Fingerprint, Slot>>,
 }
 
 impl SchemaCache {
     pub(crate) fn new(nats: async_nats::Client, subject: String, timeout: Duration) -> SchemaCache {
         SchemaCache {
-            nats,
-            subject,
-            timeout,
-            slots: Mutex::new(HashMap::new()),
+            rpc: Arc::new(Rpc {
+                nats,
+                subject,
+                timeout,
+            }),
+            slots: Mutex::new((0, HashMap::new())),
         }
     }
 
     /// The decoder for `fingerprint`, looked up once. Concurrent callers for one fingerprint
-    /// wait for the same request; a failed lookup is not cached (the next call asks again).
+    /// share one request and its result, success or failure; a failure is not cached (a later
+    /// call asks again).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the lookup goes on for the other callers, and its result is cached for
+    /// later ones.
     pub(crate) async fn get(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(fingerprint).or_default().clone()
+        let (id, lookup) = {
+            let mut guard = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let (next_id, slots) = &mut *guard;
+            match slots.get(&fingerprint) {
+                Some(Slot::Ready(schema)) => return Ok(schema.clone()),
+                Some(Slot::InFlight(id, lookup)) => (*id, lookup.clone()),
+                None => {
+                    *next_id += 1;
+                    let rpc = self.rpc.clone();
+                    let lookup = async move { rpc.lookup(fingerprint).await }
+                        .boxed()
+                        .shared();
+                    slots.insert(fingerprint, Slot::InFlight(*next_id, lookup.clone()));
+                    (*next_id, lookup)
+                }
+            }
         };
-        slot.get_or_try_init(|| self.lookup(fingerprint))
-            .await
-            .cloned()
+        let result = lookup.await;
+        let mut guard = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = &mut guard.1;
+        if matches!(slots.get(&fingerprint), Some(Slot::InFlight(current, _)) if *current == id) {
+            match &result {
+                Ok(schema) => {
+                    slots.insert(fingerprint, Slot::Ready(schema.clone()));
+                }
+                Err(_) => {
+                    slots.remove(&fingerprint);
+                }
+            }
+        }
+        result
     }
+}
 
+impl Rpc {
     async fn lookup(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
         let request = self
             .nats
