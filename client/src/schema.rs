@@ -440,3 +440,141 @@ impl Rpc {
         Ok(Arc::new(schema))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use walbrook_pgtype_avro::{ColumnDesc, PgNumeric, PgValue, RelationDesc, ReplicaIdentity};
+    use walbrook_producer::event::{Op as WireOp, Source as WireSource, TableEncoder};
+    use walbrook_producer::lsn::Lsn as WireLsn;
+    use walbrook_producer::pgoutput::{ColumnValue, Tuple};
+
+    use super::*;
+
+    fn encoder() -> TableEncoder {
+        let mut id = ColumnDesc::builtin("id", 20, -1).unwrap();
+        id.is_key = true;
+        id.not_null = true;
+        let mut amount = ColumnDesc::builtin("amount", 1700, (5 << 16 | 1) + 4).unwrap();
+        amount.type_name = "numeric(5,1)".into();
+        TableEncoder::new(RelationDesc {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec![id, ColumnDesc::builtin("name", 25, -1).unwrap(), amount],
+            replica_identity: ReplicaIdentity::Default,
+        })
+        .unwrap()
+    }
+
+    fn text(s: &'static str) -> ColumnValue {
+        ColumnValue::Text(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn message(encoder: &TableEncoder) -> Vec<u8> {
+        let source = WireSource {
+            database: "shop".into(),
+            schema: "public".into(),
+            table: "t".into(),
+            xid: 7,
+            commit_lsn: WireLsn(0x16B_3F20),
+            lsn: WireLsn(0x16B_3F00),
+            commit_ts_micros: 1_700_000_000_000_000,
+            ordinal: 3,
+            last: true,
+            sent_at_micros: 1_700_000_000_000_100,
+        };
+        let old = Tuple(vec![text("41"), ColumnValue::Null, ColumnValue::Null]);
+        let new = Tuple(vec![text("42"), ColumnValue::UnchangedToast, text("-1.5")]);
+        encoder
+            .encode(WireOp::UpdateKey, &source, Some(&old), Some(&new))
+            .unwrap()
+    }
+
+    #[test]
+    fn producer_envelopes_decode_to_typed_events() {
+        let encoder = encoder();
+        let schema = EventSchema::from_json(encoder.fingerprint(), encoder.schema_json()).unwrap();
+        assert_eq!(schema.table(), "public.t");
+        assert_eq!(schema.before_columns().len(), 1);
+        let decoded = schema.decode(&message(&encoder)).unwrap();
+        assert_eq!(decoded.op, Op::UpdateKey);
+        let s = &decoded.source;
+        assert_eq!(
+            (s.database.as_str(), s.table.as_str(), s.xid),
+            ("shop", "t", 7)
+        );
+        assert_eq!(s.commit_lsn.to_string(), "0/16B3F20");
+        assert_eq!(s.lsn, Lsn(0x16B_3F00));
+        assert_eq!((s.ordinal, s.last), (3, true));
+        assert_eq!(s.commit_time.timestamp_micros(), 1_700_000_000_000_000);
+        assert_eq!(s.sent_at.timestamp_micros(), 1_700_000_000_000_100);
+        let before = decoded.before.unwrap();
+        assert_eq!(before.get("id"), Some(&PgValue::Int8(41)));
+        assert_eq!(before.get("name"), None);
+        let after = decoded.after.unwrap();
+        assert_eq!(after.get("id"), Some(&PgValue::Int8(42)));
+        assert!(after.is_unchanged("name"));
+        assert_eq!(
+            after.get("amount"),
+            Some(&PgValue::Numeric(PgNumeric::Finite("-1.5".into())))
+        );
+        assert_eq!(after.columns()[2].type_name, "numeric(5,1)");
+    }
+
+    #[test]
+    fn damaged_messages_are_decode_errors_never_panics() {
+        let encoder = encoder();
+        let schema = EventSchema::from_json(encoder.fingerprint(), encoder.schema_json()).unwrap();
+        let message = message(&encoder);
+        for end in 0..message.len() {
+            let error = schema.decode(&message[..end]).err().unwrap();
+            assert_eq!(error.kind(), ErrorKind::Decode, "prefix of {end} bytes");
+        }
+        let mut longer = message.clone();
+        longer.push(0);
+        assert_eq!(
+            schema.decode(&longer).err().unwrap().kind(),
+            ErrorKind::Decode
+        );
+        // Every single-byte corruption of the body either decodes or is a Decode error.
+        for i in 10..message.len() {
+            let mut bad = message.clone();
+            bad[i] ^= 0xFF;
+            if let Err(error) = schema.decode(&bad) {
+                assert_eq!(error.kind(), ErrorKind::Decode);
+            }
+        }
+        // A message of another schema.
+        let mut other = message.clone();
+        other[2] ^= 1;
+        assert_eq!(
+            schema.decode(&other).err().unwrap().kind(),
+            ErrorKind::Decode
+        );
+    }
+
+    #[test]
+    fn schemas_that_are_not_change_envelopes_are_decode_errors() {
+        let fp = Fingerprint(1);
+        let envelope: Json = serde_json::from_str(encoder().schema_json()).unwrap();
+        let mut renamed = envelope.clone();
+        renamed["fields"][0]["name"] = json!("operation");
+        let mut ops = envelope.clone();
+        ops["fields"][0]["type"]["symbols"][0] = json!("CREATE");
+        let mut source = envelope.clone();
+        source["fields"][1]["type"]["fields"][3]["type"] = json!("int");
+        let mut after = envelope.clone();
+        after["fields"][3]["type"] = json!(["null", "string"]);
+        for (what, text) in [
+            ("not JSON", "{".to_owned()),
+            ("a primitive", "\"int\"".to_owned()),
+            ("renamed field", renamed.to_string()),
+            ("other op symbols", ops.to_string()),
+            ("other source", source.to_string()),
+            ("after not a table record", after.to_string()),
+        ] {
+            let error = EventSchema::from_json(fp, &text).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Decode, "{what}: {error}");
+        }
+    }
+}
