@@ -65,13 +65,15 @@ async fn a_tailed_table_gives_typed_values_for_every_operation() {
             // `big` is stored out of line and not touched: pgoutput sends it as unchanged.
             "UPDATE items SET amount = -3.25, note = 'changed' WHERE id = 1",
             "DELETE FROM items WHERE id = 1",
+            "TRUNCATE items",
         ])
         .await;
-    let got = events(&mut stream, 3).await;
+    let got = events(&mut stream, 4).await;
     assert_eq!(
         got.iter().map(|e| e.op()).collect::<Vec<_>>(),
-        [Op::Insert, Op::Update, Op::Delete]
+        [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
     );
+    assert!(got[3].before().is_none() && got[3].after().is_none());
     // Only the subscribed table.
     assert!(got.iter().all(|e| e.source().table == "items"));
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
@@ -184,18 +186,18 @@ async fn a_tailed_table_gives_typed_values_for_every_operation() {
 
     // A wildcard subscription sees both tables, in commit order.
     let mut all = client.subscribe(Subscription::all()).await.unwrap();
-    let got = events(&mut all, 4).await;
+    let got = events(&mut all, 5).await;
     assert_eq!(
         got.iter()
             .map(|e| e.source().table.as_str())
             .collect::<Vec<_>>(),
-        ["other", "items", "items", "items"]
+        ["other", "items", "items", "items", "items"]
     );
     let mut schema = client
         .subscribe(Subscription::table("public.*"))
         .await
         .unwrap();
-    assert_eq!(events(&mut schema, 4).await.len(), 4);
+    assert_eq!(events(&mut schema, 5).await.len(), 5);
     setup.stop().await;
 }
 
@@ -589,6 +591,23 @@ async fn connecting_checks_credentials_and_reports_kinds() {
         ErrorKind::Auth
     );
     Client::connect(options("t0ken")).await.unwrap();
+
+    let user = nkeys::KeyPair::new_user();
+    let nkey = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ nkey: {} }} ] }}",
+        user.public_key()
+    ))
+    .unwrap();
+    let options =
+        |seed: String| ClientOptions::new(nkey.url(), "db").credentials(Credentials::NKey(seed));
+    Client::connect(options(user.seed().unwrap()))
+        .await
+        .unwrap();
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    assert_eq!(
+        Client::connect(options(stranger)).await.unwrap_err().kind(),
+        ErrorKind::Auth
+    );
 
     let port = walbrook_harness::free_port().unwrap();
     let mut options = ClientOptions::new(format!("nats://127.0.0.1:{port}"), "db");
