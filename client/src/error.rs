@@ -36,6 +36,7 @@ pub enum ErrorKind {
     /// The server side of an RPC failed (`500`). Retryable.
     Server,
     /// The JetStream stream of the database does not exist (the producer has not run yet).
+    /// Retryable: the producer creates it when it starts.
     StreamNotFound,
 }
 
@@ -77,7 +78,7 @@ pub struct Error {
 struct Inner {
     kind: ErrorKind,
     message: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     undecoded: Option<UndecodedMessage>,
 }
 
@@ -102,7 +103,7 @@ impl Error {
             inner: Arc::new(Inner {
                 kind,
                 message: message.into(),
-                source: Some(Box::new(source)),
+                source: Some(Arc::new(source)),
                 undecoded: None,
             }),
         }
@@ -110,19 +111,12 @@ impl Error {
 
     /// Attaches the stream message this error is about.
     pub(crate) fn for_message(self, undecoded: UndecodedMessage) -> Error {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(inner) => inner,
-            Err(shared) => Inner {
-                kind: shared.kind,
-                message: shared.message.clone(),
-                source: Some(Box::new(Error { inner: shared })),
-                undecoded: None,
-            },
-        };
         Error {
             inner: Arc::new(Inner {
+                kind: self.inner.kind,
+                message: self.inner.message.clone(),
+                source: self.inner.source.clone(),
                 undecoded: Some(undecoded),
-                ..inner
             }),
         }
     }
@@ -143,6 +137,7 @@ impl Error {
                 | ErrorKind::Timeout
                 | ErrorKind::Unavailable
                 | ErrorKind::Server
+                | ErrorKind::StreamNotFound
         )
     }
 
@@ -212,6 +207,12 @@ impl UndecodedMessage {
     /// Not cancel safe: if cancelled, the acknowledgement may or may not have been recorded.
     pub async fn ack(&self) -> Result<(), Error> {
         self.ack.ack().await
+    }
+
+    /// Asks a durable consumer to deliver the message again now (for a retryable error such
+    /// as [`ErrorKind::Unavailable`]). A no-op on an ephemeral subscription.
+    pub async fn nak(&self) -> Result<(), Error> {
+        self.ack.nak().await
     }
 
     /// Tells a durable consumer never to deliver this message again (JetStream `+TERM`).

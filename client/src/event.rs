@@ -322,6 +322,9 @@ impl ChangeEvent {
 
     /// Asks a durable consumer to deliver the event again (negative acknowledgement). A no-op
     /// on an ephemeral subscription.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: if cancelled, the request may or may not have reached the server.
     pub async fn nak(&self) -> Result<(), Error> {
         self.ack.nak().await
     }

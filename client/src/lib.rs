@@ -102,6 +102,9 @@ impl Client {
     /// Connects to NATS. Fails with [`ErrorKind::Auth`] on rejected or unreadable credentials,
     /// [`ErrorKind::Config`] on unusable options and [`ErrorKind::Connect`] (retryable) when no
     /// server can be reached. Once connected, the connection reconnects by itself.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a cancelled connect leaves nothing behind.
     pub async fn connect(options: ClientOptions) -> Result<Client, Error> {
         if options.servers.is_empty() {
             return Err(Error::new(ErrorKind::Config, "no NATS server given"));
@@ -172,6 +175,10 @@ impl Client {
     /// Fails with [`ErrorKind::Config`] on an invalid pattern or durable name, or when a
     /// durable consumer of that name exists with other tables; [`ErrorKind::StreamNotFound`]
     /// when the producer has not created the stream yet.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe for a new durable name: if cancelled, the consumer may have been created
+    /// on the server (a later subscribe with the same name then resumes it).
     pub async fn subscribe(&self, subscription: Subscription) -> Result<ChangeStream, Error> {
         subscribe::subscribe(
             &self.inner.js,
@@ -183,6 +190,9 @@ impl Client {
     }
 
     /// The decoder of a schema version, from the cache or the lookup RPC.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a lookup in flight goes on for the other callers and fills the cache.
     pub async fn schema(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
         self.inner.cache.get(fingerprint).await
     }

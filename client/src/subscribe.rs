@@ -104,8 +104,9 @@ impl Subscription {
         self
     }
 
-    /// How many messages may be fetched ahead of the caller (default 256): the bound on what
-    /// the SDK buffers. For a durable consumer, also the pull batch size.
+    /// How many messages may be fetched ahead of the caller (default 256): the pull batch
+    /// size, and so the bound on what the SDK buffers (an ephemeral subscription pulls at most
+    /// 500 at a time whatever this says).
     pub fn prefetch(mut self, messages: usize) -> Subscription {
         self.prefetch = messages.max(1);
         self
@@ -327,6 +328,8 @@ pub(crate) async fn subscribe(
             let consumer = stream
                 .create_consumer(pull::OrderedConfig {
                     deliver_policy,
+                    // Caps async-nats' ordered pull batch (500) at the prefetch bound.
+                    max_batch: i64::try_from(subscription.prefetch).unwrap_or(i64::MAX),
                     filter_subject,
                     filter_subjects,
                     ..Default::default()

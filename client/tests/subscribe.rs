@@ -577,6 +577,10 @@ async fn connecting_checks_credentials_and_reports_kinds() {
     // No producer has run: no stream.
     let error = client.subscribe(Subscription::all()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::StreamNotFound, "{error}");
+    assert!(
+        error.is_retryable(),
+        "the producer creates it when it starts"
+    );
     let error = client
         .subscribe(Subscription::table("no-dot"))
         .await

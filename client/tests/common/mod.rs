@@ -61,7 +61,23 @@ impl Setup {
             producer: Some(producer),
         };
         setup.wait_for_slot().await;
+        setup.wait_for_stream().await;
         setup
+    }
+
+    /// Waits until the producer has created the change stream.
+    async fn wait_for_stream(&self) {
+        let nats = async_nats::connect(self.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(nats);
+        let name = format!("{ROOT}_{}_WAL", self.db.name());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while js.get_stream(&name).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the producer never created {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn wait_for_slot(&self) {
