@@ -283,6 +283,35 @@ async fn a_durable_consumer_resumes_without_redelivering_acked_events() {
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Config);
+
+    // Backpressure: a slow reader does not get the whole stream pulled ahead of it.
+    setup
+        .exec(&["INSERT INTO u SELECT g FROM generate_series(1, 60) g"])
+        .await;
+    let mut bounded = client
+        .subscribe(
+            Subscription::table("public.u")
+                .durable("bounded")
+                .prefetch(5),
+        )
+        .await
+        .unwrap();
+    next(&mut bounded).await.unwrap().ack().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let wal = js
+        .get_stream(format!("{}_{}_WAL", common::ROOT, setup.db.name()))
+        .await
+        .unwrap();
+    let info = wal.consumer_info("bounded").await.unwrap();
+    assert!(
+        info.num_ack_pending <= 10,
+        "{} messages pulled ahead of a reader with prefetch 5",
+        info.num_ack_pending
+    );
+    assert!(info.num_pending >= 45, "{info:?}");
+    let rest = events(&mut bounded, 59).await;
+    assert_eq!(ids(&rest), (2..=60).collect::<Vec<_>>());
     setup.stop().await;
 }
 
