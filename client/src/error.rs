@@ -29,7 +29,7 @@ pub enum ErrorKind {
     /// NATS or JetStream reported an error (a consumer or stream request failed, a pull
     /// stream missed heartbeats…). Retryable.
     Nats,
-    /// A request got no answer in time. Retryable.
+    /// A schema lookup got no answer in time. Retryable.
     Timeout,
     /// Nobody serves the schema lookup RPC (no producer running for this database). Retryable.
     Unavailable,

@@ -234,12 +234,7 @@ impl AckHandle {
 }
 
 fn ack_error(what: &str, e: &(dyn std::error::Error + Send + Sync)) -> Error {
-    let kind = if e.to_string().contains("timed out") {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Nats
-    };
-    Error::new(kind, format!("{what} failed: {e}"))
+    Error::new(ErrorKind::Nats, format!("{what} failed: {e}"))
 }
 
 /// One change of one row (or a truncate), decoded and typed.
