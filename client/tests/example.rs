@@ -10,23 +10,32 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use common::{ROOT, Setup};
 
-/// Builds the example (a no-op when `cargo test` already did) and returns its path.
+/// Builds the example (a no-op after `cargo test --workspace`, which builds examples with the
+/// same workspace-wide features) and returns its path.
 fn tail_example() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "--example", "tail", "--manifest-path"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the tail example");
     // Test binaries live in <target>/<profile>/deps, examples in <target>/<profile>/examples.
     let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/tail");
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--example",
+            "tail",
+            "--manifest-path",
+        ])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"));
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().unwrap().success(),
+        "building the tail example"
+    );
+    let path = profile_dir.join("examples/tail");
     assert!(path.is_file(), "{} not built", path.display());
     path
 }
