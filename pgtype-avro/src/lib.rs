@@ -70,6 +70,7 @@ mod error;
 pub mod fingerprint;
 pub mod names;
 mod reader;
+mod rebuild;
 pub mod schema;
 mod table;
 pub mod text;
@@ -79,7 +80,7 @@ pub mod value;
 pub use error::Error;
 pub use fingerprint::Fingerprint;
 pub use names::{decode_name, encode_name};
-pub use table::{ColumnValue, RecordKind, TableSchema, TableSchemas, record_json};
+pub use table::{ColumnValue, DecodedRow, RecordKind, TableSchema, TableSchemas, record_json};
 pub use text::{parse_text, render_text};
 pub use types::{Builtin, ColumnDesc, CompositeField, PgType, RelationDesc, ReplicaIdentity};
 pub use value::{

@@ -34,6 +34,11 @@ impl<'a> Reader<'a> {
         self.input.len()
     }
 
+    /// The input not read yet.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.input
+    }
+
     fn byte(&mut self) -> Result<u8, Error> {
         let (&b, rest) = self.input.split_first().ok_or_else(eof)?;
         self.input = rest;

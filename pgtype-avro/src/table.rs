@@ -13,6 +13,9 @@ use crate::text::{parse_text, render_text};
 use crate::types::{ColumnDesc, RelationDesc, ReplicaIdentity};
 use crate::value::PgValue;
 
+/// Decoded columns of one record: (original column name, value) in field order.
+pub type DecodedRow = Vec<(String, PgValue)>;
+
 /// Which record of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
@@ -401,6 +404,19 @@ impl TableSchema {
 
     /// Decodes just the Avro body of this record (no header), e.g. from inside an envelope.
     pub fn decode_body(&self, body: &[u8]) -> Result<Vec<(String, PgValue)>, Error> {
+        let (out, rest) = self.decode_body_prefix(body)?;
+        if !rest.is_empty() {
+            return Err(Error::Framing(format!(
+                "{} trailing bytes after the Avro body",
+                rest.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Decodes the record at the start of `body` and returns it with the bytes after it, for
+    /// readers of an envelope in which more fields follow the record.
+    pub fn decode_body_prefix<'a>(&self, body: &'a [u8]) -> Result<(DecodedRow, &'a [u8]), Error> {
         let mut r = crate::reader::Reader::new(body);
         let mut out = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
@@ -410,13 +426,34 @@ impl TableSchema {
                 .map_err(|e| self.col_err(s, e))?;
             out.push((c.name.clone(), v));
         }
-        if r.remaining() != 0 {
-            return Err(Error::Framing(format!(
-                "{} trailing bytes after the Avro body",
-                r.remaining()
-            )));
-        }
-        Ok(out)
+        Ok((out, r.rest()))
+    }
+
+    /// Rebuilds the schema of a record that [`record_json`] wrote (for example the `before` or
+    /// `after` record inside a change-event envelope), from the record's JSON alone: what a
+    /// client has when it looks a fingerprint up. `document` is the whole schema document the
+    /// record appears in, used to resolve named helper types defined elsewhere in it (pass the
+    /// record itself when it stands alone); `record` may also be the name of a record defined
+    /// in `document`.
+    ///
+    /// Built-in types come back exactly (from `pgOid`); enums, domains, composites and
+    /// user-defined ranges are rebuilt from their Avro shape. The rebuilt record's Parsing
+    /// Canonical Form is checked against the writer's, so decoding with the result reads
+    /// exactly the writer's bytes; a record that cannot be rebuilt is an [`Error::Schema`].
+    /// The `docs/type-mapping.md` section on rebuilding lists the few value types the schema
+    /// cannot tell apart.
+    pub fn from_record_json(record: &Json, document: &Json) -> Result<TableSchema, Error> {
+        crate::rebuild::from_record_json(record, document)
+    }
+
+    /// The table's schema (namespace) name.
+    pub fn table_schema(&self) -> &str {
+        &self.relation.schema
+    }
+
+    /// The table's name.
+    pub fn table_name(&self) -> &str {
+        &self.relation.table
     }
 
     /// Decodes a single-object message written with this schema. Fails when the fingerprint

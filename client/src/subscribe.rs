@@ -1,0 +1,495 @@
+//! Subscriptions: JetStream consumers on the change stream, decoded into [`ChangeEvent`]s.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream as JsStream};
+use async_nats::jetstream::{self, Message};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use walbrook_pgtype_avro::fingerprint::split_single_object;
+
+use crate::error::{Error, ErrorKind, UndecodedMessage};
+use crate::event::{AckHandle, ChangeEvent};
+use crate::names::{Lsn, Names, TablePattern};
+use crate::schema::SchemaCache;
+
+/// Where a new subscription starts reading. An existing durable consumer always resumes where
+/// it left off, whatever its subscription says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Every event still in the stream.
+    Beginning,
+    /// Only events stored after the subscription is created.
+    New,
+    /// Events JetStream stored at or after this time.
+    Time(DateTime<Utc>),
+    /// Events whose commit LSN is at or after this position (a position saved from
+    /// [`ChangeEvent::commit_lsn`]; to continue *after* a fully processed transaction, pass
+    /// its commit LSN + 1). Found by a binary search over the stream, whose commit LSNs never
+    /// decrease (docs/protocol.md §3.4).
+    CommitPosition(Lsn),
+}
+
+/// What to read and how: built with [`Subscription::table`], [`Subscription::tables`] or
+/// [`Subscription::all`], then adjusted.
+///
+/// ```
+/// use walbrook_client::{Start, Subscription};
+///
+/// let sub = Subscription::tables(["public.orders", "audit.*"])
+///     .start(Start::Beginning)
+///     .durable("billing");
+/// assert_eq!(sub.patterns(), ["public.orders", "audit.*"]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    patterns: Vec<String>,
+    exact: Vec<TablePattern>,
+    start: Start,
+    durable: Option<String>,
+    prefetch: usize,
+    ack_wait: Duration,
+}
+
+impl Subscription {
+    /// One table (`schema.table`), every table of a schema (`schema.*`), or every table (`*`).
+    pub fn table(pattern: impl Into<String>) -> Subscription {
+        Subscription::tables([pattern.into()])
+    }
+
+    /// Several patterns, as for [`Subscription::table`].
+    pub fn tables<I, S>(patterns: I) -> Subscription
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Subscription {
+            patterns: patterns.into_iter().map(Into::into).collect(),
+            exact: Vec::new(),
+            start: Start::Beginning,
+            durable: None,
+            prefetch: 256,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+
+    /// Every published table.
+    pub fn all() -> Subscription {
+        Subscription::table("*")
+    }
+
+    /// Adds an already parsed pattern (for names containing `.`: [`TablePattern::table`]).
+    pub fn pattern(mut self, pattern: TablePattern) -> Subscription {
+        self.exact.push(pattern);
+        self
+    }
+
+    /// Where to start (default [`Start::Beginning`]).
+    pub fn start(mut self, start: Start) -> Subscription {
+        self.start = start;
+        self
+    }
+
+    /// Makes it a durable named consumer: explicit acknowledgements
+    /// ([`ChangeEvent::ack`]), and a later subscription with the same name (after a restart)
+    /// resumes after the last acknowledged events. Without it the subscription is an ephemeral
+    /// ordered consumer that keeps no state on the server.
+    pub fn durable(mut self, name: impl Into<String>) -> Subscription {
+        self.durable = Some(name.into());
+        self
+    }
+
+    /// How many messages may be fetched ahead of the caller (default 256): the pull batch
+    /// size, and so the bound on what the SDK buffers (an ephemeral subscription pulls at most
+    /// 500 at a time whatever this says).
+    pub fn prefetch(mut self, messages: usize) -> Subscription {
+        self.prefetch = messages.max(1);
+        self
+    }
+
+    /// How long a durable consumer waits for an acknowledgement before delivering an event
+    /// again (default 30 s). Used when the consumer is created.
+    pub fn ack_wait(mut self, wait: Duration) -> Subscription {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// The textual patterns given.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    fn parsed(&self) -> Result<Vec<TablePattern>, Error> {
+        let mut out = self
+            .patterns
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<Vec<TablePattern>, Error>>()?;
+        out.extend(self.exact.iter().cloned());
+        if out.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "a subscription needs a table",
+            ));
+        }
+        // JetStream rejects overlapping filters: keep the widest.
+        if out.contains(&TablePattern::All) {
+            return Ok(vec![TablePattern::All]);
+        }
+        let schemas: Vec<String> = out
+            .iter()
+            .filter_map(|p| match p {
+                TablePattern::Schema(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        out.retain(
+            |p| !matches!(p, TablePattern::Table { schema, .. } if schemas.contains(schema)),
+        );
+        out.sort_by_key(|p| p.to_string());
+        out.dedup();
+        Ok(out)
+    }
+}
+
+fn valid_consumer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+type Messages = Pin<Box<dyn Stream<Item = Result<Message, Error>> + Send>>;
+type Events = Pin<Box<dyn Stream<Item = Result<ChangeEvent, Error>> + Send>>;
+
+/// The events of a subscription, in stream order: an async stream of
+/// `Result<ChangeEvent, Error>`.
+///
+/// A message that cannot be decoded is an `Err` (with [`Error::message`] and
+/// [`Error::stream_sequence`]) in its place, and the stream continues with the next message.
+/// NATS errors (a pull that missed heartbeats…) are `Err`s too; the stream ends only when the
+/// consumer cannot continue.
+///
+/// At most [`Subscription::prefetch`] messages are buffered ahead of the caller.
+pub struct ChangeStream {
+    events: Events,
+    consumer: String,
+    durable: bool,
+}
+
+impl std::fmt::Debug for ChangeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeStream")
+            .field("consumer", &self.consumer)
+            .field("durable", &self.durable)
+            .finish()
+    }
+}
+
+impl ChangeStream {
+    /// The JetStream consumer's name (the durable name, or the ordered consumer's).
+    pub fn consumer_name(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Whether this is a durable consumer (events must be acknowledged).
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Waits for up to `max` items, returning early with what it has once `timeout` has
+    /// passed (possibly nothing). Returns an empty batch at once if the stream has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: items not yet returned stay in the stream.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Vec<Result<ChangeEvent, Error>> {
+        let mut batch = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.events.next()).await {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        batch
+    }
+}
+
+impl Stream for ChangeStream {
+    type Item = Result<ChangeEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.as_mut().poll_next(cx)
+    }
+}
+
+fn nats_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::with_source(ErrorKind::Nats, what.to_owned(), e)
+}
+
+pub(crate) async fn subscribe(
+    js: &jetstream::Context,
+    names: &Names,
+    cache: Arc<SchemaCache>,
+    subscription: Subscription,
+) -> Result<ChangeStream, Error> {
+    let patterns = subscription.parsed()?;
+    let filters: Vec<String> = patterns.iter().map(|p| names.wal_filter(p)).collect();
+    let stream_name = names.wal_stream();
+    let stream = js.get_stream(&stream_name).await.map_err(|e| {
+        let not_found = matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
+        if not_found {
+            Error::new(
+                ErrorKind::StreamNotFound,
+                format!("stream {stream_name} does not exist (has the producer run?)"),
+            )
+        } else {
+            nats_err(&format!("getting stream {stream_name}"), e)
+        }
+    })?;
+    let (filter_subject, filter_subjects) = if filters.len() == 1 {
+        (filters[0].clone(), Vec::new())
+    } else {
+        (String::new(), filters.clone())
+    };
+    let (messages, consumer, durable): (Messages, String, bool) = match &subscription.durable {
+        Some(name) => {
+            if !valid_consumer_name(name) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("durable name {name:?}: use letters, digits, '_' and '-'"),
+                ));
+            }
+            let consumer: jetstream::consumer::Consumer<pull::Config> =
+                match stream.consumer_info(name).await {
+                    Ok(info) => {
+                        let mut existing = info.config.filter_subjects.clone();
+                        if !info.config.filter_subject.is_empty() {
+                            existing.push(info.config.filter_subject.clone());
+                        }
+                        existing.sort();
+                        let mut wanted = filters.clone();
+                        wanted.sort();
+                        if existing != wanted || info.config.ack_policy != AckPolicy::Explicit {
+                            return Err(Error::new(
+                                ErrorKind::Config,
+                                format!(
+                                    "durable consumer {name:?} exists with filters {existing:?} \
+                                     (this subscription wants {wanted:?}); use another name or \
+                                     delete it with Client::delete_durable"
+                                ),
+                            ));
+                        }
+                        stream.get_consumer(name).await.map_err(|e| {
+                            Error::new(ErrorKind::Nats, format!("getting consumer {name}: {e}"))
+                        })?
+                    }
+                    Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                        let deliver_policy =
+                            deliver_policy(&stream, names, subscription.start).await?;
+                        stream
+                            .create_consumer(pull::Config {
+                                durable_name: Some(name.clone()),
+                                description: Some("walbrook-client durable subscription".into()),
+                                deliver_policy,
+                                ack_policy: AckPolicy::Explicit,
+                                ack_wait: subscription.ack_wait,
+                                filter_subject: filter_subject.clone(),
+                                filter_subjects: filter_subjects.clone(),
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|e| nats_err(&format!("creating consumer {name}"), e))?
+                    }
+                    Err(e) => return Err(nats_err(&format!("looking up consumer {name}"), e)),
+                };
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(subscription.prefetch)
+                .messages()
+                .await
+                .map_err(|e| nats_err("starting to pull", e))?
+                .map(|r| r.map_err(|e| nats_err("pulling messages", e)));
+            (Box::pin(messages), name.clone(), true)
+        }
+        None => {
+            let deliver_policy = deliver_policy(&stream, names, subscription.start).await?;
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    deliver_policy,
+                    // Caps async-nats' ordered pull batch (500) at the prefetch bound.
+                    max_batch: i64::try_from(subscription.prefetch).unwrap_or(i64::MAX),
+                    filter_subject,
+                    filter_subjects,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_err("creating an ordered consumer", e))?;
+            let name = consumer.cached_info().name.clone();
+            let messages = consumer
+                .messages()
+                .await
+                .map_err(|e| nats_err("starting the ordered consumer", e))?
+                .map(|r| r.map_err(|e| nats_err("reading the ordered consumer", e)));
+            (Box::pin(messages), name, false)
+        }
+    };
+    let events = messages.then(move |item| {
+        let cache = cache.clone();
+        async move {
+            match item {
+                Ok(message) => decode_message(&cache, message, durable).await,
+                Err(e) => Err(e),
+            }
+        }
+    });
+    Ok(ChangeStream {
+        events: Box::pin(events),
+        consumer,
+        durable,
+    })
+}
+
+async fn deliver_policy(
+    stream: &JsStream,
+    names: &Names,
+    start: Start,
+) -> Result<DeliverPolicy, Error> {
+    Ok(match start {
+        Start::Beginning => DeliverPolicy::All,
+        Start::New => DeliverPolicy::New,
+        Start::Time(t) => {
+            let nanos = t.timestamp_nanos_opt().ok_or_else(|| {
+                Error::new(ErrorKind::Config, format!("start time {t} is out of range"))
+            })?;
+            let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
+                .map_err(|e| Error::with_source(ErrorKind::Config, "start time", e))?;
+            DeliverPolicy::ByStartTime { start_time }
+        }
+        Start::CommitPosition(lsn) => DeliverPolicy::ByStartSequence {
+            start_sequence: first_sequence_at(stream, names, lsn).await?,
+        },
+    })
+}
+
+/// The sequence of the first stored event whose commit LSN is at least `lsn` (the sequence
+/// after the last message when there is none): a binary search, since commit LSNs never
+/// decrease along the stream.
+async fn first_sequence_at(stream: &JsStream, names: &Names, lsn: Lsn) -> Result<u64, Error> {
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| nats_err("reading the stream state", e))?;
+    let (mut lo, mut hi) = (
+        info.state.first_sequence.max(1),
+        info.state.last_sequence + 1,
+    );
+    let all = names.wal_all();
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let found = stream
+            .raw_message_builder()
+            .sequence(mid)
+            .next_by_subject(all.clone())
+            .send()
+            .await;
+        let message = match found {
+            Ok(m) => m,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+                hi = mid;
+                continue;
+            }
+            Err(e) => return Err(nats_err("reading a stream message", e)),
+        };
+        let commit = message
+            .headers
+            .get("Walbrook-Commit-Lsn")
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "message {} has no Walbrook-Commit-Lsn header",
+                        message.sequence
+                    ),
+                )
+            })?
+            .as_str()
+            .parse::<Lsn>()
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Protocol, "Walbrook-Commit-Lsn header", e)
+            })?;
+        if commit < lsn {
+            lo = message.sequence + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+async fn decode_message(
+    cache: &SchemaCache,
+    message: Message,
+    durable: bool,
+) -> Result<ChangeEvent, Error> {
+    let (stream_sequence, delivered) = match message.info() {
+        Ok(info) => (
+            info.stream_sequence,
+            u64::try_from(info.delivered).unwrap_or(0),
+        ),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("a delivered message has no JetStream metadata: {e}"),
+            ));
+        }
+    };
+    let subject = message.subject.to_string();
+    let payload = message.payload.clone();
+    let headers = message.headers.clone();
+    let ack = if durable {
+        AckHandle::durable(message)
+    } else {
+        AckHandle::none()
+    };
+    let undecoded = |e: Error| {
+        e.for_message(UndecodedMessage {
+            subject: subject.clone(),
+            stream_sequence,
+            headers: headers.clone(),
+            payload: payload.clone(),
+            ack: ack.clone(),
+        })
+    };
+    let (fingerprint, _) = split_single_object(&payload).map_err(|e| {
+        undecoded(Error::with_source(
+            ErrorKind::Decode,
+            "not an Avro single-object message",
+            e,
+        ))
+    })?;
+    let schema = cache.get(fingerprint).await.map_err(undecoded)?;
+    let decoded = schema.decode(&payload).map_err(undecoded)?;
+    Ok(ChangeEvent {
+        op: decoded.op,
+        source: decoded.source,
+        before: decoded.before,
+        after: decoded.after,
+        fingerprint,
+        subject,
+        stream_sequence,
+        delivered,
+        ack,
+    })
+}
