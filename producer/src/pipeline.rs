@@ -250,6 +250,7 @@ async fn run_inner(
         &config.stream,
     )
     .await?;
+    let wal_stream_name = subjects.stream_name(StreamKind::Wal);
     let resume = streams::last_position(&mut wal_stream).await?;
     if let Some((lsn, ordinal)) = resume {
         tracing::info!(%lsn, ordinal, "events up to this position are already stored");
@@ -281,7 +282,8 @@ async fn run_inner(
         catalog: Catalog::new(),
         registry,
         publisher: Publisher::new(js, config.nats.max_inflight, RetryPolicy::default())
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_chain_stream(&wal_stream_name, headers::COMMIT_LSN),
         metrics,
         encoders: HashMap::new(),
         tx: None,

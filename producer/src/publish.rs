@@ -162,6 +162,9 @@ pub struct Publisher {
     failing_since: Option<tokio::time::Instant>,
     /// `Nats-Msg-Id` of the last chained message pushed in this session.
     chain_last: Option<String>,
+    /// The stream chained messages go to, and the header that marks its own messages
+    /// (for re-anchoring the chain after a foreign message).
+    chain_stream: Option<(String, &'static str)>,
 }
 
 /// Builds the JetStream context a [`Publisher`] needs: more ack permits than the window
@@ -199,7 +202,69 @@ impl Publisher {
             broken: false,
             failing_since: None,
             chain_last: None,
+            chain_stream: None,
         }
+    }
+
+    /// Names the stream chained messages go to and the header present on every message
+    /// this publisher chains. When JetStream refuses the oldest chained message because
+    /// the stream's last message is not its predecessor and that last message is not
+    /// one of ours (someone published into the stream), the chain is re-anchored on it
+    /// instead of stalling.
+    pub fn with_chain_stream(mut self, stream: &str, own_header: &'static str) -> Publisher {
+        self.chain_stream = Some((stream.to_string(), own_header));
+        self
+    }
+
+    /// Re-anchors the oldest un-acked chained message on the stream's actual last
+    /// message when that one is foreign. Returns whether it did.
+    async fn reanchor(&mut self) -> bool {
+        let Some((stream_name, own_header)) = self.chain_stream.clone() else {
+            return false;
+        };
+        let Ok(mut stream) = self.js.get_stream(&stream_name).await else {
+            return false;
+        };
+        let Ok(info) = stream.info().await else {
+            return false;
+        };
+        let last = info.state.last_sequence;
+        let Ok(message) = stream.get_raw_message(last).await else {
+            return false;
+        };
+        if message.headers.get(own_header).is_some() {
+            // Our own message: a predecessor really is missing; re-sending repairs it.
+            return false;
+        }
+        let foreign_id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_string());
+        let Some(Entry::Publish { message, .. }) = self
+            .window
+            .iter_mut()
+            .find(|e| matches!(e, Entry::Publish { message, .. } if message.chained))
+        else {
+            return false;
+        };
+        let mut headers = HeaderMap::new();
+        for (name, values) in message.headers.iter() {
+            if AsRef::<str>::as_ref(name) != EXPECTED_LAST_MSG_ID {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        if let Some(id) = &foreign_id {
+            headers.insert(EXPECTED_LAST_MSG_ID, id.as_str());
+        }
+        message.headers = headers;
+        tracing::warn!(
+            stream = %stream_name,
+            sequence = last,
+            "a message not published by Walbrook is the stream's last; continuing the chain after it"
+        );
+        true
     }
 
     /// Records ack latency, in-flight count and re-sends in `metrics`.
@@ -365,6 +430,11 @@ impl Publisher {
                         && now.duration_since(since) >= limit
                     {
                         return Err(failure);
+                    }
+                    if failure.wrong_last && self.reanchor().await {
+                        self.broken = true;
+                        self.resend_at = Some(now);
+                        continue;
                     }
                     if failure.wrong_last && now.duration_since(since) >= WRONG_LAST_LIMIT {
                         return Err(PublishFailure {

@@ -122,44 +122,46 @@ pub async fn ensure_stream(
     }
 }
 
-/// The (commit LSN, ordinal) of the newest event stored in a change stream, if any.
-/// The producer skips events at or below it when it resumes (docs/protocol.md §3.4).
+/// How far back [`last_position`] looks past messages that are not Walbrook events.
+const SCAN_BACK: u64 = 1_000;
+
+/// The (commit LSN, ordinal) of the newest Walbrook event stored in a change stream,
+/// if any. The producer skips events at or below it when it resumes (docs/protocol.md
+/// §3.4). Messages without Walbrook headers (published into the stream by someone
+/// else) are passed over, up to 1,000 of them.
 pub async fn last_position(stream: &mut stream::Stream) -> Result<Option<(Lsn, u64)>, StreamError> {
     let name = stream.cached_info().config.name.clone();
-    let err = |detail: String| StreamError {
+    let info = stream.info().await.map_err(|e| StreamError {
         stream: name.clone(),
-        detail,
-    };
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| err(format!("reading its state: {e}")))?;
-    let last = info.state.last_sequence;
+        detail: format!("reading its state: {e}"),
+    })?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     if info.state.messages == 0 || last == 0 {
         return Ok(None);
     }
-    let message = match stream.get_raw_message(last).await {
-        Ok(message) => message,
-        // Removed by retention between info() and the read: nothing to compare with.
-        Err(_) => return Ok(None),
-    };
-    let lsn = message
-        .headers
-        .get(headers::COMMIT_LSN)
-        .and_then(|v| v.as_str().parse::<Lsn>().ok());
-    let ordinal = message
-        .headers
-        .get(headers::ORDINAL)
-        .and_then(|v| v.as_str().parse::<u64>().ok());
-    match (lsn, ordinal) {
-        (Some(lsn), Some(ordinal)) => Ok(Some((lsn, ordinal))),
-        _ => Err(err(format!(
-            "its last message (sequence {last}) has no {} / {} headers; \
-             is another application publishing into it?",
-            headers::COMMIT_LSN,
-            headers::ORDINAL
-        ))),
+    let lowest = first.max(last.saturating_sub(SCAN_BACK));
+    for sequence in (lowest..=last).rev() {
+        // A message removed by retention or deleted: look at the one before.
+        let Ok(message) = stream.get_raw_message(sequence).await else {
+            continue;
+        };
+        if let Some(position) = event_position(&message.headers) {
+            return Ok(Some(position));
+        }
+        tracing::warn!(stream = %name, sequence, "message without Walbrook headers in the change stream");
     }
+    Ok(None)
+}
+
+/// The (commit LSN, ordinal) a change event's headers carry.
+pub fn event_position(headers: &async_nats::HeaderMap) -> Option<(Lsn, u64)> {
+    let lsn = headers
+        .get(self::headers::COMMIT_LSN)
+        .and_then(|v| v.as_str().parse::<Lsn>().ok())?;
+    let ordinal = headers
+        .get(self::headers::ORDINAL)
+        .and_then(|v| v.as_str().parse::<u64>().ok())?;
+    Some((lsn, ordinal))
 }
 
 /// How long to wait between attempts to reach JetStream at start-up.

@@ -659,3 +659,87 @@ async fn authenticates_to_nats_and_never_logs_the_password() {
     shutdown.cancel();
     producer.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn foreign_messages_in_the_change_stream_do_not_stop_the_producer() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_foreign");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(nats_client.clone());
+    let subject = format!("{ROOT}.{}.wal.public.t", db.name());
+    let stream_name = format!("{ROOT}_{}_WAL", db.name());
+    let count = |js: jetstream::Context, name: String| async move {
+        let mut stream = js.get_stream(&name).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    };
+    let wait_for = |want: u64| {
+        let js = js.clone();
+        let name = stream_name.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while count(js.clone(), name.clone()).await < want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "stream never reached {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    for round in 0..2 {
+        let shutdown = CancellationToken::new();
+        let producer = tokio::spawn(pipeline::run(
+            config(&db, &nats.url(), "public.t"),
+            shutdown.clone(),
+        ));
+        wait_for_slot(&client, &db.slot_name()).await;
+        let base = round * 3;
+        client
+            .batch_execute(&format!("INSERT INTO t VALUES ({})", base + 1))
+            .await
+            .unwrap();
+        wait_for(base as u64 + 1).await;
+        // Someone else publishes into the change stream (no Walbrook headers).
+        js.publish(subject.clone(), "not avro".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("INSERT INTO t VALUES ({})", base + 2))
+            .await
+            .unwrap();
+        wait_for(base as u64 + 3).await;
+        shutdown.cancel();
+        producer.await.unwrap().unwrap();
+    }
+    // 4 events + 2 foreign messages; the restart resumed past the foreign message
+    // without publishing anything twice.
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    let mut positions = Vec::new();
+    for seq in 1..=stream.cached_info().state.messages {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        if let Some(id) = message.headers.get("Walbrook-Ordinal") {
+            positions.push((
+                message
+                    .headers
+                    .get("Walbrook-Commit-Lsn")
+                    .unwrap()
+                    .to_string(),
+                id.to_string(),
+            ));
+        }
+    }
+    assert_eq!(stream.cached_info().state.messages, 6);
+    assert_eq!(positions.len(), 4);
+    let mut unique = positions.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "no event stored twice: {positions:?}");
+}
