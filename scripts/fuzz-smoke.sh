@@ -42,7 +42,7 @@ case "$SECONDS_PER_TARGET" in
   '' | *[!0-9]*) echo "fuzz: -t needs whole seconds, got '$SECONDS_PER_TARGET'" >&2; exit 2 ;;
 esac
 
-TOOLS="${WALBROOK_TOOLS_DIR:-$HOME/.cache/walbrook-tools}"
+TOOLS="${WALBROOK_TOOLS_DIR:-${HOME:-/tmp}/.cache/walbrook-tools}"
 FUZZ_BIN="$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION/bin"
 TARGET_DIR="${WALBROOK_FUZZ_TARGET_DIR:-$TOOLS/fuzz-target}"
 say() { printf 'fuzz: %s\n' "$*"; }
