@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Walbrook's test command (`make test`): installs what is missing, checks formatting and
-# lints, runs every Rust and Python test against real servers, checks that no server
-# was left behind, and fails if no test ran at all.
+# lints, runs every Rust and Python test against real servers and a short run of every fuzz
+# target, checks that no server was left behind, and fails if no test ran at all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,6 +17,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test (Rust)"
 cargo test --workspace 2>&1 | tee "$LOGS/rust.log"
+
+echo "== fuzz smoke run (scripts/fuzz-smoke.sh, docs/fuzzing.md)"
+bash scripts/fuzz-smoke.sh
 
 echo "== pytest (Python)"
 VIRTUAL_ENV="$ROOT/.venv" .venv/bin/maturin develop --quiet -m bindings/Cargo.toml

@@ -119,10 +119,7 @@ pub(crate) fn to_branch(ty: &PgType, typmod: i32, v: &PgValue) -> Result<(u32, V
             plain(Value::String(s.clone()))
         }
         (PgType::Array { element, .. }, PgValue::Array(a)) => {
-            let expected: i64 = a.dims.iter().map(|d| i64::from(d.length)).product();
-            if (a.dims.is_empty() && !a.elements.is_empty())
-                || (!a.dims.is_empty() && expected != a.elements.len() as i64)
-            {
+            if !a.is_well_formed() {
                 return Err(type_err(ty, v));
             }
             let dims = a
@@ -432,7 +429,13 @@ pub(crate) fn from_branch(ty: &PgType, typmod: i32, i: u32, v: &Value) -> Result
             }
             (Numeric, 0, Value::Decimal(d)) => {
                 let (_, s) = numeric_decimal_params(typmod).ok_or_else(bad)?;
-                let n = BigInt::from(d.clone());
+                // Zero bytes are no two's-complement number (Avro's Java reference rejects
+                // them, and so does the direct reader); the writer never produces them.
+                let bytes = Vec::<u8>::try_from(d).map_err(|_| bad())?;
+                if bytes.is_empty() {
+                    return Err(bad());
+                }
+                let n = BigInt::from_signed_bytes_be(&bytes);
                 PgValue::Numeric(PgNumeric::Finite(decimal_text(&n, s)))
             }
             (Numeric, 1, Value::Enum(k, _)) => PgValue::Numeric(match k {
@@ -541,7 +544,11 @@ pub(crate) fn from_branch(ty: &PgType, typmod: i32, i: u32, v: &Value) -> Result
                     .collect::<Result<Vec<_>, Error>>()?,
                 _ => return Err(bad()),
             };
-            PgValue::Array(PgArray { dims, elements })
+            let a = PgArray { dims, elements };
+            if !a.is_well_formed() {
+                return Err(bad());
+            }
+            PgValue::Array(a)
         }
         PgType::Range { subtype, .. } => PgValue::Range(range_from(ty, subtype, v)?),
         PgType::Multirange { range, .. } => {
@@ -722,6 +729,23 @@ mod tests {
         assert_eq!(decimal_bytes("-0.00", 3, 2), Some(vec![0]));
         assert_eq!(decimal_bytes("12345.6", 5, 1), None);
         assert_eq!(decimal_bytes("1.25", 5, 1), None);
+    }
+
+    /// Found by the `single_object` fuzz target (docs/fuzzing.md): the apache-avro route took
+    /// zero decimal bytes as 0 where the direct reader rejects them.
+    #[test]
+    fn empty_decimal_bytes_are_rejected() {
+        let ty = PgType::Builtin(Builtin::Numeric);
+        let typmod = ((10 << 16) | 2) + 4;
+        let empty = Value::Decimal(apache_avro::Decimal::from(Vec::<u8>::new()));
+        assert!(from_branch(&ty, typmod, 0, &empty).is_err());
+        let one = Value::Decimal(apache_avro::Decimal::from([0xFF]));
+        assert_eq!(
+            from_branch(&ty, typmod, 0, &one).unwrap(),
+            PgValue::Numeric(PgNumeric::Finite("-0.01".into()))
+        );
+        let mut direct = crate::reader::Reader::new(&[0x00]);
+        assert!(direct.slot(&ty, typmod, false, false).is_err());
     }
 
     proptest::proptest! {

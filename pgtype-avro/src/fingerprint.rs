@@ -323,15 +323,42 @@ pub fn encode_single_object(
 /// Decodes an Avro binary body with its writer schema. Fails on truncated input and on
 /// trailing bytes.
 pub fn decode_body(schema: &Schema, body: &[u8]) -> Result<Value, Error> {
-    let mut rest = body;
+    let mut input = Strict {
+        rest: body,
+        truncated: false,
+    };
     let v = apache_avro::reader::datum::GenericDatumReader::builder(schema)
         .build()?
-        .read_value(&mut rest)?;
-    if !rest.is_empty() {
+        .read_value(&mut input);
+    if input.truncated {
+        return Err(Error::Framing("truncated Avro body".into()));
+    }
+    let v = v?;
+    if !input.rest.is_empty() {
         return Err(Error::Framing(format!(
             "{} trailing bytes after the Avro body",
-            rest.len()
+            input.rest.len()
         )));
     }
     Ok(v)
+}
+
+/// The body as apache-avro reads it. apache-avro 0.22 takes an end of input where a union's
+/// branch index should be as that union's first branch (`null` in every nullable field), so a
+/// truncated body would decode as a record with NULLs at the end, and an array of nullable
+/// items would build a hostile count of NULLs out of no input. Here reading past the end is an
+/// error of a kind apache-avro passes on (not `UnexpectedEof`), and it is remembered.
+struct Strict<'a> {
+    rest: &'a [u8],
+    truncated: bool,
+}
+
+impl std::io::Read for Strict<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.rest.is_empty() && !buf.is_empty() {
+            self.truncated = true;
+            return Err(std::io::Error::other("truncated Avro body"));
+        }
+        self.rest.read(buf)
+    }
 }

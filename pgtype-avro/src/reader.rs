@@ -250,7 +250,11 @@ impl<'a> Reader<'a> {
                     elements.push(r.slot(element, typmod, true, false)?);
                     Ok(())
                 })?;
-                PgValue::Array(PgArray { dims, elements })
+                let a = PgArray { dims, elements };
+                if !a.is_well_formed() {
+                    return Err(bad("array dimensions do not match its elements"));
+                }
+                PgValue::Array(a)
             }
             PgType::Range { subtype, .. } => PgValue::Range(self.range(subtype)?),
             PgType::Multirange { range, .. } => {

@@ -359,12 +359,15 @@ fn parse_interval(text: &str) -> Result<PgInterval, String> {
             )
         })?;
         let unit = tokens.next().ok_or("number without unit")?;
-        match unit {
-            "year" | "years" => months += n.checked_mul(12).ok_or("interval out of range")?,
-            "mon" | "mons" => months += n,
-            "day" | "days" => days += n,
+        let (field, n) = match unit {
+            "year" | "years" => (&mut months, n.checked_mul(12)),
+            "mon" | "mons" => (&mut months, Some(n)),
+            "day" | "days" => (&mut days, Some(n)),
             _ => return Err(format!("unsupported interval unit {unit:?}")),
-        }
+        };
+        *field = n
+            .and_then(|n| field.checked_add(n))
+            .ok_or("interval out of range")?;
     }
     Ok(PgInterval {
         months: i32::try_from(months).map_err(|_| "interval out of range")?,
@@ -374,8 +377,8 @@ fn parse_interval(text: &str) -> Result<PgInterval, String> {
 }
 
 fn parse_interval_iso(s: &str) -> Result<PgInterval, String> {
-    let mut months: i64 = 0;
-    let mut days: i64 = 0;
+    let mut months: i128 = 0;
+    let mut days: i128 = 0;
     let mut micros: i128 = 0;
     let mut in_time = false;
     let b = s.as_bytes();
@@ -406,18 +409,20 @@ fn parse_interval_iso(s: &str) -> Result<PgInterval, String> {
         if ip.is_empty() || !ip.bytes().all(|c| c.is_ascii_digit()) {
             return Err(format!("bad number {num:?}"));
         }
-        let whole: i128 = ip.parse().map_err(|_| "number out of range")?;
+        // Every field fits an i64 (months and days are checked against i32 at the end), so
+        // a number beyond that is out of range whatever its unit.
+        let whole = i128::from(ip.parse::<i64>().map_err(|_| "interval out of range")?);
         let sign: i128 = if neg { -1 } else { 1 };
         if !(fp.is_empty() || (in_time && unit == b'S')) {
             return Err("fractional value only supported for seconds".into());
         }
-        match (in_time, unit) {
-            (false, b'Y') => months += i64::try_from(sign * whole * 12).map_err(|_| "range")?,
-            (false, b'M') => months += i64::try_from(sign * whole).map_err(|_| "range")?,
-            (false, b'W') => days += i64::try_from(sign * whole * 7).map_err(|_| "range")?,
-            (false, b'D') => days += i64::try_from(sign * whole).map_err(|_| "range")?,
-            (true, b'H') => micros += sign * whole * 3_600_000_000,
-            (true, b'M') => micros += sign * whole * 60_000_000,
+        let (field, amount) = match (in_time, unit) {
+            (false, b'Y') => (&mut months, whole * 12),
+            (false, b'M') => (&mut months, whole),
+            (false, b'W') => (&mut days, whole * 7),
+            (false, b'D') => (&mut days, whole),
+            (true, b'H') => (&mut micros, whole * 3_600_000_000),
+            (true, b'M') => (&mut micros, whole * 60_000_000),
             (true, b'S') => {
                 if fp.len() > 6 || !fp.bytes().all(|c| c.is_ascii_digit()) {
                     return Err("bad fractional seconds".into());
@@ -430,9 +435,15 @@ fn parse_interval_iso(s: &str) -> Result<PgInterval, String> {
                 for _ in fp.len()..6 {
                     f *= 10;
                 }
-                micros += sign * (whole * 1_000_000 + f);
+                (&mut micros, whole * 1_000_000 + f)
             }
             _ => return Err(format!("bad ISO 8601 designator {:?}", char::from(unit))),
+        };
+        // |amount| < 2^63 * 3.6e9 < 2^95, and a field that left the i64 range is rejected at
+        // once, so the sum stays far inside i128.
+        *field += sign * amount;
+        if i64::try_from(*field).is_err() {
+            return Err("interval out of range".into());
         }
     }
     Ok(PgInterval {
@@ -492,7 +503,7 @@ pub fn split_array(text: &str, delim: u8) -> Result<(Vec<ArrayDim>, Vec<Option<S
     for (d, &len) in lens.iter().enumerate() {
         let lower = match explicit.get(d) {
             Some(&(lo, hi)) => {
-                if hi - lo + 1 != len {
+                if i128::from(hi) - i128::from(lo) + 1 != i128::from(len) {
                     return Err("dimension bounds do not match the elements".into());
                 }
                 lo
@@ -1063,11 +1074,7 @@ fn render_interval(iv: &PgInterval) -> String {
 }
 
 fn render_array(element: &PgType, a: &PgArray) -> Result<String, Error> {
-    let expected: i64 = a.dims.iter().map(|d| i64::from(d.length)).product();
-    if (a.dims.is_empty() && !a.elements.is_empty())
-        || (!a.dims.is_empty() && expected != a.elements.len() as i64)
-        || a.dims.iter().any(|d| d.length <= 0)
-    {
+    if !a.is_well_formed() {
         return Err(Error::ValueType {
             type_name: format!("{}[]", element.name()),
             value: format!(
@@ -1330,6 +1337,40 @@ mod tests {
         assert!(parse_text(&t, -1, "1 fortnight").is_err());
     }
 
+    /// Inputs found by the `text_parsers` fuzz target (docs/fuzzing.md): fields whose sum or
+    /// product leaves the integer range are "out of range" errors, not overflow panics.
+    #[test]
+    fn interval_overflow_is_an_error() {
+        let t = b(Builtin::Interval);
+        for text in [
+            "-178956970789560970 years -735791394157913938 years -862 years",
+            "9223372036854775807 mons 1 mons",
+            "-9223372036854775807 days -2 days",
+            "768614336404564651 years",
+            "P170141183460469231731687303715884105727Y",
+            "P9223372036854775807Y",
+            "PT9223372036854775807H",
+            "PT9223372036854775807H9223372036854775807H",
+            "P1DT-9223372036854775807M-9223372036854775807M",
+            "PT9223372036854775807S",
+        ] {
+            let e = parse_text(&t, -1, text).expect_err(text);
+            assert!(e.to_string().contains("out of range"), "{text}: {e}");
+        }
+        assert_eq!(
+            rt(&t, "P-1Y13M"),
+            PgValue::Interval(PgInterval {
+                months: 1,
+                days: 0,
+                micros: 0
+            })
+        );
+        assert_eq!(
+            rt(&t, "1 day -1 days"),
+            PgValue::Interval(PgInterval::default())
+        );
+    }
+
     #[test]
     fn arrays() {
         let t = PgType::from_builtin_oid(1007).unwrap();
@@ -1365,6 +1406,9 @@ mod tests {
         assert!(parse_text(&t, -1, "{{1,2},{3}}").is_err());
         assert!(parse_text(&t, -1, "{1,{2}}").is_err());
         assert!(parse_text(&t, -1, "[1:3]={1,2}").is_err());
+        // Found by fuzzing: bounds at the ends of the i64 range overflowed `hi - lo + 1`.
+        assert!(parse_text(&t, -1, "[-9223372036854775808:9223372036854775807]={1}").is_err());
+        assert!(parse_text(&t, -1, "[9223372036854775807:-9223372036854775808]={1}").is_err());
         let tt = PgType::from_builtin_oid(1009).unwrap();
         assert_eq!(
             rt(&tt, r#"{"NULL",NULL,"a \"b\" \\c","",  x y  ,é}"#),

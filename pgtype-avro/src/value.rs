@@ -223,6 +223,27 @@ impl PgArray {
         };
         PgArray { dims, elements }
     }
+
+    /// Whether the dimensions describe the elements, as in every array PostgreSQL has: no
+    /// dimensions for the empty array, otherwise every length at least 1 and their product
+    /// equal to the number of elements. Only such arrays encode, render and decode.
+    pub fn is_well_formed(&self) -> bool {
+        if self.dims.is_empty() {
+            return self.elements.is_empty();
+        }
+        let mut n: usize = 1;
+        for d in &self.dims {
+            match usize::try_from(d.length)
+                .ok()
+                .filter(|&l| l > 0)
+                .and_then(|l| n.checked_mul(l))
+            {
+                Some(m) => n = m,
+                None => return false,
+            }
+        }
+        n == self.elements.len()
+    }
 }
 
 /// One bound of a range.
@@ -304,6 +325,68 @@ mod tests {
             assert!(d >= 1 && d <= days_in_month(y, m));
             assert_eq!(days_from_civil(y, m, d), z);
         }
+    }
+
+    /// Found by the `single_object` fuzz target (docs/fuzzing.md): a decoded array whose
+    /// dimension lengths multiply past i64 overflowed in the encoder and the renderer, and
+    /// both readers accepted arrays whose dimensions do not match their elements.
+    #[test]
+    fn malformed_arrays_are_rejected_everywhere() {
+        use crate::types::PgType;
+        let huge = ArrayDim {
+            lower: 1,
+            length: i32::MAX,
+        };
+        let bad = [
+            PgArray {
+                dims: vec![huge; 3],
+                elements: vec![],
+            },
+            PgArray {
+                dims: vec![],
+                elements: vec![PgValue::Null],
+            },
+            PgArray {
+                dims: vec![ArrayDim {
+                    lower: 1,
+                    length: 0,
+                }],
+                elements: vec![],
+            },
+            PgArray {
+                dims: vec![ArrayDim {
+                    lower: 1,
+                    length: -1,
+                }],
+                elements: vec![PgValue::Null],
+            },
+        ];
+        let ty = PgType::from_builtin_oid(1007).unwrap();
+        for a in bad {
+            assert!(!a.is_well_formed(), "{a:?}");
+            let v = PgValue::Array(a);
+            assert!(crate::text::render_text(&ty, &v).is_err());
+            assert!(crate::avro::to_branch(&ty, -1, &v).is_err());
+        }
+        assert!(PgArray::one_dim(vec![]).is_well_formed());
+        assert!(PgArray::one_dim(vec![PgValue::Int4(1)]).is_well_formed());
+        // dims [1:1] and no elements, through both readers.
+        let body = [0x02, 0x02, 0x02, 0x00, 0x00];
+        assert!(
+            crate::reader::Reader::new(&body)
+                .slot(&ty, -1, false, false)
+                .is_err()
+        );
+        let schema = apache_avro::Schema::parse(&crate::schema::value_schema(
+            &ty,
+            -1,
+            false,
+            false,
+            &mut crate::schema::NamedTypes::new(),
+        ))
+        .unwrap();
+        let avro = crate::fingerprint::decode_body(&schema, &body).unwrap();
+        assert!(crate::avro::from_slot(&ty, -1, &avro, false, false).is_err());
     }
 
     #[test]

@@ -207,6 +207,36 @@ fn framing_errors_are_reported_not_panics() {
     assert!("8f5c393f1ad5757g".parse::<Fingerprint>().is_err());
 }
 
+/// Found by the `single_object` fuzz target (docs/fuzzing.md): apache-avro 0.22 decodes a union
+/// whose branch index is missing because the input ended as its first branch (`null`), so a
+/// truncated body came back as a record with NULLs, and an array of nullable items with a huge
+/// count and no items spun for seconds building nulls from nothing.
+#[test]
+fn truncated_unions_are_errors() {
+    let schema = Schema::parse_str(
+        r#"{"type":"record","name":"r","fields":[{"name":"a","type":"long"},{"name":"c","type":{"type":"array","items":["null","string"]}},{"name":"b","type":["null","long"]}]}"#,
+    )
+    .unwrap();
+    let v = Value::Record(vec![
+        ("a".into(), Value::Long(7)),
+        (
+            "c".into(),
+            Value::Array(vec![Value::Union(0, Box::new(Value::Null))]),
+        ),
+        ("b".into(), Value::Union(1, Box::new(Value::Long(-1)))),
+    ]);
+    let body = walbrook_pgtype_avro::fingerprint::encode_body(&schema, &v).unwrap();
+    assert_eq!(decode_body(&schema, &body).unwrap(), v);
+    for cut in 0..body.len() {
+        assert!(decode_body(&schema, &body[..cut]).is_err(), "cut at {cut}");
+    }
+    // a = 0, then c: a block of 4 million items, and nothing after it.
+    let hostile = [0x00, 0x80, 0xA4, 0xE8, 0x03];
+    let started = std::time::Instant::now();
+    assert!(decode_body(&schema, &hostile).is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
     #[test]

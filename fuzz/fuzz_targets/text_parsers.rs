@@ -1,0 +1,38 @@
+//! `walbrook_pgtype_avro::parse_text` on arbitrary text for the type chosen by the first
+//! input byte (see `walbrook_fuzz::text::types`). It must never panic, and a value it accepts
+//! must survive the round trip: `render_text` succeeds, and parsing its output gives the same
+//! value again.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use libfuzzer_sys::fuzz_target;
+use walbrook_fuzz::same;
+use walbrook_pgtype_avro::{PgType, parse_text, render_text};
+
+static TYPES: LazyLock<Vec<(&'static str, PgType, i32)>> =
+    LazyLock::new(walbrook_fuzz::text::types);
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let (name, ty, typmod) = &TYPES[usize::from(selector) % TYPES.len()];
+    let Ok(value) = parse_text(ty, *typmod, text) else {
+        return;
+    };
+    let rendered = match render_text(ty, &value) {
+        Ok(Some(s)) => s,
+        other => panic!("{name}: {text:?} parsed as {value:?} but renders as {other:?}"),
+    };
+    match parse_text(ty, *typmod, &rendered) {
+        Ok(again) => assert!(
+            same(&again, &value),
+            "{name}: {text:?} -> {value:?} -> {rendered:?} -> {again:?}"
+        ),
+        Err(e) => panic!("{name}: {text:?} -> {value:?} -> {rendered:?} does not parse: {e}"),
+    }
+});
