@@ -30,9 +30,15 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     };
     let mut problems = 0;
     let pg_url = config.pg_url.expose().to_string();
+    let mut database = None;
     match connect_sql(&pg_url).await {
         Ok(client) => {
             println!("ok    PostgreSQL reachable at {}", redact_url(&pg_url));
+            database = client
+                .query_one("SELECT current_database()::text", &[])
+                .await
+                .ok()
+                .map(|row| row.get::<_, String>(0));
             let found = setup::check(&client, &config).await;
             if found.is_empty() {
                 println!(
@@ -65,7 +71,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            report_stream_drift(&js, &config.root, &config.stream, &config).await;
+            if let Some(database) = &database {
+                report_stream_drift(&js, &Subjects::new(&config.root, database), &config.stream)
+                    .await;
+            }
         }
         Err(e) => {
             problems += 1;
@@ -83,21 +92,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
 /// the producer leaves operator changes in place).
 async fn report_stream_drift(
     js: &async_nats::jetstream::Context,
-    root: &str,
+    subjects: &Subjects,
     wanted: &StreamConfig,
-    config: &walbrook_producer::config::ProducerConfig,
 ) {
-    let Ok(client) = connect_sql(config.pg_url.expose()).await else {
-        return;
-    };
-    let Ok(row) = client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-    else {
-        return;
-    };
-    let database: String = row.get(0);
-    let subjects = Subjects::new(root, &database);
     for kind in [StreamKind::Wal, StreamKind::Schema] {
         let name = subjects.stream_name(kind);
         match js.get_stream(&name).await {

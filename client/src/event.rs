@@ -11,64 +11,9 @@ use walbrook_pgtype_avro::{
 };
 
 use crate::error::{Error, ErrorKind};
-use crate::names::Lsn;
+use walbrook_protocol::Lsn;
 
-/// The operation of a change event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    /// A new row (`after`).
-    Insert,
-    /// A changed row whose replica identity did not change (`after`; `before` under REPLICA
-    /// IDENTITY FULL).
-    Update,
-    /// A changed row whose identity (key) changed: `before` has the old key.
-    UpdateKey,
-    /// A removed row (`before` has its identity, or the whole row under FULL).
-    Delete,
-    /// The table was truncated (no rows).
-    Truncate,
-    /// A snapshot row (`after`).
-    Read,
-}
-
-impl Op {
-    /// The protocol's lower-case name (`insert`, `update_key`…), as in the `Walbrook-Op` header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Insert => "insert",
-            Op::Update => "update",
-            Op::UpdateKey => "update_key",
-            Op::Delete => "delete",
-            Op::Truncate => "truncate",
-            Op::Read => "read",
-        }
-    }
-
-    /// By the index of the `walbrook.Op` enum symbol.
-    pub(crate) fn from_index(index: i64) -> Option<Op> {
-        Some(match index {
-            0 => Op::Insert,
-            1 => Op::Update,
-            2 => Op::UpdateKey,
-            3 => Op::Delete,
-            4 => Op::Truncate,
-            5 => Op::Read,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for Op {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
+pub use walbrook_protocol::Op;
 
 /// Where and when a change happened (the envelope's `source` record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,65 +1,47 @@
 //! Subjects, stream names (docs/protocol.md §1–2), table patterns and LSNs.
 
 use std::fmt;
-use std::fmt::Write;
 use std::str::FromStr;
 
 use crate::error::{Error, ErrorKind};
 
-/// Escapes a PostgreSQL name into one NATS subject token (docs/protocol.md §1.1): ASCII
-/// letters, digits, `_` and `-` stand for themselves, every other byte of the UTF-8 encoding
-/// (including `~`) becomes `~XX` in uppercase hex.
-pub fn escape_token(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "~{byte:02X}");
-        }
-    }
-    out
-}
+pub use walbrook_protocol::{Lsn, escape_token};
+use walbrook_protocol::{StreamKind, Subjects};
 
-/// Subject and stream names of one database.
+/// Subject and stream names of one database (the protocol's [`Subjects`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Names {
-    root: String,
-    db: String,
+    subjects: Subjects,
 }
 
 impl Names {
     pub(crate) fn new(root: &str, database: &str) -> Names {
         Names {
-            root: root.to_owned(),
-            db: escape_token(database),
+            subjects: Subjects::new(root, database),
         }
     }
 
     /// `<root>_<db>_WAL`
     pub(crate) fn wal_stream(&self) -> String {
-        format!("{}_{}_WAL", self.root.replace('.', "_"), self.db)
+        self.subjects.stream_name(StreamKind::Wal)
     }
 
     /// `<root>.<db>.wal.>`
     pub(crate) fn wal_all(&self) -> String {
-        format!("{}.{}.wal.>", self.root, self.db)
+        self.subjects.stream_subjects(StreamKind::Wal)
     }
 
     /// `<root>.<db>.rpc.schema`
     pub(crate) fn schema_rpc(&self) -> String {
-        format!("{}.{}.rpc.schema", self.root, self.db)
+        self.subjects.schema_rpc()
     }
 
     /// The filter subject of a table pattern.
     pub(crate) fn wal_filter(&self, pattern: &TablePattern) -> String {
-        let prefix = format!("{}.{}.wal", self.root, self.db);
         match pattern {
-            TablePattern::All => format!("{prefix}.>"),
-            TablePattern::Schema(schema) => format!("{prefix}.{}.*", escape_token(schema)),
-            TablePattern::Table { schema, table } => {
-                format!("{prefix}.{}.{}", escape_token(schema), escape_token(table))
-            }
+            TablePattern::All => self.wal_all(),
+            TablePattern::Schema(schema) => self.subjects.changes_of_schema(schema),
+            TablePattern::Table { schema, table } => self.subjects.change(schema, table),
         }
     }
 }
@@ -124,44 +106,6 @@ impl fmt::Display for TablePattern {
             TablePattern::Schema(schema) => write!(f, "{schema}.*"),
             TablePattern::All => f.write_str("*"),
         }
-    }
-}
-
-/// A PostgreSQL log sequence number (a WAL position). Displays and parses in PostgreSQL's form,
-/// `X/X` in uppercase hex (`0/16B3F20`), and serialises as that text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Lsn(pub u64);
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
-
-impl FromStr for Lsn {
-    type Err = Error;
-
-    fn from_str(text: &str) -> Result<Lsn, Error> {
-        let bad = || {
-            Error::new(
-                ErrorKind::Config,
-                format!("invalid LSN {text:?}: expected two hex numbers separated by '/'"),
-            )
-        };
-        let (high, low) = text.split_once('/').ok_or_else(bad)?;
-        let part = |p: &str| {
-            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            u32::from_str_radix(p, 16).map_err(|_| bad())
-        };
-        Ok(Lsn((u64::from(part(high)?) << 32) | u64::from(part(low)?)))
-    }
-}
-
-impl serde::Serialize for Lsn {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
     }
 }
 

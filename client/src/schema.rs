@@ -13,13 +13,13 @@ use async_nats::RequestErrorKind;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 use walbrook_pgtype_avro::fingerprint::{parsing_canonical_form, split_single_object};
 use walbrook_pgtype_avro::{Fingerprint, TableSchema};
 
 use crate::error::{Error, ErrorKind};
 use crate::event::{Column, Op, Row, Source};
-use crate::names::Lsn;
+use walbrook_protocol::{Lsn, OP_SYMBOLS};
 
 /// One envelope schema version as the registry announced it (docs/protocol.md §5.1).
 #[derive(Debug)]
@@ -40,31 +40,6 @@ pub(crate) struct Decoded {
     pub(crate) source: Source,
     pub(crate) before: Option<Row>,
     pub(crate) after: Option<Row>,
-}
-
-const OP_SYMBOLS: [&str; 6] = [
-    "INSERT",
-    "UPDATE",
-    "UPDATE_KEY",
-    "DELETE",
-    "TRUNCATE",
-    "READ",
-];
-
-/// The `walbrook.Source` record the client reads.
-fn expected_source() -> Json {
-    json!({"type": "record", "name": "Source", "namespace": "walbrook", "fields": [
-        {"name": "database", "type": "string"},
-        {"name": "schema", "type": "string"},
-        {"name": "table", "type": "string"},
-        {"name": "xid", "type": "long"},
-        {"name": "commit_lsn", "type": "long"},
-        {"name": "lsn", "type": "long"},
-        {"name": "commit_ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-        {"name": "ordinal", "type": "long"},
-        {"name": "last", "type": "boolean"},
-        {"name": "sent_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}
-    ]})
 }
 
 fn decode_err(detail: impl Into<String>) -> Error {
@@ -110,7 +85,7 @@ impl EventSchema {
             return Err(bad("op is not the walbrook.Op enum"));
         }
         let pcf = |j: &Json| parsing_canonical_form(j).map_err(|e| bad(&e.to_string()));
-        if pcf(&fields[1]["type"])? != pcf(&expected_source())? {
+        if pcf(&fields[1]["type"])? != pcf(&walbrook_protocol::source_schema())? {
             return Err(bad("source is not the walbrook.Source record"));
         }
         let record = |i: usize| -> Result<TableSchema, Error> {
@@ -444,6 +419,7 @@ impl Rpc {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use serde_json::json;
     use walbrook_pgtype_avro::{ColumnDesc, PgNumeric, PgValue, RelationDesc, ReplicaIdentity};
     use walbrook_producer::event::{Op as WireOp, Source as WireSource, TableEncoder};
     use walbrook_producer::lsn::Lsn as WireLsn;

@@ -8,66 +8,16 @@
 use apache_avro::Schema;
 use apache_avro::types::Value;
 use serde_json::{Value as Json, json};
-use walbrook_pgtype_avro::fingerprint::{encode_single_object, split_single_object};
+use walbrook_pgtype_avro::fingerprint::encode_single_object;
 use walbrook_pgtype_avro::schema::NamedTypes;
 use walbrook_pgtype_avro::{
-    ColumnValue, Fingerprint, RecordKind, RelationDesc, ReplicaIdentity, TableSchema, record_json,
+    ColumnValue, Fingerprint, RecordKind, RelationDesc, TableSchema, record_json,
 };
 
 use crate::lsn::Lsn;
 use crate::pgoutput;
 
-/// The operation of an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    /// A new row.
-    Insert,
-    /// A changed row whose identity did not change.
-    Update,
-    /// A changed row whose identity (key) changed; `before` has the old key.
-    UpdateKey,
-    /// A removed row.
-    Delete,
-    /// The table was truncated.
-    Truncate,
-    /// A snapshot row.
-    Read,
-}
-
-/// Symbols of the `walbrook.Op` enum, in order.
-pub const OP_SYMBOLS: [&str; 6] = [
-    "INSERT",
-    "UPDATE",
-    "UPDATE_KEY",
-    "DELETE",
-    "TRUNCATE",
-    "READ",
-];
-
-impl Op {
-    fn index(self) -> usize {
-        match self {
-            Op::Insert => 0,
-            Op::Update => 1,
-            Op::UpdateKey => 2,
-            Op::Delete => 3,
-            Op::Truncate => 4,
-            Op::Read => 5,
-        }
-    }
-
-    /// The `Walbrook-Op` header value.
-    pub fn header_value(self) -> &'static str {
-        match self {
-            Op::Insert => "insert",
-            Op::Update => "update",
-            Op::UpdateKey => "update_key",
-            Op::Delete => "delete",
-            Op::Truncate => "truncate",
-            Op::Read => "read",
-        }
-    }
-}
+pub use walbrook_protocol::{OP_SYMBOLS, Op};
 
 /// The `source` record of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,19 +386,7 @@ pub fn envelope_json(desc: &RelationDesc) -> Json {
         "fields": [
             {"name": "op", "type": {"type": "enum", "name": "Op", "namespace": "walbrook",
                                      "symbols": OP_SYMBOLS}},
-            {"name": "source", "type": {"type": "record", "name": "Source", "namespace": "walbrook",
-                "fields": [
-                    {"name": "database", "type": "string"},
-                    {"name": "schema", "type": "string"},
-                    {"name": "table", "type": "string"},
-                    {"name": "xid", "type": "long"},
-                    {"name": "commit_lsn", "type": "long"},
-                    {"name": "lsn", "type": "long"},
-                    {"name": "commit_ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-                    {"name": "ordinal", "type": "long"},
-                    {"name": "last", "type": "boolean"},
-                    {"name": "sent_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}
-                ]}},
+            {"name": "source", "type": walbrook_protocol::source_schema()},
             {"name": "before", "type": ["null", before]},
             {"name": "after", "type": ["null", after]}
         ],
@@ -456,24 +394,10 @@ pub fn envelope_json(desc: &RelationDesc) -> Json {
     })
 }
 
-/// Reads the fingerprint of a change message without decoding it.
-pub fn message_fingerprint(payload: &[u8]) -> Option<Fingerprint> {
-    split_single_object(payload).ok().map(|(fp, _)| fp)
-}
-
-/// Whether a relation's replica identity lets PostgreSQL publish updates and deletes.
-pub fn publishes_updates(desc: &RelationDesc) -> bool {
-    match desc.replica_identity {
-        ReplicaIdentity::Full | ReplicaIdentity::Index => true,
-        ReplicaIdentity::Default => desc.columns.iter().any(|c| c.is_key),
-        ReplicaIdentity::Nothing => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use walbrook_pgtype_avro::{ColumnDesc, PgType};
+    use walbrook_pgtype_avro::{ColumnDesc, PgType, ReplicaIdentity};
 
     use super::*;
 

@@ -10,7 +10,7 @@
 pub mod catalog;
 pub mod config;
 pub mod event;
-pub mod lsn;
+pub use walbrook_protocol::lsn;
 pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
@@ -19,6 +19,6 @@ pub mod registry;
 pub mod replication;
 pub mod setup;
 pub mod streams;
-pub mod subject;
+pub use walbrook_protocol::subject;
 
 pub use lsn::{Lsn, Xid};

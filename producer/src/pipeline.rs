@@ -698,7 +698,7 @@ impl Pipeline<'_> {
             headers::FINGERPRINT,
             held.encoder.fingerprint().to_string().as_str(),
         );
-        headers.insert(headers::OP, held.op.header_value());
+        headers.insert(headers::OP, held.op.as_str());
         headers.insert(headers::COMMIT_LSN, tx.commit_lsn.to_string().as_str());
         headers.insert(headers::ORDINAL, held.ordinal.to_string().as_str());
         if last {
@@ -717,7 +717,7 @@ impl Pipeline<'_> {
             .events
             .get_or_create(&crate::metrics::EventLabels {
                 table: format!("{}.{}", desc.schema, desc.table),
-                op: held.op.header_value().into(),
+                op: held.op.as_str().into(),
             })
             .inc();
         Ok(())

@@ -1,25 +1,11 @@
 //! JetStream streams: created when missing, never silently overwritten.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, stream};
 
 use crate::config::{Storage, StreamConfig};
 use crate::lsn::Lsn;
 
-/// Header names of change events (docs/protocol.md §3.3).
-pub mod headers {
-    /// Commit LSN in `X/X` form.
-    pub const COMMIT_LSN: &str = "Walbrook-Commit-Lsn";
-    /// Ordinal within the transaction.
-    pub const ORDINAL: &str = "Walbrook-Ordinal";
-    /// `true` on a transaction's last event.
-    pub const LAST: &str = "Walbrook-Last";
-    /// Operation.
-    pub const OP: &str = "Walbrook-Op";
-    /// Fingerprint text.
-    pub const FINGERPRINT: &str = "Walbrook-Fingerprint";
-}
+pub use walbrook_protocol::headers;
 
 /// An error managing streams.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +149,3 @@ pub fn event_position(headers: &async_nats::HeaderMap) -> Option<(Lsn, u64)> {
         .and_then(|v| v.as_str().parse::<u64>().ok())?;
     Some((lsn, ordinal))
 }
-
-/// How long to wait between attempts to reach JetStream at start-up.
-pub const STARTUP_RETRY: Duration = Duration::from_secs(1);

@@ -114,6 +114,17 @@ impl Subjects {
         self.table_subject(StreamKind::Wal, schema, table)
     }
 
+    /// `<root>.<db>.wal.<schema>.*`: the change events of every table of a schema.
+    pub fn changes_of_schema(&self, schema: &str) -> String {
+        format!(
+            "{}.{}.{}.{}.*",
+            self.root,
+            self.db,
+            StreamKind::Wal.subject_word(),
+            escape_token(schema)
+        )
+    }
+
     /// `<root>.<db>.schema.<schema>.<table>`
     pub fn schema_announcement(&self, schema: &str, table: &str) -> String {
         self.table_subject(StreamKind::Schema, schema, table)

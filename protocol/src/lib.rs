@@ -1,0 +1,136 @@
+//! Walbrook's wire vocabulary (docs/protocol.md), shared by the producer and the client
+//! so that both sides spell it the same way: WAL positions ([`Lsn`]), subjects and stream
+//! names with reversible token escaping ([`subject`]), the operation enum ([`Op`]), the
+//! `walbrook.Source` record schema, and header names ([`headers`]).
+
+pub mod lsn;
+pub mod subject;
+
+pub use lsn::{Lsn, ParseLsnError, Xid};
+pub use subject::{StreamKind, Subjects, escape_token, unescape_token};
+
+/// The operation of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A new row (`after`).
+    Insert,
+    /// A changed row whose replica identity did not change (`after`; `before` under
+    /// REPLICA IDENTITY FULL).
+    Update,
+    /// A changed row whose identity (key) changed: `before` has the old key.
+    UpdateKey,
+    /// A removed row (`before` has its identity, or the whole row under FULL).
+    Delete,
+    /// The table was truncated (no rows).
+    Truncate,
+    /// A snapshot row (`after`).
+    Read,
+}
+
+/// Symbols of the `walbrook.Op` enum, in order.
+pub const OP_SYMBOLS: [&str; 6] = [
+    "INSERT",
+    "UPDATE",
+    "UPDATE_KEY",
+    "DELETE",
+    "TRUNCATE",
+    "READ",
+];
+
+impl Op {
+    /// Index of the `walbrook.Op` enum symbol.
+    pub fn index(self) -> usize {
+        match self {
+            Op::Insert => 0,
+            Op::Update => 1,
+            Op::UpdateKey => 2,
+            Op::Delete => 3,
+            Op::Truncate => 4,
+            Op::Read => 5,
+        }
+    }
+
+    /// By the index of the `walbrook.Op` enum symbol.
+    pub fn from_index(index: i64) -> Option<Op> {
+        Some(match index {
+            0 => Op::Insert,
+            1 => Op::Update,
+            2 => Op::UpdateKey,
+            3 => Op::Delete,
+            4 => Op::Truncate,
+            5 => Op::Read,
+            _ => return None,
+        })
+    }
+
+    /// The protocol's lower-case name (`insert`, `update_key`…), as in the `Walbrook-Op`
+    /// header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::UpdateKey => "update_key",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+            Op::Read => "read",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Serialises as the lower-case name ([`Op::as_str`]).
+impl serde::Serialize for Op {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// The `walbrook.Source` record of every change event (docs/protocol.md §3.2).
+pub fn source_schema() -> serde_json::Value {
+    serde_json::json!({"type": "record", "name": "Source", "namespace": "walbrook", "fields": [
+        {"name": "database", "type": "string"},
+        {"name": "schema", "type": "string"},
+        {"name": "table", "type": "string"},
+        {"name": "xid", "type": "long"},
+        {"name": "commit_lsn", "type": "long"},
+        {"name": "lsn", "type": "long"},
+        {"name": "commit_ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "ordinal", "type": "long"},
+        {"name": "last", "type": "boolean"},
+        {"name": "sent_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}
+    ]})
+}
+
+/// Header names of change events (docs/protocol.md §3.3).
+pub mod headers {
+    /// Commit LSN in `X/X` form.
+    pub const COMMIT_LSN: &str = "Walbrook-Commit-Lsn";
+    /// Ordinal within the transaction.
+    pub const ORDINAL: &str = "Walbrook-Ordinal";
+    /// `true` on a transaction's last event.
+    pub const LAST: &str = "Walbrook-Last";
+    /// Operation.
+    pub const OP: &str = "Walbrook-Op";
+    /// Fingerprint text.
+    pub const FINGERPRINT: &str = "Walbrook-Fingerprint";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_indexes_match_the_symbols() {
+        for index in 0..6 {
+            let op = Op::from_index(index).unwrap();
+            assert_eq!(i64::try_from(op.index()).unwrap(), index);
+            assert_eq!(OP_SYMBOLS[op.index()].to_lowercase(), op.as_str());
+        }
+        assert_eq!(Op::from_index(6), None);
+    }
+}
