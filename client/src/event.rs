@@ -24,7 +24,8 @@ pub struct Source {
     pub schema: String,
     /// Table name.
     pub table: String,
-    /// Transaction id as pgoutput reports it (32 bits, no epoch).
+    /// The 64-bit transaction id (`xid8`: epoch and xid), as `pg_current_xact_id()`
+    /// reports it inside the source transaction.
     pub xid: i64,
     /// LSN of the transaction's commit: the event's position.
     pub commit_lsn: Lsn,

@@ -54,6 +54,7 @@
 
 mod error;
 mod event;
+mod large_payload;
 mod names;
 mod options;
 mod schema;

@@ -15,6 +15,7 @@ use walbrook_pgtype_avro::fingerprint::split_single_object;
 
 use crate::error::{Error, ErrorKind, UndecodedMessage};
 use crate::event::{AckHandle, ChangeEvent};
+use crate::large_payload::PayloadObjects;
 use crate::names::{Lsn, Names, TablePattern};
 use crate::schema::SchemaCache;
 
@@ -345,11 +346,13 @@ pub(crate) async fn subscribe(
             (Box::pin(messages), name, false)
         }
     };
+    let objects = Arc::new(PayloadObjects::new(js.clone()));
     let events = messages.then(move |item| {
         let cache = cache.clone();
+        let objects = objects.clone();
         async move {
             match item {
-                Ok(message) => decode_message(&cache, message, durable).await,
+                Ok(message) => decode_message(&cache, &objects, message, durable).await,
                 Err(e) => Err(e),
             }
         }
@@ -440,6 +443,7 @@ async fn first_sequence_at(stream: &JsStream, names: &Names, lsn: Lsn) -> Result
 
 async fn decode_message(
     cache: &SchemaCache,
+    objects: &PayloadObjects,
     message: Message,
     durable: bool,
 ) -> Result<ChangeEvent, Error> {
@@ -471,6 +475,15 @@ async fn decode_message(
             payload: payload.clone(),
             ack: ack.clone(),
         })
+    };
+    // An event larger than the server's max_payload: its body is in the object store.
+    let reference = headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::PAYLOAD_OBJECT))
+        .map(|v| v.as_str().to_string());
+    let payload = match reference {
+        Some(reference) => objects.fetch(&reference).await.map_err(undecoded)?,
+        None => payload.clone(),
     };
     let (fingerprint, _) = split_single_object(&payload).map_err(|e| {
         undecoded(Error::with_source(

@@ -254,6 +254,8 @@ impl RawConfig {
                 "must be a postgres:// or postgresql:// URL",
             ));
         }
+        // TLS parameters (sslmode, sslrootcert, …) are checked now, not at first connect.
+        crate::postgres::PgSettings::parse(&pg_url.0).map_err(|e| invalid("postgres.url", &e))?;
         let nats_url = self
             .nats
             .url

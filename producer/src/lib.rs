@@ -1,24 +1,28 @@
-//! The Walbrook producer appliance.
+//! The Walbrook producer appliance: PostgreSQL logical replication (pgoutput) → Avro →
+//! NATS JetStream, with the LSN confirmed only for changes JetStream has stored.
 //!
-//! **Status: being built** (issue #4). Working and tested so far: the pure pgoutput
-//! decoder ([`pgoutput`]), the WAL position newtypes ([`lsn`]), subject and stream
-//! naming with reversible escaping ([`subject`]), and the pipelined, in-order,
-//! lossless JetStream publisher ([`publish`]). The replication
-//! loop, Avro encoding and JetStream publishing are not built yet; the wire contract
-//! they implement is `docs/protocol.md`.
+//! The wire contract is `docs/protocol.md`; operating it is in the README. The modules
+//! follow the data: [`setup`] and [`tables`] prepare the database, [`replication`]
+//! owns the replication connection, [`pgoutput`] decodes it, [`catalog`] and [`event`]
+//! turn changes into Avro events, [`registry`] persists, announces and serves schemas,
+//! [`publish`] stores events in JetStream in order (bounded window, in-order acks),
+//! [`streams`] creates and reads the streams, and [`pipeline`] ties them together.
 
 pub mod catalog;
 pub mod config;
 pub mod event;
+pub mod large_payload;
 pub use walbrook_protocol::lsn;
 pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
+pub mod postgres;
 pub mod publish;
 pub mod registry;
 pub mod replication;
 pub mod setup;
 pub mod streams;
+pub mod tables;
 pub use walbrook_protocol::subject;
 
-pub use lsn::{Lsn, Xid};
+pub use lsn::{FullXid, Lsn, Xid};

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub errors: Family<KindLabels, Counter>,
     /// Publishes re-sent after a failed or missing ack.
     pub resends: Counter,
+    /// Events whose payload went to the object store (larger than `max_payload`).
+    pub large_payloads: Counter,
     ready: Arc<AtomicBool>,
 }
 
@@ -110,6 +112,12 @@ impl Metrics {
             "Publishes re-sent after a failed or missing acknowledgement",
             resends.clone(),
         );
+        let large_payloads = Counter::default();
+        registry.register(
+            "large_payloads",
+            "Events larger than the server's max_payload, stored in the object store",
+            large_payloads.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             events,
@@ -121,6 +129,7 @@ impl Metrics {
             reconnects,
             errors,
             resends,
+            large_payloads,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }

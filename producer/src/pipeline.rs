@@ -34,15 +34,18 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::Catalog;
 use crate::config::{NatsAuth, NatsConfig, ProducerConfig, redact_url};
 use crate::event::{EncodeError, Op, Source, TableEncoder};
-use crate::lsn::Lsn;
+use crate::large_payload::{LargePayloadError, LargePayloads};
+use crate::lsn::{FullXid, Lsn};
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message, Oid, Tuple};
+use crate::postgres::PgSettings;
 use crate::publish::{OutMessage, PublishFailure, Publisher, RetryPolicy, context_for};
 use crate::registry::{self, Registry};
 use crate::replication::{ConnectionTarget, ReplicationError, ReplicationStream, StreamItem};
 use crate::setup;
 use crate::streams::{self, StreamError, headers};
 use crate::subject::{StreamKind, Subjects};
+use crate::tables;
 
 /// How often a standby producer tries to take the slot over.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
@@ -79,6 +82,10 @@ pub enum ProducerError {
     /// The replication stream failed.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
+    /// An oversized payload could not be stored in the object store (retryable: the
+    /// producer resumes from the slot and tries again).
+    #[error(transparent)]
+    LargePayload(#[from] LargePayloadError),
     /// pgoutput broke an invariant (e.g. a change outside a transaction).
     #[error("unexpected replication message: {0}")]
     Protocol(String),
@@ -90,7 +97,9 @@ impl ProducerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ProducerError::Replication(e) => e.is_retryable(),
-            ProducerError::Postgres { .. } | ProducerError::Nats(_) => true,
+            ProducerError::Postgres { .. }
+            | ProducerError::Nats(_)
+            | ProducerError::LargePayload(_) => true,
             ProducerError::Publish(e) => !e.is_definite(),
             _ => false,
         }
@@ -108,16 +117,19 @@ fn pg_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Producer
 }
 
 /// Opens a SQL connection whose connection task runs in the background.
+/// TLS follows the URL's libpq parameters ([`crate::postgres`]).
 pub async fn connect_sql(url: &str) -> Result<Client, ProducerError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let settings = PgSettings::parse(url).map_err(|detail| ProducerError::Postgres {
+        context: "reading postgres.url",
+        detail,
+    })?;
+    settings
+        .connect()
         .await
-        .map_err(pg_error("connecting"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "SQL connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(|detail| ProducerError::Postgres {
+            context: "connecting",
+            detail,
+        })
 }
 
 /// Connects to NATS with the configured credentials and TLS.
@@ -190,7 +202,9 @@ fn error_kind(error: &ProducerError) -> &'static str {
     match error {
         ProducerError::Setup(_) => "setup",
         ProducerError::Postgres { .. } => "postgres",
-        ProducerError::Nats(_) | ProducerError::Stream(_) => "nats",
+        ProducerError::Nats(_) | ProducerError::Stream(_) | ProducerError::LargePayload(_) => {
+            "nats"
+        }
         ProducerError::Publish(_) => "publish",
         ProducerError::Encode(_) => "encode",
         ProducerError::Replication(_) => "replication",
@@ -213,10 +227,28 @@ async fn run_inner(
     // NATS before the slot: a slot created for a producer that cannot publish would
     // only retain WAL.
     let nats = connect_nats(&config.nats).await?;
-    sql.batch_execute(registry::SETUP_SQL)
+    // One transaction, serialized by an advisory lock: two producers starting at once
+    // (active and standby) must not race on CREATE OR REPLACE FUNCTION.
+    sql.batch_execute(&format!(
+        "SELECT pg_advisory_xact_lock(hashtext('walbrook.setup'));{}{}",
+        registry::SETUP_SQL,
+        tables::SQL_API
+    ))
+    .await
+    .map_err(pg_error("creating the _walbrook schema and SQL API"))?;
+    let published = tables::published_set(&sql, &config)
         .await
-        .map_err(pg_error("creating the _walbrook schema"))?;
-    setup::ensure_publication(&sql, &config)
+        .map_err(|p| ProducerError::Setup(vec![p]))?;
+    let mut problems = Vec::new();
+    for table in &published[config.tables.len()..] {
+        if let Err(p) = setup::check_table(&sql, table).await {
+            problems.push(p);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ProducerError::Setup(problems));
+    }
+    setup::ensure_publication(&sql, &config, &published)
         .await
         .map_err(|p| ProducerError::Setup(vec![p]))?;
     setup::ensure_slot(&sql, &config)
@@ -272,6 +304,12 @@ async fn run_inner(
         ))
     });
 
+    let large = LargePayloads::new(
+        nats.clone(),
+        js.clone(),
+        subjects.large_payload_bucket(),
+        config.stream.clone(),
+    );
     let target = ConnectionTarget::from_url(&config.pg_url)?;
     let mut state = Pipeline {
         config: &config,
@@ -281,6 +319,7 @@ async fn run_inner(
         sql,
         catalog: Catalog::new(),
         registry,
+        large,
         publisher: Publisher::new(js, config.nats.max_inflight, RetryPolicy::default())
             .with_metrics(metrics.clone())
             .with_chain_stream(&wal_stream_name, headers::COMMIT_LSN),
@@ -289,6 +328,7 @@ async fn run_inner(
         tx: None,
         skip_through: resume,
         last_pushed: resume,
+        xid_anchor: FullXid::default(),
         wal_stream,
     };
     let result = state.replicate(&target, &shutdown).await;
@@ -331,7 +371,7 @@ async fn heartbeats(pg_url: String, interval: Duration, shutdown: CancellationTo
 /// A transaction being decoded.
 #[derive(Debug)]
 struct Tx {
-    xid: u32,
+    xid: FullXid,
     commit_lsn: Lsn,
     commit_ts_micros: i64,
     next_ordinal: u64,
@@ -358,12 +398,17 @@ struct Pipeline<'a> {
     catalog: Catalog,
     registry: Registry,
     publisher: Publisher,
+    /// Stores payloads larger than the server's `max_payload`.
+    large: LargePayloads,
     encoders: HashMap<Oid, Arc<TableEncoder>>,
     tx: Option<Tx>,
     /// Events at or below this (commit LSN, ordinal) are already stored.
     skip_through: Option<(Lsn, u64)>,
     /// The newest event handed to the publisher.
     last_pushed: Option<(Lsn, u64)>,
+    /// The full (64-bit) id of the latest transaction seen, against which the next
+    /// `Begin`'s 32-bit xid is widened ([`crate::lsn::Xid::widen`]).
+    xid_anchor: FullXid,
     /// The change stream, read at every (re)start for the newest stored position.
     wal_stream: async_nats::jetstream::stream::Stream,
     metrics: Metrics,
@@ -382,6 +427,22 @@ impl Pipeline<'_> {
         let mut backoff = Duration::from_millis(200);
         let mut standby_announced = false;
         loop {
+            // Anchor xid widening on the server's next transaction id: every
+            // transaction the stream delivers lies within 2^31 of it.
+            let anchor = match self.sql().await {
+                Ok(sql) => next_full_xid(&sql).await,
+                Err(e) => Err(e),
+            };
+            match anchor {
+                Ok(anchor) => self.xid_anchor = anchor,
+                Err(e) if !shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, ?backoff, "cannot read the next transaction id; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                Err(_) => return Ok(()),
+            }
             let started = ReplicationStream::start(
                 target,
                 &self.config.slot,
@@ -500,8 +561,10 @@ impl Pipeline<'_> {
     async fn handle(&mut self, message: Message, lsn: Lsn) -> Result<(), ProducerError> {
         match message {
             Message::Begin(begin) => {
+                let xid = begin.xid.widen(self.xid_anchor);
+                self.xid_anchor = xid;
                 self.tx = Some(Tx {
-                    xid: begin.xid.0,
+                    xid,
                     commit_lsn: begin.final_lsn,
                     commit_ts_micros: begin.commit_ts.unix_micros(),
                     next_ordinal: 0,
@@ -678,7 +741,7 @@ impl Pipeline<'_> {
             database: self.database.clone(),
             schema: desc.schema.clone(),
             table: desc.table.clone(),
-            xid: i64::from(tx.xid),
+            xid: i64::try_from(tx.xid.0).unwrap_or(i64::MAX),
             commit_lsn: tx.commit_lsn,
             lsn: held.lsn,
             commit_ts_micros: tx.commit_ts_micros,
@@ -689,11 +752,9 @@ impl Pipeline<'_> {
         let payload =
             held.encoder
                 .encode(held.op, &source, held.before.as_ref(), held.after.as_ref())?;
+        let msg_id = format!("{}-{}", tx.commit_lsn.to_fixed_hex(), held.ordinal);
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("{}-{}", tx.commit_lsn.to_fixed_hex(), held.ordinal).as_str(),
-        );
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert(
             headers::FINGERPRINT,
             held.encoder.fingerprint().to_string().as_str(),
@@ -704,11 +765,21 @@ impl Pipeline<'_> {
         if last {
             headers.insert(headers::LAST, "true");
         }
+        let payload = if self.large.fits(&headers, payload.len()) {
+            payload.into()
+        } else {
+            let size = payload.len();
+            let reference = self.large.store(&msg_id, payload.into()).await?;
+            tracing::info!(object = %reference, size, "event larger than max_payload stored in the object store");
+            self.metrics.large_payloads.inc();
+            headers.insert(headers::PAYLOAD_OBJECT, reference.as_str());
+            bytes::Bytes::new()
+        };
         self.publisher
             .push(OutMessage {
                 subject: self.subjects.change(&desc.schema, &desc.table),
                 headers,
-                payload: payload.into(),
+                payload,
                 chained: true,
             })
             .await?;
@@ -722,6 +793,21 @@ impl Pipeline<'_> {
             .inc();
         Ok(())
     }
+}
+
+/// The server's next 64-bit transaction id, read without assigning one.
+async fn next_full_xid(sql: &Client) -> Result<FullXid, ProducerError> {
+    let text: String = sql
+        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+        .await
+        .map_err(pg_error("reading the next transaction id"))?
+        .get(0);
+    text.parse()
+        .map(FullXid)
+        .map_err(|e| ProducerError::Postgres {
+            context: "reading the next transaction id",
+            detail: format!("{text:?}: {e}"),
+        })
 }
 
 /// Waits (briefly) until the slot shows `lsn` as confirmed, so a clean stop leaves
@@ -745,12 +831,12 @@ async fn wait_for_slot(sql: &Client, slot: &str, lsn: Lsn) {
 }
 
 struct TxMeta {
-    xid: u32,
+    xid: FullXid,
     commit_lsn: Lsn,
     commit_ts_micros: i64,
 }
 
-fn tx_meta(xid: u32, commit_lsn: Lsn, commit_ts_micros: i64) -> TxMeta {
+fn tx_meta(xid: FullXid, commit_lsn: Lsn, commit_ts_micros: i64) -> TxMeta {
     TxMeta {
         xid,
         commit_lsn,

@@ -20,6 +20,7 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent,
 use crate::config::Secret;
 use crate::lsn::{Lsn, Xid};
 use crate::pgoutput::{self, Begin, Commit, LogicalMessage, Message, PgTimestamp};
+use crate::postgres::PgSettings;
 
 /// Session settings pinned on the replication connection, so that pgoutput's text
 /// values have one documented format whatever the server's defaults are.
@@ -72,10 +73,8 @@ pub struct ConnectionTarget {
 impl ConnectionTarget {
     /// Parses a PostgreSQL URL (or key=value string) with tokio-postgres' parser.
     pub fn from_url(url: &Secret) -> Result<ConnectionTarget, ReplicationError> {
-        let config: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            .map_err(|e| ReplicationError::Config(format!("cannot parse: {e}")))?;
+        let settings = PgSettings::parse(url.expose()).map_err(ReplicationError::Config)?;
+        let config = &settings.config;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
@@ -91,13 +90,9 @@ impl ConnectionTarget {
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
         let database = config.get_dbname().unwrap_or(&user).to_string();
-        let tls = match config.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Disable => TlsConfig::disabled(),
-            tokio_postgres::config::SslMode::Require => TlsConfig::require(),
-            // `prefer` (the default) would silently fall back to plain text; Walbrook
-            // only uses TLS when asked to, and then insists on it.
-            _ => TlsConfig::disabled(),
-        };
+        // TLS as the URL's libpq parameters say (crate::postgres); never a silent
+        // fallback to plain text.
+        let tls = settings.replication_tls();
         Ok(ConnectionTarget {
             host,
             port,

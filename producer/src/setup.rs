@@ -92,7 +92,9 @@ pub async fn check(client: &Client, config: &ProducerConfig) -> Vec<SetupProblem
     problems
 }
 
-async fn check_table(client: &Client, table: &TableName) -> Result<(), SetupProblem> {
+/// Checks one table: it exists, is a table (not a view), and has a primary key or a
+/// replica identity.
+pub async fn check_table(client: &Client, table: &TableName) -> Result<(), SetupProblem> {
     let row = client
         .query_opt(
             "SELECT c.relkind::text, c.relreplident::text,
@@ -134,13 +136,14 @@ async fn check_table(client: &Client, table: &TableName) -> Result<(), SetupProb
 }
 
 /// Creates the publication if missing (with `publish_via_partition_root`), and makes
-/// its table list equal to the configured tables.
+/// its table list equal to `tables` (the configured tables plus runtime additions, see
+/// [`crate::tables`]).
 pub async fn ensure_publication(
     client: &Client,
     config: &ProducerConfig,
+    tables: &[TableName],
 ) -> Result<(), SetupProblem> {
-    let tables = config
-        .tables
+    let list = tables
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
@@ -155,7 +158,7 @@ pub async fn ensure_publication(
         .map_err(|e| sql_problem("looking up the publication", e))?;
     let sql = match existing {
         None => format!(
-            "CREATE PUBLICATION {publication} FOR TABLE {tables} \
+            "CREATE PUBLICATION {publication} FOR TABLE {list} \
              WITH (publish_via_partition_root = true)"
         ),
         Some(row) if row.get::<_, bool>(1) => {
@@ -165,7 +168,8 @@ pub async fn ensure_publication(
             ));
         }
         Some(row) => {
-            let mut sql = format!("ALTER PUBLICATION {publication} SET TABLE {tables};");
+            let mut sql = crate::tables::set_table_sql(&config.publication, tables);
+            sql.push(';');
             if !row.get::<_, bool>(0) {
                 sql.push_str(&format!(
                     "ALTER PUBLICATION {publication} SET (publish_via_partition_root = true);"

@@ -6,7 +6,7 @@
 pub mod lsn;
 pub mod subject;
 
-pub use lsn::{Lsn, ParseLsnError, Xid};
+pub use lsn::{FullXid, Lsn, ParseLsnError, Xid};
 pub use subject::{StreamKind, Subjects, escape_token, unescape_token};
 
 /// The operation of an event.
@@ -118,6 +118,10 @@ pub mod headers {
     pub const OP: &str = "Walbrook-Op";
     /// Fingerprint text.
     pub const FINGERPRINT: &str = "Walbrook-Fingerprint";
+    /// `<bucket>/<object>`: the payload is too large for one NATS message and is stored
+    /// in that JetStream object store object (docs/protocol.md §3.5); the message body is
+    /// empty.
+    pub const PAYLOAD_OBJECT: &str = "Walbrook-Payload-Object";
 }
 
 #[cfg(test)]

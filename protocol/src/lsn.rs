@@ -57,6 +57,41 @@ impl fmt::Display for Xid {
     }
 }
 
+impl Xid {
+    /// The 64-bit transaction id with these low 32 bits that lies nearest to `anchor`
+    /// (within ±2³¹). PostgreSQL keeps every transaction a replication stream can still
+    /// deliver within 2³¹ ids of the newest one (wraparound protection), so widening each
+    /// `Begin`'s xid against the previous transaction's full id — the first one against
+    /// `pg_snapshot_xmax(pg_current_snapshot())` — yields PostgreSQL's own `xid8`, the
+    /// value `pg_current_xact_id()` returned inside that transaction.
+    pub fn widen(self, anchor: FullXid) -> FullXid {
+        let delta = i64::from(self.0.wrapping_sub(anchor.0 as u32) as i32);
+        FullXid(anchor.0.wrapping_add_signed(delta))
+    }
+}
+
+/// A 64-bit transaction id (`xid8`): epoch in the high 32 bits, xid in the low 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FullXid(pub u64);
+
+impl FullXid {
+    /// The wraparound epoch.
+    pub fn epoch(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The 32-bit xid pgoutput carries.
+    pub fn xid(self) -> Xid {
+        Xid(self.0 as u32)
+    }
+}
+
+impl fmt::Display for FullXid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl serde::Serialize for Lsn {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -65,6 +100,34 @@ impl serde::Serialize for Lsn {
 
 #[cfg(test)]
 mod tests {
+    use super::{FullXid, Xid};
+
+    #[test]
+    fn xids_widen_to_the_nearest_full_id() {
+        // Same epoch, behind and ahead of the anchor.
+        assert_eq!(Xid(100).widen(FullXid(150)), FullXid(100));
+        assert_eq!(Xid(200).widen(FullXid(150)), FullXid(200));
+        // Epoch 3, anchor just after the wrap, xid just before it: previous epoch.
+        let anchor = FullXid((3 << 32) | 5);
+        assert_eq!(
+            Xid(u32::MAX - 2).widen(anchor),
+            FullXid((2 << 32) | u64::from(u32::MAX - 2))
+        );
+        // Anchor just before the wrap, xid just after it: next epoch.
+        let anchor = FullXid((3 << 32) | u64::from(u32::MAX - 1));
+        assert_eq!(Xid(7).widen(anchor), FullXid((4 << 32) | 7));
+        assert_eq!(Xid(7).widen(anchor).epoch(), 4);
+        assert_eq!(Xid(7).widen(anchor).xid(), Xid(7));
+        // A chain of widenings across several wraps stays exact.
+        let mut anchor = FullXid(10);
+        let mut truth: u64 = 10;
+        for _ in 0..20 {
+            truth += 1_500_000_000;
+            anchor = Xid(truth as u32).widen(anchor);
+            assert_eq!(anchor, FullXid(truth));
+        }
+    }
+
     use super::*;
 
     #[test]

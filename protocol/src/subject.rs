@@ -150,6 +150,37 @@ impl Subjects {
         )
     }
 
+    /// The JetStream object store bucket for payloads larger than the server's
+    /// `max_payload` (docs/protocol.md §3.5): `<root>_<db>_LARGE`. Bucket names allow
+    /// only `A-Z a-z 0-9 _ -`, so any other character (a `.` in the root, a `~` of an
+    /// escaped database name) becomes `_`, and a hash of the exact names is appended
+    /// then, so two databases never share a bucket. Readers take the bucket from the
+    /// `Walbrook-Payload-Object` header and never need to derive it.
+    pub fn large_payload_bucket(&self) -> String {
+        let plain = format!("{}_{}_LARGE", self.root, self.db);
+        if plain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return plain;
+        }
+        // FNV-1a (64 bit): stable across versions and platforms, unlike std's hasher.
+        let hash = plain.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let safe: String = plain
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{safe}_{hash:016x}")
+    }
+
     fn table_subject(&self, kind: StreamKind, schema: &str, table: &str) -> String {
         format!(
             "{}.{}.{}.{}.{}",
@@ -173,6 +204,31 @@ mod tests {
         assert_eq!(escape_token("Ünïcode tbl"), "~C3~9Cn~C3~AFcode~20tbl");
         assert_eq!(escape_token("a~b"), "a~7Eb");
         assert_eq!(escape_token("*>"), "~2A~3E");
+    }
+
+    #[test]
+    fn large_payload_buckets_are_valid_and_distinct() {
+        assert_eq!(
+            Subjects::new("WALBROOK", "shop").large_payload_bucket(),
+            "WALBROOK_shop_LARGE"
+        );
+        let names = ["a.b", "a_b", "a b", "a~b", "Ünï"];
+        let buckets: Vec<String> = names
+            .iter()
+            .map(|db| Subjects::new("W.X", db).large_payload_bucket())
+            .collect();
+        for bucket in &buckets {
+            assert!(
+                bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                "{bucket}"
+            );
+        }
+        let mut unique = buckets.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{buckets:?}");
     }
 
     #[test]

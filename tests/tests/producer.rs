@@ -45,6 +45,7 @@ struct Event {
     table: String,
     commit_lsn: i64,
     ordinal: i64,
+    xid: i64,
     last: bool,
     before: Option<HashMap<String, Value>>,
     after: Option<HashMap<String, Value>>,
@@ -70,13 +71,25 @@ fn field<'a>(fields: &'a [(String, Value)], name: &str) -> &'a Value {
 /// Looks a schema up through the producer's RPC and decodes the message.
 async fn decode(nats: &async_nats::Client, db: &str, message: &jetstream::Message) -> Event {
     let (fingerprint, body) = split_single_object(&message.payload).unwrap();
-    let reply = nats
-        .request(
-            format!("{ROOT}.{db}.rpc.schema"),
-            fingerprint.to_string().into(),
-        )
-        .await
-        .unwrap();
+    // Right after a producer restart its RPC subscription may not be registered yet.
+    let mut attempts = 0;
+    let reply = loop {
+        match nats
+            .request(
+                format!("{ROOT}.{db}.rpc.schema"),
+                fingerprint.to_string().into(),
+            )
+            .await
+        {
+            Ok(reply) => break reply,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                eprintln!("schema lookup failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("schema lookup failed for 5 s: {e}"),
+        }
+    };
     assert!(
         reply.headers.is_none()
             || reply
@@ -116,6 +129,7 @@ async fn decode(nats: &async_nats::Client, db: &str, message: &jetstream::Messag
         table: table.clone(),
         commit_lsn: long("commit_lsn"),
         ordinal: long("ordinal"),
+        xid: long("xid"),
         last: *last,
         before: record(field(&fields, "before")),
         after: record(field(&fields, "after")),
@@ -742,4 +756,200 @@ async fn foreign_messages_in_the_change_stream_do_not_stop_the_producer() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 4, "no event stored twice: {positions:?}");
+}
+
+/// The key column of each event, as text (`id` columns are ints).
+fn ids(events: &[Event]) -> Vec<(String, i64)> {
+    events
+        .iter()
+        .map(|e| (e.table.clone(), int(e.after.as_ref().unwrap().get("id"))))
+        .collect()
+}
+
+#[tokio::test]
+async fn tables_are_added_and_removed_at_runtime_through_the_sql_api() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_tables");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    let nobody = format!("{}_nobody", db.name());
+    client
+        .batch_execute(&format!(
+            r#"CREATE TABLE a (id int PRIMARY KEY);
+               CREATE TABLE "we.ird ""b""" (id int PRIMARY KEY);
+               CREATE TABLE nokey (id int);
+               CREATE VIEW v AS SELECT 1 AS id;
+               CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+               CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100);
+               CREATE ROLE {nobody};"#
+        ))
+        .await
+        .unwrap();
+    let publication = db.publication_name();
+    let hostile = r#""public"."we.ird ""b""""#;
+    let start = || {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(pipeline::run(
+            config(&db, &nats.url(), "public.a"),
+            shutdown.clone(),
+        ));
+        (shutdown, handle)
+    };
+    let (shutdown, producer) = start();
+    wait_for_slot(&client, &db.slot_name()).await;
+    let reader = async_nats::connect(nats.url()).await.unwrap();
+
+    // Not published yet: only `a` arrives.
+    client
+        .batch_execute(r#"INSERT INTO "we.ird ""b""" VALUES (1)"#)
+        .await
+        .unwrap();
+    let xid: String = client
+        .query_one(
+            "WITH i AS (INSERT INTO a VALUES (1) RETURNING 1) \
+             SELECT pg_current_xact_id()::text FROM i",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let events = read_events(&reader, db.name(), 1).await;
+    assert_eq!(ids(&events), [("a".to_string(), 1)]);
+    // The event's xid is PostgreSQL's 64-bit xid8 (epoch included).
+    assert_eq!(events[0].xid.to_string(), xid);
+
+    // Added at runtime, by name with dots and quotes: published from that point on,
+    // without a restart.
+    client
+        .execute(
+            "SELECT _walbrook.add_table($1, $2::text::regclass)",
+            &[&publication, &hostile],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(r#"INSERT INTO "we.ird ""b""" VALUES (2); INSERT INTO a VALUES (2);"#)
+        .await
+        .unwrap();
+    let events = read_events(&reader, db.name(), 3).await;
+    assert_eq!(
+        ids(&events[1..]),
+        [("we.ird \"b\"".to_string(), 2), ("a".to_string(), 2)]
+    );
+
+    // Refusals, each with its reason, and nothing changed by them.
+    let refused = |table: &'static str, function: &'static str| {
+        let client = &client;
+        let publication = publication.clone();
+        async move {
+            let error = client
+                .execute(
+                    &format!("SELECT _walbrook.{function}($1, $2::text::regclass)"),
+                    &[&publication, &table],
+                )
+                .await
+                .unwrap_err();
+            let db_error = error.as_db_error().expect("a database error").clone();
+            format!(
+                "{} / hint: {}",
+                db_error.message(),
+                db_error.hint().unwrap_or("")
+            )
+        }
+    };
+    let text = refused("public.nokey", "add_table").await;
+    assert!(
+        text.contains("has no primary key or replica identity"),
+        "{text}"
+    );
+    assert!(text.contains("REPLICA IDENTITY FULL"), "{text}");
+    let text = refused("public.v", "add_table").await;
+    assert!(text.contains("is not a table"), "{text}");
+    let text = refused("public.parted_1", "add_table").await;
+    assert!(text.contains("is a partition"), "{text}");
+    let text = refused("public.a", "remove_table").await;
+    assert!(
+        text.contains("listed in the producer's configuration"),
+        "{text}"
+    );
+    let error = client
+        .execute(
+            "SELECT _walbrook.add_table('no_such_publication', 'public.nokey'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .as_db_error()
+            .unwrap()
+            .message()
+            .contains("publication"),
+        "{error:?}"
+    );
+    // EXECUTE is not granted to PUBLIC.
+    let error = client
+        .batch_execute(&format!(
+            "SET ROLE {nobody}; SELECT _walbrook.add_table('{publication}', 'public.a')"
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .as_db_error()
+            .unwrap()
+            .message()
+            .contains("permission denied"),
+        "{error:?}"
+    );
+    client.batch_execute("RESET ROLE").await.unwrap();
+
+    // A restart keeps the runtime addition (the publication is reconciled with the
+    // configured tables plus the runtime ones).
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+    let (shutdown, producer) = start();
+    wait_for_slot(&client, &db.slot_name()).await;
+    client
+        .batch_execute(r#"INSERT INTO "we.ird ""b""" VALUES (3)"#)
+        .await
+        .unwrap();
+    let events = read_events(&reader, db.name(), 4).await;
+    assert_eq!(ids(&events[3..]), [("we.ird \"b\"".to_string(), 3)]);
+    let rows = client
+        .query(
+            "SELECT schema_name, table_name, origin FROM _walbrook.tables
+              WHERE publication = $1 ORDER BY origin, table_name",
+            &[&publication],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("public".into(), "a".into(), "config".into()),
+            ("public".into(), "we.ird \"b\"".into(), "runtime".into()),
+        ]
+    );
+
+    // Removed at runtime: no longer published, again without a restart.
+    client
+        .execute(
+            "SELECT _walbrook.remove_table($1, $2::text::regclass)",
+            &[&publication, &hostile],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(r#"INSERT INTO "we.ird ""b""" VALUES (4); INSERT INTO a VALUES (3);"#)
+        .await
+        .unwrap();
+    let events = read_events(&reader, db.name(), 5).await;
+    assert_eq!(ids(&events[4..]), [("a".to_string(), 3)]);
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
 }

@@ -41,8 +41,12 @@ impl Setup {
     /// Creates the database objects with `ddl`, starts the producer for `tables` and waits
     /// until it streams.
     pub async fn start(prefix: &str, ddl: &str, tables: &str) -> Setup {
+        Setup::start_with_nats(prefix, ddl, tables, NatsServer::start().unwrap()).await
+    }
+
+    /// [`Setup::start`] with a NATS server of the caller's (e.g. a small `max_payload`).
+    pub async fn start_with_nats(prefix: &str, ddl: &str, tables: &str, nats: NatsServer) -> Setup {
         let db = PgServer::shared().fresh_database(prefix);
-        let nats = NatsServer::start().unwrap();
         let (sql, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
             .await
             .unwrap();

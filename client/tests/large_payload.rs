@@ -1,0 +1,95 @@
+//! Events larger than the NATS server's `max_payload` travel through the object store
+//! (docs/protocol.md §3.5) and reach the client whole.
+
+mod common;
+
+use async_nats::jetstream;
+use common::{ROOT, Setup, events};
+use walbrook_client::{PgValue, Start, Subscription};
+use walbrook_harness::NatsServer;
+
+#[tokio::test]
+async fn events_larger_than_max_payload_arrive_whole_through_the_object_store() {
+    // 64 KiB max_payload; the big row is ~320 KB of incompressible text.
+    let nats = NatsServer::start_with_config("max_payload: 65536\n").unwrap();
+    let mut setup = Setup::start_with_nats(
+        "large_payload",
+        "CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL)",
+        "public.docs",
+        nats,
+    )
+    .await;
+    setup
+        .exec(&[
+            "INSERT INTO docs VALUES (1, 'small')",
+            "INSERT INTO docs SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 10000) g",
+            "INSERT INTO docs VALUES (3, 'small again')",
+        ])
+        .await;
+    let big: String = setup
+        .sql
+        .query_one("SELECT body FROM docs WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(big.len() > 300_000);
+
+    let client = setup.client().await;
+    let mut stream = client
+        .subscribe(Subscription::table("public.docs").start(Start::Beginning))
+        .await
+        .unwrap();
+    let got = events(&mut stream, 3).await;
+    let rows: Vec<(i32, String)> = got
+        .iter()
+        .map(|e| {
+            let after = e.after().expect("an insert has an after image");
+            let id = match after.get("id") {
+                Some(PgValue::Int4(id)) => *id,
+                other => panic!("id: {other:?}"),
+            };
+            let body = match after.get("body") {
+                Some(PgValue::Text(body)) => body.clone(),
+                other => panic!("body: {other:?}"),
+            };
+            (id, body)
+        })
+        .collect();
+    assert_eq!(rows[0], (1, "small".to_string()));
+    assert_eq!(rows[1].0, 2);
+    assert!(rows[1].1 == big, "the big value arrives byte for byte");
+    assert_eq!(rows[2], (3, "small again".to_string()));
+
+    // On the wire: the big event's stream message is empty and names its object; the
+    // small ones carry their payload inline.
+    let nats = async_nats::connect(setup.nats.url()).await.unwrap();
+    let js = jetstream::new(nats);
+    let stream_name = format!("{ROOT}_{}_WAL", setup.db.name());
+    let wal = js.get_stream(&stream_name).await.unwrap();
+    let mut references = Vec::new();
+    for sequence in 1..=3 {
+        let message = wal.get_raw_message(sequence).await.unwrap();
+        let reference = message
+            .headers
+            .get("Walbrook-Payload-Object")
+            .map(|v| v.to_string());
+        assert_eq!(message.payload.is_empty(), reference.is_some());
+        references.extend(reference);
+    }
+    assert_eq!(
+        references.len(),
+        1,
+        "only the big event went to the object store"
+    );
+    let (bucket, object) = references[0].split_once('/').unwrap();
+    assert_eq!(bucket, format!("{ROOT}_{}_LARGE", setup.db.name()));
+    let info = js
+        .get_object_store(bucket)
+        .await
+        .unwrap()
+        .info(object)
+        .await
+        .unwrap();
+    assert!(info.size > 300_000, "{info:?}");
+    setup.stop().await;
+}
