@@ -134,6 +134,11 @@ pub async fn connect_sql(url: &str) -> Result<Client, ProducerError> {
 
 /// Connects to NATS with the configured credentials and TLS.
 pub async fn connect_nats(config: &NatsConfig) -> Result<async_nats::Client, ProducerError> {
+    // async-nats builds its TLS config with rustls' process-wide provider, which rustls
+    // cannot pick by itself when both of its backends are compiled in (pgwire-replication
+    // enables aws-lc-rs, async-nats ring). Walbrook uses ring everywhere; installing it
+    // is idempotent (an error only means a provider is already installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut options = match &config.auth {
         NatsAuth::None => async_nats::ConnectOptions::new(),
         NatsAuth::UserPassword { user, password } => {

@@ -36,6 +36,7 @@ mod postgres;
 mod process;
 mod proxy;
 mod search;
+mod tls;
 mod tools;
 mod webhook;
 
@@ -45,6 +46,7 @@ pub use postgres::{PgServer, TestDb};
 pub use process::ServerProcessInfo;
 pub use proxy::FaultProxy;
 pub use search::SearchServer;
+pub use tls::{CertFiles, TestCa};
 pub use tools::{free_port, workspace_root};
 pub use webhook::{RecordedRequest, WebhookReceiver};
 

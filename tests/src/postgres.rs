@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::process::{Reaper, ServerProcessInfo, shell_quote};
+use crate::tls::{CertFiles, TestCa};
 use crate::tools::{self, free_port, log_tail, pg_bin_dir, running_as_root, temp_dir};
 use crate::{HarnessError, Result};
 
@@ -33,6 +34,8 @@ pub struct PgServer {
     user: String,
     /// URL of the server's maintenance database, used for administration.
     admin_url: String,
+    /// Query parameters of every URL (`sslmode=…`).
+    url_params: String,
     cluster: Option<OwnedCluster>,
 }
 
@@ -68,6 +71,7 @@ impl PgServer {
             port,
             user,
             admin_url: url.to_string(),
+            url_params: String::new(),
             cluster: None,
         }
     }
@@ -80,6 +84,19 @@ impl PgServer {
     /// Starts a throwaway cluster; `settings` are extra `postgresql.conf` settings that
     /// override the defaults (for example `("wal_sender_timeout", "5s")`).
     pub fn start_with(settings: &[(&str, &str)]) -> Result<PgServer> {
+        Self::start_inner(settings, None)
+    }
+
+    /// Starts a throwaway cluster that accepts only TLS connections with a client
+    /// certificate signed by `ca` (`hostssl … clientcert=verify-ca`; plain connections
+    /// are rejected), with a server certificate from `ca` for `localhost`/`127.0.0.1`.
+    /// Its URLs carry `sslmode=require&sslcert=…&sslkey=…` (a client certificate for
+    /// user `postgres`); add `sslrootcert` and `sslmode=verify-full` to verify the server.
+    pub fn start_tls(ca: &TestCa) -> Result<PgServer> {
+        Self::start_inner(&[], Some(ca))
+    }
+
+    fn start_inner(settings: &[(&str, &str)], tls: Option<&TestCa>) -> Result<PgServer> {
         let bin = pg_bin_dir()?;
         let dir = temp_dir("pg")?;
         let as_postgres = running_as_root();
@@ -102,16 +119,35 @@ impl PgServer {
         let reaper = Reaper::spawn(cleanup)?;
         let mut cluster = OwnedCluster { dir, bin, reaper };
         cluster.initdb(as_postgres)?;
+        let mut settings = settings.to_vec();
+        let url_params = match tls {
+            None => "sslmode=disable".to_string(),
+            Some(ca) => {
+                let client = cluster.enable_tls(as_postgres, ca)?;
+                settings.extend([
+                    ("ssl", "on"),
+                    ("ssl_cert_file", "server.crt"),
+                    ("ssl_key_file", "server.key"),
+                    ("ssl_ca_file", "root.crt"),
+                ]);
+                format!(
+                    "sslmode=require&sslcert={}&sslkey={}",
+                    client.cert.display(),
+                    client.key.display()
+                )
+            }
+        };
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port()?;
-            match cluster.pg_ctl_start(as_postgres, port, settings) {
+            match cluster.pg_ctl_start(as_postgres, port, &settings) {
                 Ok(()) => {
                     let user = "postgres".to_string();
                     return Ok(PgServer {
                         host: "127.0.0.1".into(),
                         port,
-                        admin_url: url_for("127.0.0.1", port, &user, "postgres"),
+                        admin_url: url_for("127.0.0.1", port, &user, "postgres", &url_params),
+                        url_params,
                         user,
                         cluster: Some(cluster),
                     });
@@ -142,7 +178,7 @@ impl PgServer {
     /// URL of database `db` on this server.
     pub fn url_for(&self, db: &str) -> String {
         match &self.cluster {
-            Some(_) => url_for(&self.host, self.port, &self.user, db),
+            Some(_) => url_for(&self.host, self.port, &self.user, db, &self.url_params),
             None => replace_url_database(&self.admin_url, db),
         }
     }
@@ -229,6 +265,43 @@ impl OwnedCluster {
         } else {
             Command::new(program)
         }
+    }
+
+    /// Puts a server certificate, its key and the CA into the data directory and makes
+    /// pg_hba accept TLS connections with a client certificate only. Returns the client
+    /// certificate the harness itself connects with.
+    fn enable_tls(&mut self, as_postgres: bool, ca: &TestCa) -> Result<CertFiles> {
+        let data = self.dir.join("data");
+        let server = ca.server("pg-server")?;
+        let client = ca.client("pg-client", "postgres")?;
+        let copy = |from: &Path, to: &str| {
+            std::fs::copy(from, data.join(to))
+                .map_err(|e| HarnessError::io(format!("copying {to}"), e))
+        };
+        copy(&server.cert, "server.crt")?;
+        copy(ca.ca_file(), "root.crt")?;
+        let key = std::fs::read_to_string(&server.key)
+            .map_err(|e| HarnessError::io("reading the server key", e))?;
+        crate::tls::write_private(&data.join("server.key"), key)?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n\
+             hostssl replication all 127.0.0.1/32 trust clientcert=verify-ca\n\
+             hostnossl all all 0.0.0.0/0 reject\n\
+             hostnossl replication all 0.0.0.0/0 reject\n",
+        )
+        .map_err(|e| HarnessError::io("writing pg_hba.conf", e))?;
+        if as_postgres {
+            for file in ["server.crt", "server.key", "root.crt", "pg_hba.conf"] {
+                tools::run(
+                    Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(data.join(file)),
+                )?;
+            }
+        }
+        Ok(client)
     }
 
     fn initdb(&mut self, as_postgres: bool) -> Result<()> {
@@ -373,8 +446,8 @@ impl Drop for TestDb<'_> {
     }
 }
 
-fn url_for(host: &str, port: u16, user: &str, db: &str) -> String {
-    format!("postgresql://{user}@{host}:{port}/{db}?sslmode=disable")
+fn url_for(host: &str, port: u16, user: &str, db: &str, params: &str) -> String {
+    format!("postgresql://{user}@{host}:{port}/{db}?{params}")
 }
 
 /// Replaces the database part of a `postgresql://` URL.

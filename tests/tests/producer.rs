@@ -953,3 +953,176 @@ async fn tables_are_added_and_removed_at_runtime_through_the_sql_api() {
     shutdown.cancel();
     producer.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn streams_over_tls_to_postgres_and_nats_with_client_certificates() {
+    let ca = walbrook_harness::TestCa::new("walbrook").unwrap();
+    let other_ca = walbrook_harness::TestCa::new("impostor").unwrap();
+    // PostgreSQL accepts only TLS with a client certificate from `ca`.
+    let pg = PgServer::start_tls(&ca).unwrap();
+    let db = pg.fresh_database("produce_tls");
+    let server = ca.server("nats-server").unwrap();
+    let client_cert = ca.client("walbrook-producer", "walbrook-producer").unwrap();
+    let nats = NatsServer::start_with_config(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.ca_file().display()
+    ))
+    .unwrap();
+    // The harness URL has sslmode=require plus the client certificate; verify the
+    // server's certificate and host name too.
+    // (By host name: pgwire-replication verifies host names only for DNS names.)
+    let verified = |ca_file: &std::path::Path| {
+        db.url().replace("@127.0.0.1:", "@localhost:").replace(
+            "sslmode=require",
+            &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+        )
+    };
+    let config_for = |pg_url: String, with_client_cert: bool| {
+        let mut env = vec![
+            ("WALBROOK_PG_URL", pg_url),
+            ("WALBROOK_NATS_URL", nats.url()),
+            ("WALBROOK_NATS_TLS_CA", ca.ca_file().display().to_string()),
+            ("WALBROOK_TABLES", "public.t".to_string()),
+            ("WALBROOK_SLOT", db.slot_name()),
+            ("WALBROOK_PUBLICATION", db.publication_name()),
+            ("WALBROOK_ROOT", ROOT.to_string()),
+        ];
+        if with_client_cert {
+            env.push((
+                "WALBROOK_NATS_TLS_CERT",
+                client_cert.cert.display().to_string(),
+            ));
+            env.push((
+                "WALBROOK_NATS_TLS_KEY",
+                client_cert.key.display().to_string(),
+            ));
+        }
+        let mut raw = RawConfig::default();
+        raw.apply_env(env).unwrap();
+        raw.validate().unwrap()
+    };
+    let client = pipeline::connect_sql(&verified(ca.ca_file()))
+        .await
+        .unwrap();
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+
+    // Refusals, each saying why: plain text to PostgreSQL, a server certificate from
+    // another CA, and NATS without a client certificate.
+    let plain = db.url().replace("sslmode=require", "sslmode=disable");
+    let plain = plain.split("&sslcert").next().unwrap().to_string();
+    let error = pipeline::connect_sql(&plain).await.unwrap_err().to_string();
+    assert!(
+        error.contains("pg_hba.conf") && error.contains("no encryption"),
+        "{error}"
+    );
+    let error = pipeline::connect_sql(&verified(other_ca.ca_file()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    let error = tokio::time::timeout(
+        Duration::from_secs(30),
+        pipeline::run(
+            config_for(verified(ca.ca_file()), false),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("a refused TLS handshake fails fast")
+    .unwrap_err()
+    .to_string();
+    assert!(error.starts_with("NATS: connecting to"), "{error}");
+
+    // Verified TLS both ways: the producer streams (SQL and replication connections
+    // over TLS with a client certificate; NATS with mutual TLS).
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config_for(verified(ca.ca_file()), true),
+        shutdown.clone(),
+    ));
+    wait_for_slot(&client, &db.slot_name()).await;
+    client
+        .batch_execute("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    let reader = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(ca.ca_file().to_path_buf())
+        .add_client_certificate(client_cert.cert.clone(), client_cert.key.clone())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let events = read_events(&reader, db.name(), 2).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| int(e.after.as_ref().unwrap().get("id")))
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn authenticates_to_nats_with_a_token_or_an_nkey() {
+    let pg = PgServer::shared();
+    let user = nkeys::KeyPair::new_user();
+    let cases = [
+        (
+            "authorization { token: \"t0ken-s3cret\" }\n".to_string(),
+            ("WALBROOK_NATS_TOKEN", "t0ken-s3cret".to_string()),
+            async_nats::ConnectOptions::with_token("t0ken-s3cret".into()),
+        ),
+        (
+            format!(
+                "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+                user.public_key()
+            ),
+            ("WALBROOK_NATS_NKEY", user.seed().unwrap()),
+            async_nats::ConnectOptions::with_nkey(user.seed().unwrap()),
+        ),
+    ];
+    for (index, (server_config, credential, reader_options)) in cases.into_iter().enumerate() {
+        let db = pg.fresh_database(&format!("produce_auth_{index}"));
+        let nats = NatsServer::start_with_config(&server_config).unwrap();
+        let client = sql(&db).await;
+        client
+            .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+            .await
+            .unwrap();
+        let mut raw = RawConfig::default();
+        raw.apply_env([
+            ("WALBROOK_PG_URL", db.url()),
+            ("WALBROOK_NATS_URL", nats.url()),
+            credential.clone(),
+            ("WALBROOK_TABLES", "public.t".to_string()),
+            ("WALBROOK_SLOT", db.slot_name()),
+            ("WALBROOK_PUBLICATION", db.publication_name()),
+            ("WALBROOK_ROOT", ROOT.to_string()),
+        ])
+        .unwrap();
+        let config = raw.validate().unwrap();
+        assert!(
+            !format!("{config:?}").contains(&credential.1),
+            "Debug hides the secret"
+        );
+        let shutdown = CancellationToken::new();
+        let producer = tokio::spawn(pipeline::run(config, shutdown.clone()));
+        wait_for_slot(&client, &db.slot_name()).await;
+        client
+            .batch_execute("INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        let reader = reader_options.connect(nats.url()).await.unwrap();
+        let events = read_events(&reader, db.name(), 1).await;
+        assert_eq!(events[0].op, "INSERT", "{}", credential.0);
+        shutdown.cancel();
+        producer.await.unwrap().unwrap();
+    }
+}
