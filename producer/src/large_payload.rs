@@ -49,6 +49,10 @@ pub struct LargePayloads {
     bucket: String,
     settings: StreamConfig,
     store: Option<object_store::ObjectStore>,
+    /// The server's `max_payload` and when it was read (the client hands out a copy of
+    /// the whole server info, too costly per event; a reconnect may reach a server with
+    /// another limit, so it is re-read every few seconds).
+    max_payload: std::cell::Cell<(usize, Option<std::time::Instant>)>,
 }
 
 impl std::fmt::Debug for LargePayloads {
@@ -75,6 +79,7 @@ impl LargePayloads {
             bucket,
             settings,
             store: None,
+            max_payload: std::cell::Cell::new((0, None)),
         }
     }
 
@@ -95,8 +100,17 @@ impl LargePayloads {
                     .sum::<usize>()
             })
             .sum();
+        body_len + header_len + HEADER_MARGIN <= self.max_payload()
+    }
+
+    fn max_payload(&self) -> usize {
+        let (max, read_at) = self.max_payload.get();
+        if read_at.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) {
+            return max;
+        }
         let max = self.nats.server_info().max_payload;
-        body_len + header_len + HEADER_MARGIN <= max
+        self.max_payload.set((max, Some(std::time::Instant::now())));
+        max
     }
 
     /// Stores `payload` as object `name` (unless it is already there) and returns the
@@ -133,7 +147,7 @@ impl LargePayloads {
             return Ok(());
         }
         // Chunks must fit the server's max_payload too (the library's default is 128 KiB).
-        let max = self.nats.server_info().max_payload;
+        let max = self.max_payload();
         let chunk_size = (max.saturating_sub(4 * HEADER_MARGIN)).clamp(1024, 128 * 1024);
         let meta = object_store::ObjectMetadata {
             name: name.to_string(),

@@ -30,6 +30,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+use walbrook_pgtype_avro::Fingerprint;
 
 use crate::catalog::Catalog;
 use crate::config::{NatsAuth, NatsConfig, ProducerConfig, redact_url};
@@ -330,6 +331,7 @@ async fn run_inner(
             .with_chain_stream(&wal_stream_name, headers::COMMIT_LSN),
         metrics,
         encoders: HashMap::new(),
+        outputs: HashMap::new(),
         tx: None,
         skip_through: resume,
         last_pushed: resume,
@@ -406,6 +408,9 @@ struct Pipeline<'a> {
     /// Stores payloads larger than the server's `max_payload`.
     large: LargePayloads,
     encoders: HashMap<Oid, Arc<TableEncoder>>,
+    /// Per table version: what every event of it repeats (subject, fingerprint text,
+    /// its metric counters), computed once instead of per event.
+    outputs: HashMap<Fingerprint, TableOut>,
     tx: Option<Tx>,
     /// Events at or below this (commit LSN, ordinal) are already stored.
     skip_through: Option<(Lsn, u64)>,
@@ -547,19 +552,22 @@ impl Pipeline<'_> {
                 done = self.publisher.complete_one(), if pending => done?,
                 // Then new changes, only while the window has room (backpressure: the
                 // transport keeps answering keepalives while we wait).
-                item = stream.next(), if has_room => match item? {
-                    Some(StreamItem::Message { message, lsn }) => self.handle(message, lsn).await?,
-                    Some(StreamItem::KeepAlive { wal_end }) => {
-                        let behind = wal_end.0.saturating_sub(self.publisher.confirmed().0);
-                        self.metrics.lag_bytes.set(behind as f64);
-                    }
-                    None => {
-                        return Err(ProducerError::Replication(ReplicationError::Config(
-                            "the server ended the replication stream".into(),
-                        )));
-                    }
-                },
+                item = stream.next(), if has_room => self.on_item(item?).await?,
             }
+        }
+    }
+
+    async fn on_item(&mut self, item: Option<StreamItem>) -> Result<(), ProducerError> {
+        match item {
+            Some(StreamItem::Message { message, lsn }) => self.handle(message, lsn).await,
+            Some(StreamItem::KeepAlive { wal_end }) => {
+                let behind = wal_end.0.saturating_sub(self.publisher.confirmed().0);
+                self.metrics.lag_bytes.set(behind as f64);
+                Ok(())
+            }
+            None => Err(ProducerError::Replication(ReplicationError::Config(
+                "the server ended the replication stream".into(),
+            ))),
         }
     }
 
@@ -758,12 +766,15 @@ impl Pipeline<'_> {
             held.encoder
                 .encode(held.op, &source, held.before.as_ref(), held.after.as_ref())?;
         let msg_id = format!("{}-{}", tx.commit_lsn.to_fixed_hex(), held.ordinal);
+        let out = self
+            .outputs
+            .entry(held.encoder.fingerprint())
+            .or_insert_with(|| TableOut::new(&self.subjects, &self.metrics, &held.encoder));
+        let subject = out.subject.clone();
+        let counter = out.events[held.op.index()].clone();
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
-        headers.insert(
-            headers::FINGERPRINT,
-            held.encoder.fingerprint().to_string().as_str(),
-        );
+        headers.insert(headers::FINGERPRINT, out.fingerprint.as_str());
         headers.insert(headers::OP, held.op.as_str());
         headers.insert(headers::COMMIT_LSN, tx.commit_lsn.to_string().as_str());
         headers.insert(headers::ORDINAL, held.ordinal.to_string().as_str());
@@ -782,20 +793,14 @@ impl Pipeline<'_> {
         };
         self.publisher
             .push(OutMessage {
-                subject: self.subjects.change(&desc.schema, &desc.table),
+                subject,
                 headers,
                 payload,
                 chained: true,
             })
             .await?;
         self.last_pushed = Some(position);
-        self.metrics
-            .events
-            .get_or_create(&crate::metrics::EventLabels {
-                table: format!("{}.{}", desc.schema, desc.table),
-                op: held.op.as_str().into(),
-            })
-            .inc();
+        counter.inc();
         Ok(())
     }
 }
@@ -832,6 +837,42 @@ async fn wait_for_slot(sql: &Client, slot: &str, lsn: Lsn) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What every event of one table version repeats.
+struct TableOut {
+    subject: String,
+    fingerprint: String,
+    /// The `events` counter of each operation, by [`Op::index`].
+    events: [prometheus_client::metrics::counter::Counter; 6],
+}
+
+impl TableOut {
+    fn new(subjects: &Subjects, metrics: &Metrics, encoder: &TableEncoder) -> TableOut {
+        let desc = encoder.desc();
+        let table = format!("{}.{}", desc.schema, desc.table);
+        let ops = [
+            Op::Insert,
+            Op::Update,
+            Op::UpdateKey,
+            Op::Delete,
+            Op::Truncate,
+            Op::Read,
+        ];
+        TableOut {
+            subject: subjects.change(&desc.schema, &desc.table),
+            fingerprint: encoder.fingerprint().to_string(),
+            events: ops.map(|op| {
+                metrics
+                    .events
+                    .get_or_create(&crate::metrics::EventLabels {
+                        table: table.clone(),
+                        op: op.as_str().into(),
+                    })
+                    .clone()
+            }),
+        }
     }
 }
 

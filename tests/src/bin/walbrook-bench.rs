@@ -182,8 +182,17 @@ fn main() {
     // each with a Nats-Msg-Id, published pipelined (1024 acks in flight) from one
     // connection into a file-storage stream: the ceiling NATS sets on this machine.
     let average_bytes = average_event_bytes(&nats.url(), db.name());
-    let raw_secs = raw_jetstream(&nats.url(), args.rows, average_bytes);
+    let span_secs = stored_span_seconds(&nats.url(), db.name());
+    eprintln!(
+        "walbrook produce, first to last event stored: {span_secs:.2}s ({:.0} rows/s)",
+        args.rows as f64 / span_secs
+    );
+    let raw_secs = raw_jetstream(&nats.url(), args.rows, average_bytes, false);
     eprintln!("raw JetStream publish: {raw_secs:.2}s ({average_bytes} B messages)");
+    // (d) The same with the header set Walbrook puts on every event (docs/protocol.md
+    // §3.3), including the Nats-Expected-Last-Msg-Id chain: what the headers cost.
+    let raw_headers_secs = raw_jetstream(&nats.url(), args.rows, average_bytes, true);
+    eprintln!("raw JetStream publish with Walbrook's headers: {raw_headers_secs:.2}s");
 
     let ratio = reference_secs / walbrook_secs;
     let result = serde_json::json!({
@@ -195,11 +204,15 @@ fn main() {
         "pg_recvlogical_rows_per_second": args.rows as f64 / reference_secs,
         "walbrook_rows_per_second": args.rows as f64 / walbrook_secs,
         "ratio_walbrook_to_pg_recvlogical": ratio,
+        "walbrook_first_to_last_stored_seconds": span_secs,
+        "walbrook_steady_rows_per_second": args.rows as f64 / span_secs,
         "walbrook_peak_rss_mib": peak_kib as f64 / 1024.0,
         "raw_jetstream_seconds": raw_secs,
         "raw_jetstream_messages_per_second": args.rows as f64 / raw_secs,
         "event_bytes": average_bytes,
         "ratio_walbrook_to_raw_jetstream": raw_secs / walbrook_secs,
+        "raw_jetstream_with_walbrook_headers_messages_per_second": args.rows as f64 / raw_headers_secs,
+        "ratio_walbrook_to_raw_jetstream_with_headers": raw_headers_secs / walbrook_secs,
         "machine": {
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "postgres": db.psql("SHOW server_version").unwrap_or_default().trim(),
@@ -209,16 +222,44 @@ fn main() {
     std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
     println!(
         "backlog drain, {} rows: pg_recvlogical {:.0} rows/s, walbrook {:.0} rows/s (ratio {:.2}), \
-         raw JetStream publish {:.0} msgs/s (walbrook/raw {:.2}), producer peak RSS {:.0} MiB ({})",
+         raw JetStream publish {:.0} msgs/s (walbrook/raw {:.2}), with Walbrook's headers {:.0} msgs/s \
+         (walbrook/that {:.2}), producer peak RSS {:.0} MiB ({})",
         args.rows,
         args.rows as f64 / reference_secs,
         args.rows as f64 / walbrook_secs,
         ratio,
         args.rows as f64 / raw_secs,
         raw_secs / walbrook_secs,
+        args.rows as f64 / raw_headers_secs,
+        raw_headers_secs / walbrook_secs,
         peak_kib as f64 / 1024.0,
         path.display()
     );
+}
+
+/// Seconds between JetStream storing the first and the last event: the producer's
+/// steady-state drain time, without process start-up and the final slot confirmation.
+fn stored_span_seconds(nats_url: &str, database: &str) -> f64 {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let client = async_nats::connect(nats_url).await.expect("nats");
+            let js = async_nats::jetstream::new(client);
+            let mut stream = js
+                .get_stream(format!("BENCH_{database}_WAL"))
+                .await
+                .expect("change stream");
+            let state = stream.info().await.expect("stream info").state.clone();
+            let first = stream
+                .get_raw_message(state.first_sequence)
+                .await
+                .expect("first event");
+            let last = stream
+                .get_raw_message(state.last_sequence)
+                .await
+                .expect("last event");
+            (last.time - first.time).as_seconds_f64()
+        })
 }
 
 /// Average payload size of the events the producer stored.
@@ -238,8 +279,9 @@ fn average_event_bytes(nats_url: &str, database: &str) -> usize {
         })
 }
 
-/// Seconds to publish `count` messages of `size` bytes with pipelined acks.
-fn raw_jetstream(nats_url: &str, count: u64, size: usize) -> f64 {
+/// Seconds to publish `count` messages of `size` bytes with pipelined acks; with
+/// `walbrook_headers`, each message carries the headers a Walbrook event carries.
+fn raw_jetstream(nats_url: &str, count: u64, size: usize, walbrook_headers: bool) -> f64 {
     use async_nats::jetstream::{self, stream};
     tokio::runtime::Runtime::new()
         .expect("runtime")
@@ -248,9 +290,11 @@ fn raw_jetstream(nats_url: &str, count: u64, size: usize) -> f64 {
             let js = jetstream::ContextBuilder::new()
                 .max_ack_inflight(2048)
                 .build(client);
+            let name = if walbrook_headers { "RAWH" } else { "RAW" };
+            let subject = if walbrook_headers { "rawh.t" } else { "raw.t" };
             js.create_stream(stream::Config {
-                name: "RAW".into(),
-                subjects: vec!["raw.>".into()],
+                name: name.into(),
+                subjects: vec![format!("{subject}.>"), subject.into()],
                 storage: stream::StorageType::File,
                 ..Default::default()
             })
@@ -267,8 +311,20 @@ fn raw_jetstream(nats_url: &str, count: u64, size: usize) -> f64 {
                 }
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("{i:016X}-0").as_str());
+                if walbrook_headers {
+                    headers.insert("Walbrook-Fingerprint", "0123456789abcdef");
+                    headers.insert("Walbrook-Op", "insert");
+                    headers.insert("Walbrook-Commit-Lsn", format!("0/{i:X}").as_str());
+                    headers.insert("Walbrook-Ordinal", "0");
+                    if i > 0 {
+                        headers.insert(
+                            "Nats-Expected-Last-Msg-Id",
+                            format!("{:016X}-0", i - 1).as_str(),
+                        );
+                    }
+                }
                 window.push_back(
-                    js.publish_with_headers("raw.t", headers, payload.clone())
+                    js.publish_with_headers(subject, headers, payload.clone())
                         .await
                         .expect("publish"),
                 );
