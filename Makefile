@@ -1,5 +1,5 @@
 # Walbrook's two commands. Both install what is missing first (scripts/setup.sh).
-.PHONY: demo test setup bench
+.PHONY: demo test setup bench chaos
 
 ## make demo: run the pipeline on a demo table next to throwaway PostgreSQL + NATS
 demo:
@@ -19,3 +19,10 @@ bench:
 	bash scripts/setup.sh
 	cargo build --release -p walbrook-cli -p walbrook-harness
 	$${CARGO_TARGET_DIR:-target}/release/walbrook-bench --rows $(ROWS) --out results
+
+## make chaos: the fault-injection suite at full length (30 producer kill cycles; the
+## test command runs it with 10). CHAOS_CYCLES and WALBROOK_CHAOS_SEED override.
+CHAOS_CYCLES ?= 30
+chaos:
+	bash scripts/setup.sh
+	WALBROOK_CHAOS_CYCLES=$(CHAOS_CYCLES) cargo test -p walbrook-cli --test produce_faults -- --nocapture --test-threads 1

@@ -1,6 +1,11 @@
-//! `walbrook produce` as a process under faults: SIGKILL during load, a NATS restart,
-//! and a severed PostgreSQL connection. Afterwards the stream must hold every
-//! committed change exactly once.
+//! `walbrook produce` as a process under faults: SIGKILL at random moments under load,
+//! a NATS restart, a severed PostgreSQL connection, a standby takeover, and each node of
+//! a 3-node JetStream cluster (R3 streams) killed and restarted in turn. Afterwards the
+//! stream must hold every committed change exactly once.
+//!
+//! This is the fault-injection suite: the test command runs it as is (10 kill cycles);
+//! `make chaos` runs it with `WALBROOK_CHAOS_CYCLES=30` (any number may be set) and
+//! prints the seed of the random kill moments (`WALBROOK_CHAOS_SEED` replays a run).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,28 +20,69 @@ use walbrook_harness::{FaultProxy, NatsServer, PgServer, TestDb};
 
 const ROOT: &str = "FAULTS";
 
-fn spawn_producer(db: &TestDb<'_>, pg_url: &str, nats_url: &str, log: &std::path::Path) -> Child {
+/// A `walbrook produce` child process, killed when dropped (also when a test panics),
+/// so a failing test never leaves a producer running.
+struct Producer(Child);
+
+impl std::ops::Deref for Producer {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Producer {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        sigkill(&mut self.0);
+    }
+}
+
+fn spawn_producer(
+    db: &TestDb<'_>,
+    pg_url: &str,
+    nats_url: &str,
+    log: &std::path::Path,
+) -> Producer {
+    spawn_producer_with(db, pg_url, nats_url, log, &[])
+}
+
+fn spawn_producer_with(
+    db: &TestDb<'_>,
+    pg_url: &str,
+    nats_url: &str,
+    log: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> Producer {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_walbrook"))
-        .arg("produce")
-        .env("WALBROOK_PG_URL", pg_url)
-        .env("WALBROOK_NATS_URL", nats_url)
-        .env("WALBROOK_TABLES", "public.load")
-        .env("WALBROOK_SLOT", db.slot_name())
-        .env("WALBROOK_PUBLICATION", db.publication_name())
-        .env("WALBROOK_ROOT", ROOT)
-        .env("WALBROOK_HEARTBEAT_INTERVAL", "500ms")
-        .env("WALBROOK_ACK_TIMEOUT", "1s")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Producer(
+        Command::new(env!("CARGO_BIN_EXE_walbrook"))
+            .arg("produce")
+            .env("WALBROOK_PG_URL", pg_url)
+            .env("WALBROOK_NATS_URL", nats_url)
+            .env("WALBROOK_TABLES", "public.load")
+            .env("WALBROOK_SLOT", db.slot_name())
+            .env("WALBROOK_PUBLICATION", db.publication_name())
+            .env("WALBROOK_ROOT", ROOT)
+            .env("WALBROOK_HEARTBEAT_INTERVAL", "500ms")
+            .env("WALBROOK_ACK_TIMEOUT", "1s")
+            .env("RUST_LOG", "info")
+            .envs(extra_env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn sigkill(child: &mut Child) {
@@ -50,15 +96,28 @@ async fn stored_ids(nats_url: &str, db: &str, expected: u64) -> (BTreeMap<i64, u
     let js = jetstream::new(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let stream_name = format!("{ROOT}_{db}_WAL");
-    loop {
-        let mut stream = js.get_stream(&stream_name).await.unwrap();
-        let messages = stream.info().await.unwrap().state.messages;
-        if messages >= expected || tokio::time::Instant::now() > deadline {
-            break;
+    // JetStream API requests may fail for a moment while a cluster recovers.
+    let stream = loop {
+        let messages = match js.get_stream(&stream_name).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) => Some(info.state.messages),
+                Err(e) => {
+                    eprintln!("stream info: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                eprintln!("get_stream: {e}");
+                None
+            }
+        };
+        let timed_out = tokio::time::Instant::now() > deadline;
+        if messages.is_some_and(|m| m >= expected) || (messages.is_some() && timed_out) {
+            break js.get_stream(&stream_name).await.unwrap();
         }
+        assert!(!timed_out, "the stream stayed unreachable");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let stream = js.get_stream(&stream_name).await.unwrap();
+    };
     let total = stream.cached_info().state.messages;
     let consumer = stream
         .create_consumer(OrderedConfig::default())
@@ -85,6 +144,71 @@ async fn stored_ids(nats_url: &str, db: &str, expected: u64) -> (BTreeMap<i64, u
         *ids.entry(id).or_insert(0) += 1;
     }
     (ids, total)
+}
+
+/// Writes transactions of `rows_per_tx` rows until `stop` is set; returns the rows written.
+async fn writer_until(
+    url: String,
+    rows_per_tx: i64,
+    pause: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> i64 {
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut first = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        client
+            .execute(
+                "INSERT INTO load SELECT g, 'row-' || g FROM generate_series($1::bigint, $2::bigint) g",
+                &[&first, &(first + rows_per_tx - 1)],
+            )
+            .await
+            .unwrap();
+        first += rows_per_tx;
+        tokio::time::sleep(pause).await;
+    }
+    first
+}
+
+/// Kill cycles: `WALBROOK_CHAOS_CYCLES` (default 10, the suite's minimum).
+fn chaos_cycles() -> usize {
+    std::env::var("WALBROOK_CHAOS_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+/// A small deterministic generator (xorshift64*) for the kill moments, seeded from
+/// `WALBROOK_CHAOS_SEED` or the clock; the seed is printed so a run can be replayed.
+struct Moments(u64);
+
+impl Moments {
+    fn new() -> Moments {
+        let seed = std::env::var("WALBROOK_CHAOS_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("chaos seed: WALBROOK_CHAOS_SEED={seed}");
+        Moments(seed)
+    }
+
+    /// A duration uniformly in `[min, max)`.
+    fn between(&mut self, min: Duration, max: Duration) -> Duration {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let span = (max - min).as_micros() as u64;
+        min + Duration::from_micros(r % span.max(1))
+    }
 }
 
 async fn writer(url: String, transactions: i64, rows_per_tx: i64, pause: Duration) {
@@ -148,7 +272,7 @@ fn assert_exactly_once(ids: &BTreeMap<i64, u32>, total: u64, expected: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_load_loses_and_duplicates_nothing() {
+async fn sigkill_at_random_moments_under_load_loses_and_duplicates_nothing() {
     let pg = PgServer::shared();
     let db = pg.fresh_database("kill9");
     let nats = NatsServer::start().unwrap();
@@ -157,18 +281,74 @@ async fn sigkill_during_load_loses_and_duplicates_nothing() {
     let mut producer = spawn_producer(&db, &db.url(), &nats.url(), &log);
     wait_for_active_slot(&db).await;
 
-    const TXS: i64 = 150;
-    const ROWS: i64 = 20;
-    let load = tokio::spawn(writer(db.url(), TXS, ROWS, Duration::from_millis(10)));
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(writer_until(
+        db.url(),
+        20,
+        Duration::from_millis(10),
+        stop.clone(),
+    ));
+    let mut moments = Moments::new();
+    let cycles = chaos_cycles();
+    for cycle in 0..cycles {
+        // Anywhere from mid-start-up to well into streaming.
+        let wait = moments.between(Duration::from_millis(50), Duration::from_millis(900));
+        tokio::time::sleep(wait).await;
         sigkill(&mut producer);
+        eprintln!("cycle {}/{cycles}: SIGKILL after {wait:?}", cycle + 1);
         producer = spawn_producer(&db, &db.url(), &nats.url(), &log);
     }
-    load.await.unwrap();
-    let (ids, total) = stored_ids(&nats.url(), db.name(), (TXS * ROWS) as u64).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = load.await.unwrap();
+    let (ids, total) = stored_ids(&nats.url(), db.name(), written as u64).await;
     sigkill(&mut producer);
-    assert_exactly_once(&ids, total, TXS * ROWS);
+    assert_exactly_once(&ids, total, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_of_a_jetstream_cluster_killed_and_restarted_loses_nothing() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("cluster");
+    let mut cluster = walbrook_harness::NatsCluster::start(3).unwrap();
+    prepare(&db).await;
+    let urls = cluster.urls().join(",");
+    let log = std::env::temp_dir().join(format!("{}-producer.log", db.name()));
+    let mut producer = spawn_producer_with(
+        &db,
+        &db.url(),
+        &urls,
+        &log,
+        &[("WALBROOK_STREAM_REPLICAS", "3")],
+    );
+    wait_for_active_slot(&db).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(writer_until(
+        db.url(),
+        10,
+        Duration::from_millis(15),
+        stop.clone(),
+    ));
+    // Every node in turn (so the stream's leader is among them): killed with SIGKILL
+    // under load, down for a while, restarted on the same port and store.
+    for node in 0..cluster.len() {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        cluster.node(node).kill();
+        eprintln!("node {node} killed");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.node(node).start_again().unwrap();
+        eprintln!("node {node} restarted");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = load.await.unwrap();
+    let (ids, total) = stored_ids(&cluster.urls()[0], db.name(), written as u64).await;
+    assert!(
+        producer.try_wait().unwrap().is_none(),
+        "the producer rode out every node failure; log: {}",
+        log.display()
+    );
+    sigkill(&mut producer);
+    assert_exactly_once(&ids, total, written);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,6 +102,7 @@ impl ProducerError {
             | ProducerError::Nats(_)
             | ProducerError::LargePayload(_) => true,
             ProducerError::Publish(e) => !e.is_definite(),
+            ProducerError::Stream(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -272,24 +273,29 @@ async fn run_inner(
         config.nats.max_inflight,
         config.nats.ack_timeout,
     );
-    let mut wal_stream = streams::ensure_stream(
-        &js,
-        &subjects.stream_name(StreamKind::Wal),
-        &subjects.stream_subjects(StreamKind::Wal),
-        &format!("Walbrook change events of database {database}"),
-        &config.stream,
-    )
-    .await?;
-    streams::ensure_stream(
-        &js,
-        &subjects.stream_name(StreamKind::Schema),
-        &subjects.stream_subjects(StreamKind::Schema),
-        &format!("Walbrook schema announcements of database {database}"),
-        &config.stream,
-    )
-    .await?;
+    let mut wal_stream = None;
+    for (kind, what) in [
+        (StreamKind::Wal, "change events"),
+        (StreamKind::Schema, "schema announcements"),
+    ] {
+        let name = subjects.stream_name(kind);
+        let captures = subjects.stream_subjects(kind);
+        let description = format!("Walbrook {what} of database {database}");
+        let stream = retry_jetstream(&shutdown, || {
+            streams::ensure_stream(&js, &name, &captures, &description, &config.stream)
+        })
+        .await?;
+        if kind == StreamKind::Wal {
+            wal_stream = Some(stream);
+        }
+    }
+    let wal_stream = wal_stream.expect("the change stream is set up first");
     let wal_stream_name = subjects.stream_name(StreamKind::Wal);
-    let resume = streams::last_position(&mut wal_stream).await?;
+    let resume = retry_jetstream(&shutdown, || {
+        let mut stream = wal_stream.clone();
+        async move { streams::last_position(&mut stream).await }
+    })
+    .await?;
     if let Some((lsn, ordinal)) = resume {
         tracing::info!(%lsn, ordinal, "events up to this position are already stored");
     }
@@ -344,6 +350,39 @@ async fn run_inner(
         heartbeat.abort();
     }
     result
+}
+
+/// How long JetStream may stay unavailable at start-up (a cluster electing its
+/// leader, a server restarting) before the producer gives up.
+const JETSTREAM_STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs a JetStream set-up step, retrying transient failures with backoff (and a
+/// warning each time) for up to [`JETSTREAM_STARTUP_PATIENCE`].
+async fn retry_jetstream<T, F, Fut>(
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> Result<T, ProducerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StreamError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(e)
+                if e.is_retryable()
+                    && !shutdown.is_cancelled()
+                    && started.elapsed() < JETSTREAM_STARTUP_PATIENCE =>
+            {
+                tracing::warn!(error = %e, ?backoff, "JetStream not available yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Writes a non-transactional logical message every `interval`, so an idle or

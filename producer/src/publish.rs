@@ -32,7 +32,8 @@
 //! `producer/tests/jetstream_semantics.rs` checks both facts against the server.)
 //!
 //! The window never holds more than `async_nats`' own ack permits (the context is
-//! built with more permits than the window), which avoids the ack-window deadlock.
+//! built with permits for two windows, see [`context_for`]), which avoids the
+//! ack-window deadlock.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -175,9 +176,17 @@ pub fn context_for(
     max_inflight: usize,
     ack_timeout: Duration,
 ) -> jetstream::Context {
+    // A re-send drops the un-acked futures of the window; async-nats hands their permits
+    // to a background task that keeps them until the original ack arrives or its own
+    // timeout passes (30 s by default). Were that longer than our ack timeout, or the
+    // permits fewer than two windows, re-sends during a long outage (a JetStream cluster
+    // electing a leader) would find no permit and stall for good: found by the cluster
+    // fault test. So: orphaned permits come back after `ack_timeout`, and there are
+    // enough for the window in flight plus one window of orphans.
     jetstream::ContextBuilder::new()
         .timeout(ack_timeout)
-        .max_ack_inflight(max_inflight + 64)
+        .ack_timeout(ack_timeout)
+        .max_ack_inflight(2 * max_inflight + 64)
         .backpressure_on_inflight(false)
         .build(client)
 }
@@ -490,9 +499,18 @@ impl Publisher {
                 match send(&js, message).await {
                     Ok(future) => *ack = Some(future),
                     Err(failure) if failure.definite => return Err(failure),
-                    Err(_) => {
-                        let backoff = self.backoff.max(self.retry.initial_backoff);
-                        self.resend_at = Some(tokio::time::Instant::now() + backoff);
+                    Err(failure) => {
+                        // Grows like the ack-failure backoff: a server that keeps refusing
+                        // is asked less and less often, never silently.
+                        self.backoff = (self.backoff.max(self.retry.initial_backoff) * 2)
+                            .min(self.retry.max_backoff);
+                        tracing::warn!(
+                            subject = %failure.subject,
+                            error = %failure.detail,
+                            backoff_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX),
+                            "cannot re-send the window yet; retrying"
+                        );
+                        self.resend_at = Some(tokio::time::Instant::now() + self.backoff);
                         return Ok(());
                     }
                 }

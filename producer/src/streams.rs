@@ -13,6 +13,21 @@ pub use walbrook_protocol::headers;
 pub struct StreamError {
     stream: String,
     detail: String,
+    retryable: bool,
+}
+
+impl StreamError {
+    /// Whether asking again may succeed: the request timed out or JetStream is not
+    /// available yet (a cluster still electing its leader, a restarting server), as
+    /// opposed to a stream that exists with the wrong subjects.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+/// JetStream API errors that go away by themselves (cluster not available yet).
+fn transient_api(error: &jetstream::Error) -> bool {
+    error.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE || error.code() == 503
 }
 
 /// Makes sure stream `name` exists, capturing `subjects`. A missing stream is created
@@ -28,6 +43,12 @@ pub async fn ensure_stream(
     let err = |detail: String| StreamError {
         stream: name.to_string(),
         detail,
+        retryable: false,
+    };
+    let transient = |detail: String| StreamError {
+        stream: name.to_string(),
+        detail,
+        retryable: true,
     };
     let wanted = stream::Config {
         name: name.to_string(),
@@ -47,7 +68,7 @@ pub async fn ensure_stream(
             let info = existing
                 .info()
                 .await
-                .map_err(|e| err(format!("reading its settings: {e}")))?;
+                .map_err(|e| transient(format!("reading its settings: {e}")))?;
             let have = &info.config;
             let mut drift = Vec::new();
             if !have.subjects.iter().any(|s| s == subjects || s == ">") {
@@ -100,11 +121,35 @@ pub async fn ensure_stream(
                     if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             ) =>
         {
-            js.create_stream(wanted)
-                .await
-                .map_err(|e| err(format!("cannot create it: {e}")))
+            js.create_stream(wanted).await.map_err(|e| {
+                let retryable = match e.kind() {
+                    jetstream::context::CreateStreamErrorKind::TimedOut
+                    | jetstream::context::CreateStreamErrorKind::JetStreamUnavailable
+                    | jetstream::context::CreateStreamErrorKind::Response => true,
+                    jetstream::context::CreateStreamErrorKind::JetStream(ref api) => {
+                        transient_api(api)
+                    }
+                    _ => false,
+                };
+                StreamError {
+                    stream: name.to_string(),
+                    detail: format!("cannot create it: {e}"),
+                    retryable,
+                }
+            })
         }
-        Err(e) => Err(err(format!("cannot look it up: {e}"))),
+        Err(e) => {
+            let retryable = match e.kind() {
+                jetstream::context::GetStreamErrorKind::Request => true,
+                jetstream::context::GetStreamErrorKind::JetStream(ref api) => transient_api(api),
+                _ => false,
+            };
+            Err(StreamError {
+                stream: name.to_string(),
+                detail: format!("cannot look it up: {e}"),
+                retryable,
+            })
+        }
     }
 }
 
@@ -120,6 +165,7 @@ pub async fn last_position(stream: &mut stream::Stream) -> Result<Option<(Lsn, u
     let info = stream.info().await.map_err(|e| StreamError {
         stream: name.clone(),
         detail: format!("reading its state: {e}"),
+        retryable: true,
     })?;
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     if info.state.messages == 0 || last == 0 {
@@ -127,9 +173,25 @@ pub async fn last_position(stream: &mut stream::Stream) -> Result<Option<(Lsn, u
     }
     let lowest = first.max(last.saturating_sub(SCAN_BACK));
     for sequence in (lowest..=last).rev() {
-        // A message removed by retention or deleted: look at the one before.
-        let Ok(message) = stream.get_raw_message(sequence).await else {
-            continue;
+        let message = match stream.get_raw_message(sequence).await {
+            Ok(message) => message,
+            // Removed by retention or deleted: look at the one before.
+            Err(e)
+                if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound)
+                    || matches!(e.kind(), stream::RawMessageErrorKind::JetStream(ref api)
+                        if api.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+            {
+                continue;
+            }
+            // Anything else must not be mistaken for "no event here": an older
+            // position would make the producer publish again what is stored.
+            Err(e) => {
+                return Err(StreamError {
+                    stream: name.clone(),
+                    detail: format!("reading message {sequence}: {e}"),
+                    retryable: true,
+                });
+            }
         };
         if let Some(position) = event_position(&message.headers) {
             return Ok(Some(position));
