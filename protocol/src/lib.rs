@@ -4,6 +4,7 @@
 //! `walbrook.Source` record schema, and header names ([`headers`]).
 
 pub mod lsn;
+pub mod snapshot;
 pub mod subject;
 
 pub use lsn::{Lsn, ParseLsnError, Xid};
@@ -118,6 +119,12 @@ pub mod headers {
     pub const OP: &str = "Walbrook-Op";
     /// Fingerprint text.
     pub const FINGERPRINT: &str = "Walbrook-Fingerprint";
+    /// On snapshot control messages: `begin`, `end` or `failed` (docs/protocol.md §8).
+    pub const SNAPSHOT_CONTROL: &str = "Walbrook-Snapshot-Control";
+    /// On snapshot rows: the row's 1-based number within the snapshot.
+    pub const SNAPSHOT_ROW: &str = "Walbrook-Snapshot-Row";
+    /// On every snapshot message: the snapshot id.
+    pub const SNAPSHOT_ID: &str = "Walbrook-Snapshot-Id";
 }
 
 #[cfg(test)]
