@@ -198,10 +198,10 @@ async fn serve(
                 answer_listing(&shared, &sql, request).await;
             }
             _ = sweeper.tick() => {
-                if sql.is_closed() {
-                    if let Ok(c) = connect_sql(&shared.pg_url).await {
-                        sql = c;
-                    }
+                if sql.is_closed()
+                    && let Ok(c) = connect_sql(&shared.pg_url).await
+                {
+                    sql = c;
                 }
                 sweep(&shared, &sql).await;
             }
@@ -350,7 +350,7 @@ async fn accept(shared: &Arc<Shared>, payload: &[u8]) -> Result<run::Run, RpcFai
     let table = table::lookup(&sql, &shared.publication, &request.schema, &request.table).await?;
     let filter = table.filter_sql(&sql, request.filter.as_ref()).await?;
     announce(shared, &sql, &table.encoder).await?;
-    let approx_rows = table.approx_rows(&sql).await;
+    let approx_rows = table.approx_rows(&sql).await?;
     let point = position::take(&sql)
         .await
         .map_err(pg("taking the position"))?;

@@ -336,20 +336,21 @@ impl SnapshotTable {
     }
 
     /// PostgreSQL's row estimate over the table and its partitions (`None`: never analysed).
-    pub async fn approx_rows(&self, sql: &Client) -> Option<i64> {
+    pub async fn approx_rows(&self, sql: &Client) -> Result<Option<i64>, RpcFailure> {
         let row = sql
             .query_one(
                 "SELECT sum(greatest(c.reltuples, 0))::bigint, bool_or(c.reltuples >= 0)
-                   FROM pg_partition_tree($1::oid) t JOIN pg_class c ON c.oid = t.relid
-                  WHERE t.isleaf",
+                   FROM pg_class c
+                  WHERE (c.oid = $1 AND c.relkind = 'r')
+                     OR c.oid IN (SELECT relid FROM pg_partition_tree($1::oid) WHERE isleaf)",
                 &[&self.oid],
             )
             .await
-            .ok()?;
+            .map_err(|e| RpcFailure::internal(format!("reading the row estimate: {e}")))?;
         let analysed: Option<bool> = row.get(1);
-        analysed
+        Ok(analysed
             .unwrap_or(false)
-            .then(|| row.get::<_, Option<i64>>(0).unwrap_or(0))
+            .then(|| row.get::<_, Option<i64>>(0).unwrap_or(0)))
     }
 }
 
