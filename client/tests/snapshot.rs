@@ -22,6 +22,7 @@ struct Setup {
     nats: NatsServer,
     sql: tokio_postgres::Client,
     shutdown: CancellationToken,
+    metrics: walbrook_producer::metrics::Metrics,
     producer:
         Option<tokio::task::JoinHandle<Result<(), walbrook_producer::pipeline::ProducerError>>>,
 }
@@ -52,15 +53,18 @@ impl Setup {
         tokio::spawn(connection);
         sql.batch_execute(ddl).await.unwrap();
         let shutdown = CancellationToken::new();
-        let producer = tokio::spawn(walbrook_producer::pipeline::run(
+        let metrics = walbrook_producer::metrics::Metrics::new();
+        let producer = tokio::spawn(walbrook_producer::pipeline::run_with_metrics(
             config(&db, &nats.url(), tables, extra),
             shutdown.clone(),
+            metrics.clone(),
         ));
         let setup = Setup {
             db,
             nats,
             sql,
             shutdown,
+            metrics,
             producer: Some(producer),
         };
         // Streaming means the snapshot service is up too (it starts before replication).
@@ -341,7 +345,15 @@ async fn creek_types_data_snapshot_lists_and_rereads() {
         .unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::Rejected);
 
-    // Metrics-free check of the stream layout: begin first, end last, headers tell them apart.
+    let metrics = setup.metrics.render();
+    assert!(
+        metrics.contains("walbrook_producer_snapshot_rows_total{table=\"public.types_data\"} 1000"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("walbrook_producer_snapshots_total{kind=\"done\"} 1"));
+    assert!(metrics.contains("walbrook_producer_snapshots_running 0"));
+
+    // The stream layout: begin first, end last, headers tell them apart.
     let nats = setup.raw().await;
     let js = async_nats::jetstream::new(nats);
     let mut stream = js
@@ -911,4 +923,52 @@ async fn snapshot_then_changes_from_p_reproduce_the_table_under_concurrent_write
     assert_eq!(differences, 0, "the copy equals the source ({count} rows)");
     assert!(count > 1000);
     setup.stop().await;
+}
+
+/// A producer that shuts down fails its running snapshots explicitly.
+#[tokio::test]
+async fn shutdown_fails_running_snapshots_explicitly() {
+    let mut setup = Setup::start(
+        "snap_shutdown",
+        "CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t SELECT generate_series(1, 10);",
+        "public.t",
+        &[],
+    )
+    .await;
+    let client = setup.client().await;
+    let (open, connection) = tokio_postgres::connect(&setup.db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    open.batch_execute("BEGIN; INSERT INTO t VALUES (100)")
+        .await
+        .unwrap();
+    let mut snapshot = client
+        .snapshot(SnapshotRequest::table("public.t"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        setup.metrics.snapshots_running.get(),
+        1,
+        "waiting for the open transaction"
+    );
+    setup.stop().await;
+    let failure = tokio::time::timeout(Duration::from_secs(20), snapshot.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(failure.kind(), ErrorKind::SnapshotFailed, "{failure}");
+    assert!(failure.to_string().contains("shut down"), "{failure}");
+    assert!(snapshot.next().await.is_none());
+    let state: String = setup
+        .sql
+        .query_one("SELECT status FROM _walbrook.snapshots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "failed");
+    open.batch_execute("ROLLBACK").await.unwrap();
 }

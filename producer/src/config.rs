@@ -763,6 +763,54 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_settings_have_defaults_and_bounds() {
+        let config = minimal().validate().unwrap();
+        assert_eq!(
+            config.snapshot,
+            SnapshotConfig {
+                max_concurrent: 4,
+                chunk_size: DEFAULT_CHUNK_SIZE,
+                retention: Duration::from_secs(7 * 86_400),
+            }
+        );
+        let mut raw = RawConfig::from_toml(
+            "[snapshot]\nmax_concurrent = 2\nchunk_size = 500\nretention = \"1h\"\n",
+        )
+        .unwrap();
+        raw.apply_env([
+            ("WALBROOK_PG_URL", "postgresql://h/db"),
+            ("WALBROOK_NATS_URL", "nats://h:1"),
+            ("WALBROOK_TABLES", "public.a"),
+            ("WALBROOK_SNAPSHOT_CHUNK_SIZE", "700"),
+        ])
+        .unwrap();
+        let config = raw.validate().unwrap();
+        assert_eq!(
+            (config.snapshot.max_concurrent, config.snapshot.chunk_size),
+            (2, 700)
+        );
+        assert_eq!(config.snapshot.retention, Duration::from_secs(3600));
+        for (var, value, field) in [
+            ("WALBROOK_SNAPSHOT_CHUNK_SIZE", "0", "snapshot.chunk_size"),
+            (
+                "WALBROOK_SNAPSHOT_CHUNK_SIZE",
+                "100001",
+                "snapshot.chunk_size",
+            ),
+            (
+                "WALBROOK_SNAPSHOT_MAX_CONCURRENT",
+                "0",
+                "snapshot.max_concurrent",
+            ),
+            ("WALBROOK_SNAPSHOT_RETENTION", "soon", "snapshot.retention"),
+        ] {
+            let mut raw = minimal();
+            raw.apply_env([(var, value)]).unwrap();
+            assert_eq!(raw.validate().unwrap_err().field, field, "{var}={value}");
+        }
+    }
+
+    #[test]
     fn env_overrides_the_file() {
         let mut raw = RawConfig::from_toml(
             "root = \"FROMFILE\"\ntables = [\"public.a\"]\n[nats]\nurl = \"nats://x:1\"\nmax_inflight = 10\n\

@@ -379,6 +379,51 @@ pub fn text_rows(messages: Vec<SimpleQueryMessage>) -> Vec<pgoutput::Tuple> {
 mod tests {
     use super::*;
 
+    fn table(key: Vec<usize>) -> SnapshotTable {
+        use walbrook_pgtype_avro::{ColumnDesc, PgType, RelationDesc, ReplicaIdentity};
+        let column = |name: &str, oid: u32, type_name: &str| ColumnDesc {
+            name: name.into(),
+            pg_type: PgType::from_builtin_oid(oid).unwrap(),
+            type_name: type_name.into(),
+            typmod: -1,
+            not_null: true,
+            is_key: true,
+        };
+        let desc = RelationDesc {
+            schema: "my schema".into(),
+            table: "t\"x".into(),
+            columns: vec![column("a\"b", 23, "integer"), column("c", 25, "text")],
+            replica_identity: ReplicaIdentity::Default,
+        };
+        SnapshotTable {
+            encoder: TableEncoder::new(desc).unwrap(),
+            key,
+            quoted: format!("{}.{}", quote_ident("my schema"), quote_ident("t\"x")),
+            oid: 1,
+        }
+    }
+
+    #[test]
+    fn chunk_queries_quote_names_and_type_key_literals() {
+        let t = table(vec![0, 1]);
+        assert_eq!(
+            t.chunk_query(&FilterSql(None), None, 10),
+            r#"SELECT "a""b", "c" FROM "my schema"."t""x" ORDER BY "a""b", "c" LIMIT 10"#
+        );
+        assert_eq!(
+            t.chunk_query(
+                &FilterSql(Some(r#""c" = E'x'::text"#.into())),
+                Some(&["5".to_string(), "it's".to_string()]),
+                3
+            ),
+            r#"SELECT "a""b", "c" FROM "my schema"."t""x" WHERE ("a""b", "c") > (E'5'::integer, E'it''s'::text) AND ("c" = E'x'::text) ORDER BY "a""b", "c" LIMIT 3"#
+        );
+        assert_eq!(
+            t.full_query(&FilterSql(None)),
+            r#"SELECT "a""b", "c" FROM "my schema"."t""x""#
+        );
+    }
+
     #[test]
     fn literals_escape_quotes_and_backslashes() {
         assert_eq!(literal("a"), "E'a'");
