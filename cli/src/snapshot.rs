@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use walbrook_client::{Client, ClientOptions, FilterOp, RowFilter, SnapshotRequest};
+use walbrook_client::{
+    Client, ClientOptions, FilterOp, RowFilter, Snapshot, SnapshotInfo, SnapshotRequest,
+};
 
 /// Options of `walbrook snapshot`.
 #[derive(Debug, clap::Args)]
@@ -40,6 +42,13 @@ pub struct SnapshotArgs {
     /// Print nothing but errors (no progress bar).
     #[arg(long, short)]
     quiet: bool,
+    /// List the table's retained snapshots (JSON lines on stdout) instead of taking one;
+    /// `*` lists every table's.
+    #[arg(long, conflicts_with_all = ["read", "filter", "jsonl", "chunk_size"])]
+    list: bool,
+    /// Read the retained snapshot with this id again instead of taking a new one.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["filter", "chunk_size"])]
+    read: Option<String>,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -129,6 +138,24 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
         options = options.server(extra.trim());
     }
     let client = Client::connect(options).await?;
+    if args.list {
+        let mut stdout = std::io::stdout().lock();
+        for info in client.snapshots(&args.table).await? {
+            serde_json::to_writer(&mut stdout, &info)?;
+            stdout.write_all(b"\n")?;
+        }
+        return Ok(());
+    }
+    let mut snapshot = match &args.read {
+        Some(id) => client.read_snapshot(id, args.stall_timeout).await?,
+        None => take(&client, &args).await?,
+    };
+    let info = snapshot.info().clone();
+    show(&args, &mut snapshot, &info).await
+}
+
+/// Requests a new snapshot.
+async fn take(client: &Client, args: &SnapshotArgs) -> anyhow::Result<Snapshot> {
     let mut request = SnapshotRequest::table(&args.table).stall_timeout(args.stall_timeout);
     if let Some(filter) = &args.filter {
         request = request.filter(parse_filter(filter)?);
@@ -136,8 +163,15 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
     if let Some(n) = args.chunk_size {
         request = request.chunk_size(n);
     }
-    let mut snapshot = client.snapshot(request).await?;
-    let info = snapshot.info().clone();
+    Ok(client.snapshot(request).await?)
+}
+
+/// The rest of [`run`] after the snapshot is open.
+async fn show(
+    args: &SnapshotArgs,
+    snapshot: &mut Snapshot,
+    info: &SnapshotInfo,
+) -> anyhow::Result<()> {
     let mut out: Option<Box<dyn Write>> = match &args.jsonl {
         None => None,
         Some(path) if path.as_os_str() == "-" => {

@@ -135,6 +135,26 @@ async fn a_producer_killed_mid_snapshot_ends_it_with_an_explicit_failure() {
     assert_eq!(second.kind(), ErrorKind::SnapshotFailed);
     assert_eq!(reread, rows);
 
+    // The CLI lists it and fails to re-read it.
+    let walbrook = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_walbrook"))
+            .args(args)
+            .env("WALBROOK_NATS_URL", nats.url())
+            .env("WALBROOK_PG_URL", db.url())
+            .env("WALBROOK_ROOT", ROOT)
+            .output()
+            .unwrap()
+    };
+    let listing = walbrook(&["snapshot", "public.big", "--list"]);
+    assert!(listing.status.success());
+    let entry: serde_json::Value =
+        serde_json::from_slice(listing.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(entry["status"], "failed");
+    assert_eq!(entry["id"], listed[0].id.as_str());
+    let reread_cli = walbrook(&["snapshot", "public.big", "--quiet", "--read", &listed[0].id]);
+    assert!(!reread_cli.status.success());
+    assert!(String::from_utf8_lossy(&reread_cli.stderr).contains("failed"));
+
     // A new snapshot from the restarted producer is complete; `walbrook snapshot` writes it.
     let jsonl = dir.path().join("rows.jsonl");
     let status = Command::new(env!("CARGO_BIN_EXE_walbrook"))
