@@ -3,6 +3,8 @@
 //! * `walbrook produce` runs the producer appliance (PostgreSQL → NATS JetStream).
 //! * `walbrook check` validates the configuration and prerequisites without
 //!   starting replication, printing each problem with its fix.
+//! * `walbrook snapshot <schema.table>` takes a snapshot through the running producer,
+//!   with a progress bar, optionally writing the rows as JSON lines.
 //! * `walbrook demo` shows the pipeline on a demo table next to the servers named by
 //!   `WALBROOK_PG_URL` and `WALBROOK_NATS_URL` (`make demo` starts throwaway ones).
 //!
@@ -12,6 +14,7 @@
 mod check;
 mod demo;
 mod produce;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +34,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Show the pipeline on a demo table: generate changes and print what is captured.
     Demo(demo::DemoArgs),
+    /// Take a snapshot of a table through the running producer (progress bar, JSON lines).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 fn init_logging(default_level: &str) {
@@ -61,5 +66,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(args).await,
         Command::Check(args) => check::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Snapshot(args) => snapshot::run(args).await,
     }
 }

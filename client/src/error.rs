@@ -38,6 +38,14 @@ pub enum ErrorKind {
     /// The JetStream stream of the database does not exist (the producer has not run yet).
     /// Retryable: the producer creates it when it starts.
     StreamNotFound,
+    /// An RPC refused the request as invalid (`400` malformed, `403` table not published,
+    /// `404` unknown table or snapshot). Fix the call.
+    Rejected,
+    /// The producer runs as many snapshots as it may (`429`). Retryable.
+    Busy,
+    /// A snapshot ended with the producer's `failed` message (or was aborted): request a
+    /// new one.
+    SnapshotFailed,
 }
 
 impl ErrorKind {
@@ -54,6 +62,9 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Server => "server",
             ErrorKind::StreamNotFound => "stream not found",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Busy => "busy",
+            ErrorKind::SnapshotFailed => "snapshot failed",
         }
     }
 }
@@ -138,6 +149,7 @@ impl Error {
                 | ErrorKind::Unavailable
                 | ErrorKind::Server
                 | ErrorKind::StreamNotFound
+                | ErrorKind::Busy
         )
     }
 

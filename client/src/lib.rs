@@ -58,6 +58,7 @@ mod large_payload;
 mod names;
 mod options;
 mod schema;
+mod snapshot;
 mod subscribe;
 
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub use event::{ChangeEvent, Column, Op, Row, Source, value_to_json};
 pub use names::{Lsn, TablePattern, escape_token};
 pub use options::{ClientOptions, Credentials};
 pub use schema::EventSchema;
+pub use snapshot::{FilterOp, RowFilter, Snapshot, SnapshotInfo, SnapshotRequest, SnapshotStatus};
 pub use subscribe::{ChangeStream, Start, Subscription};
 pub use walbrook_pgtype_avro::{
     Fingerprint, PgArray, PgDate, PgInterval, PgNumeric, PgRange, PgTimestamp, PgValue, RangeBound,
@@ -88,6 +90,7 @@ struct Inner {
     names: names::Names,
     cache: Arc<schema::SchemaCache>,
     database: String,
+    request_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -167,6 +170,7 @@ impl Client {
                 names,
                 cache,
                 database: options.database,
+                request_timeout: options.request_timeout,
             }),
         })
     }
@@ -221,6 +225,83 @@ impl Client {
                 )),
             },
         }
+    }
+
+    /// Requests a snapshot of one table and starts reading it (docs/client.md, Snapshots).
+    ///
+    /// The request is answered at once: [`ErrorKind::Rejected`] (malformed, unknown or
+    /// unpublished table, bad filter), [`ErrorKind::Busy`] (too many snapshots running),
+    /// [`ErrorKind::Unavailable`] (no producer). The returned [`Snapshot`] streams the rows
+    /// as [`ChangeEvent`]s with op `Read`, and ends with `None` only when every row arrived.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: once the producer accepted the request, the snapshot runs anyway.
+    pub async fn snapshot(&self, request: SnapshotRequest) -> Result<Snapshot, Error> {
+        snapshot::request(
+            &self.inner.nats,
+            &self.inner.js,
+            &self.inner.names,
+            self.inner.cache.clone(),
+            self.inner.request_timeout,
+            request,
+        )
+        .await
+    }
+
+    /// Lists the retained snapshots of `schema.table` (all tables for `*`), oldest first.
+    pub async fn snapshots(&self, table: &str) -> Result<Vec<SnapshotInfo>, Error> {
+        let wanted = match table.parse::<TablePattern>()? {
+            TablePattern::All => walbrook_protocol::snapshot::ListRequest::default(),
+            TablePattern::Schema(schema) => walbrook_protocol::snapshot::ListRequest {
+                schema: Some(schema),
+                ..Default::default()
+            },
+            TablePattern::Table { schema, table } => walbrook_protocol::snapshot::ListRequest {
+                schema: Some(schema),
+                table: Some(table),
+                id: None,
+            },
+        };
+        snapshot::list(
+            &self.inner.nats,
+            &self.inner.names,
+            self.inner.request_timeout,
+            wanted,
+        )
+        .await
+    }
+
+    /// Reads an existing snapshot again from its first message ([`ErrorKind::Rejected`] if
+    /// no such snapshot is retained). `stall_timeout` as in
+    /// [`SnapshotRequest::stall_timeout`].
+    pub async fn read_snapshot(
+        &self,
+        id: &str,
+        stall_timeout: std::time::Duration,
+    ) -> Result<Snapshot, Error> {
+        let found = snapshot::list(
+            &self.inner.nats,
+            &self.inner.names,
+            self.inner.request_timeout,
+            walbrook_protocol::snapshot::ListRequest {
+                id: Some(id.to_string()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let info = found.into_iter().next().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Rejected,
+                format!("no snapshot {id:?} is retained"),
+            )
+        })?;
+        snapshot::read(
+            &self.inner.js,
+            self.inner.cache.clone(),
+            info,
+            stall_timeout,
+        )
+        .await
     }
 
     /// The underlying NATS connection (shared; do not close it).

@@ -36,6 +36,16 @@ impl Names {
         self.subjects.schema_rpc()
     }
 
+    /// `<root>.<db>.rpc.snapshot`
+    pub(crate) fn snapshot_rpc(&self) -> String {
+        self.subjects.snapshot_rpc()
+    }
+
+    /// `<root>.<db>.rpc.snapshots`
+    pub(crate) fn snapshots_rpc(&self) -> String {
+        self.subjects.snapshots_rpc()
+    }
+
     /// The filter subject of a table pattern.
     pub(crate) fn wal_filter(&self, pattern: &TablePattern) -> String {
         match pattern {

@@ -441,7 +441,7 @@ async fn first_sequence_at(stream: &JsStream, names: &Names, lsn: Lsn) -> Result
     Ok(lo)
 }
 
-async fn decode_message(
+pub(crate) async fn decode_message(
     cache: &SchemaCache,
     objects: &PayloadObjects,
     message: Message,

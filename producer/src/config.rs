@@ -84,6 +84,21 @@ pub struct RawConfig {
     /// JetStream stream settings.
     #[serde(default)]
     pub stream: RawStream,
+    /// Snapshot settings.
+    #[serde(default)]
+    pub snapshot: RawSnapshot,
+}
+
+/// `[snapshot]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnapshot {
+    /// Snapshots one producer runs at the same time.
+    pub max_concurrent: Option<usize>,
+    /// Default rows per chunk.
+    pub chunk_size: Option<usize>,
+    /// How long snapshot data is kept (`max_age` of the snapshot stream), e.g. `7d`.
+    pub retention: Option<String>,
 }
 
 /// `[postgres]`
@@ -160,6 +175,12 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WALBROOK_STREAM_STORAGE", "stream.storage"),
     ("WALBROOK_STREAM_MAX_AGE", "stream.max_age"),
     ("WALBROOK_DUPLICATE_WINDOW", "stream.duplicate_window"),
+    (
+        "WALBROOK_SNAPSHOT_MAX_CONCURRENT",
+        "snapshot.max_concurrent",
+    ),
+    ("WALBROOK_SNAPSHOT_CHUNK_SIZE", "snapshot.chunk_size"),
+    ("WALBROOK_SNAPSHOT_RETENTION", "snapshot.retention"),
 ];
 
 impl RawConfig {
@@ -221,6 +242,13 @@ impl RawConfig {
                 "WALBROOK_STREAM_STORAGE" => self.stream.storage = Some(value),
                 "WALBROOK_STREAM_MAX_AGE" => self.stream.max_age = Some(value),
                 "WALBROOK_DUPLICATE_WINDOW" => self.stream.duplicate_window = Some(value),
+                "WALBROOK_SNAPSHOT_MAX_CONCURRENT" => {
+                    self.snapshot.max_concurrent = Some(number("snapshot.max_concurrent")?)
+                }
+                "WALBROOK_SNAPSHOT_CHUNK_SIZE" => {
+                    self.snapshot.chunk_size = Some(number("snapshot.chunk_size")?)
+                }
+                "WALBROOK_SNAPSHOT_RETENTION" => self.snapshot.retention = Some(value),
                 // Variables of other Walbrook commands and of the test harness.
                 _ if key.starts_with("WALBROOK_SINK_")
                     || key.starts_with("WALBROOK_LOG")
@@ -368,7 +396,36 @@ impl RawConfig {
         if duplicate_window < Duration::from_secs(1) {
             return Err(invalid("stream.duplicate_window", "must be at least 1s"));
         }
+        let max_concurrent = self.snapshot.max_concurrent.unwrap_or(4);
+        if !(1..=64).contains(&max_concurrent) {
+            return Err(invalid(
+                "snapshot.max_concurrent",
+                "must be between 1 and 64",
+            ));
+        }
+        let chunk_size = match self.snapshot.chunk_size {
+            None => DEFAULT_CHUNK_SIZE,
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_CHUNK_SIZE).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "snapshot.chunk_size",
+                        format!("must be between 1 and {MAX_CHUNK_SIZE}"),
+                    )
+                })?,
+        };
+        let retention = duration(
+            "snapshot.retention",
+            self.snapshot.retention.as_deref(),
+            "7d",
+        )?;
         Ok(ProducerConfig {
+            snapshot: SnapshotConfig {
+                max_concurrent,
+                chunk_size,
+                retention,
+            },
             pg_url,
             nats: NatsConfig {
                 servers: nats_servers,
@@ -415,6 +472,25 @@ pub struct ProducerConfig {
     pub heartbeat_interval: Duration,
     /// Stream settings.
     pub stream: StreamConfig,
+    /// Snapshot settings.
+    pub snapshot: SnapshotConfig,
+}
+
+/// Default rows per snapshot chunk.
+pub const DEFAULT_CHUNK_SIZE: u32 = 10_000;
+/// Largest accepted chunk size.
+pub const MAX_CHUNK_SIZE: u32 = 100_000;
+
+/// Snapshot settings (docs/protocol.md §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Snapshots one producer runs at the same time; more are refused (429).
+    pub max_concurrent: usize,
+    /// Rows per chunk when the request names none.
+    pub chunk_size: u32,
+    /// `max_age` of the snapshot stream (zero = unlimited); finished snapshots older than
+    /// this are also removed from `_walbrook.snapshots`.
+    pub retention: Duration,
 }
 
 /// NATS connection settings.
@@ -686,6 +762,54 @@ mod tests {
         );
         assert_eq!(config.nats.max_inflight, 1024);
         assert_eq!(config.stream.duplicate_window, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn snapshot_settings_have_defaults_and_bounds() {
+        let config = minimal().validate().unwrap();
+        assert_eq!(
+            config.snapshot,
+            SnapshotConfig {
+                max_concurrent: 4,
+                chunk_size: DEFAULT_CHUNK_SIZE,
+                retention: Duration::from_secs(7 * 86_400),
+            }
+        );
+        let mut raw = RawConfig::from_toml(
+            "[snapshot]\nmax_concurrent = 2\nchunk_size = 500\nretention = \"1h\"\n",
+        )
+        .unwrap();
+        raw.apply_env([
+            ("WALBROOK_PG_URL", "postgresql://h/db"),
+            ("WALBROOK_NATS_URL", "nats://h:1"),
+            ("WALBROOK_TABLES", "public.a"),
+            ("WALBROOK_SNAPSHOT_CHUNK_SIZE", "700"),
+        ])
+        .unwrap();
+        let config = raw.validate().unwrap();
+        assert_eq!(
+            (config.snapshot.max_concurrent, config.snapshot.chunk_size),
+            (2, 700)
+        );
+        assert_eq!(config.snapshot.retention, Duration::from_secs(3600));
+        for (var, value, field) in [
+            ("WALBROOK_SNAPSHOT_CHUNK_SIZE", "0", "snapshot.chunk_size"),
+            (
+                "WALBROOK_SNAPSHOT_CHUNK_SIZE",
+                "100001",
+                "snapshot.chunk_size",
+            ),
+            (
+                "WALBROOK_SNAPSHOT_MAX_CONCURRENT",
+                "0",
+                "snapshot.max_concurrent",
+            ),
+            ("WALBROOK_SNAPSHOT_RETENTION", "soon", "snapshot.retention"),
+        ] {
+            let mut raw = minimal();
+            raw.apply_env([(var, value)]).unwrap();
+            assert_eq!(raw.validate().unwrap_err().field, field, "{var}={value}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod publish;
 pub mod registry;
 pub mod replication;
 pub mod setup;
+pub mod snapshot;
 pub mod streams;
 pub mod tables;
 pub use walbrook_protocol::subject;

@@ -22,6 +22,13 @@ pub struct EventLabels {
     pub op: String,
 }
 
+/// Labels naming a table.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `schema.table`.
+    pub table: String,
+}
+
 /// Labels naming what a counter is about.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -53,6 +60,12 @@ pub struct Metrics {
     pub resends: Counter,
     /// Events whose payload went to the object store (larger than `max_payload`).
     pub large_payloads: Counter,
+    /// Snapshots running now.
+    pub snapshots_running: Gauge,
+    /// Snapshot rows published (acknowledged), by table.
+    pub snapshot_rows: Family<TableLabels, Counter>,
+    /// Snapshots finished, by outcome (`done`, `failed`).
+    pub snapshots: Family<KindLabels, Counter>,
     ready: Arc<AtomicBool>,
 }
 
@@ -118,7 +131,28 @@ impl Metrics {
             "Events larger than the server's max_payload, stored in the object store",
             large_payloads.clone(),
         );
+        let snapshots_running = Gauge::default();
+        registry.register(
+            "snapshots_running",
+            "Snapshots being published",
+            snapshots_running.clone(),
+        );
+        let snapshot_rows = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "snapshot_rows",
+            "Snapshot rows published and acknowledged, by table",
+            snapshot_rows.clone(),
+        );
+        let snapshots = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "snapshots",
+            "Snapshots finished, by outcome (done, failed)",
+            snapshots.clone(),
+        );
         Metrics {
+            snapshots_running,
+            snapshot_rows,
+            snapshots,
             registry: Arc::new(registry),
             events,
             ack_latency,

@@ -308,6 +308,14 @@ async fn run_inner(
         pg_url.clone(),
         database.clone(),
     ));
+    let snapshots = crate::snapshot::Service::start(
+        &config,
+        nats.clone(),
+        &database,
+        registry.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let heartbeat = (!config.heartbeat_interval.is_zero()).then(|| {
         tokio::spawn(heartbeats(
             pg_url.clone(),
@@ -345,6 +353,7 @@ async fn run_inner(
         wal_stream,
     };
     let result = state.replicate(&target, &shutdown).await;
+    snapshots.stop().await;
     rpc.abort();
     if let Some(heartbeat) = heartbeat {
         heartbeat.abort();

@@ -128,7 +128,7 @@ pub async fn load(
 }
 
 /// An RPC error answer: NATS service error headers plus a JSON body.
-fn error_reply(code: u16, message: &str) -> (async_nats::HeaderMap, bytes::Bytes) {
+pub(crate) fn error_reply(code: u16, message: &str) -> (async_nats::HeaderMap, bytes::Bytes) {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Service-Error", message);
     headers.insert("Nats-Service-Error-Code", code.to_string().as_str());

@@ -4,6 +4,7 @@
 //! `walbrook.Source` record schema, and header names ([`headers`]).
 
 pub mod lsn;
+pub mod snapshot;
 pub mod subject;
 
 pub use lsn::{FullXid, Lsn, ParseLsnError, Xid};
@@ -122,6 +123,12 @@ pub mod headers {
     /// in that JetStream object store object (docs/protocol.md §3.5); the message body is
     /// empty.
     pub const PAYLOAD_OBJECT: &str = "Walbrook-Payload-Object";
+    /// On snapshot control messages: `begin`, `end` or `failed` (docs/protocol.md §8).
+    pub const SNAPSHOT_CONTROL: &str = "Walbrook-Snapshot-Control";
+    /// On snapshot rows: the row's 1-based number within the snapshot.
+    pub const SNAPSHOT_ROW: &str = "Walbrook-Snapshot-Row";
+    /// On every snapshot message: the snapshot id.
+    pub const SNAPSHOT_ID: &str = "Walbrook-Snapshot-Id";
 }
 
 #[cfg(test)]

@@ -135,6 +135,26 @@ impl Subjects {
         format!("{}.{}.rpc.schema", self.root, self.db)
     }
 
+    /// `<root>.<db>.snap.<schema>.<table>.<snapshot id>`: one snapshot's data. The id is a
+    /// valid NATS token (letters, digits, `-`), used as is.
+    pub fn snapshot(&self, schema: &str, table: &str, id: &str) -> String {
+        format!(
+            "{}.{}",
+            self.table_subject(StreamKind::Snap, schema, table),
+            id
+        )
+    }
+
+    /// `<root>.<db>.rpc.snapshot`: the snapshot request RPC.
+    pub fn snapshot_rpc(&self) -> String {
+        format!("{}.{}.rpc.snapshot", self.root, self.db)
+    }
+
+    /// `<root>.<db>.rpc.snapshots`: the snapshot listing RPC.
+    pub fn snapshots_rpc(&self) -> String {
+        format!("{}.{}.rpc.snapshots", self.root, self.db)
+    }
+
     /// The wildcard a kind's stream captures: `<root>.<db>.<kind>.>`.
     pub fn stream_subjects(&self, kind: StreamKind) -> String {
         format!("{}.{}.{}.>", self.root, self.db, kind.subject_word())

@@ -11,6 +11,11 @@
 //! storage, every event acked), and reports the throughput ratio (b)/(a) and the
 //! producer's peak RSS. Results go to `DIR/backlog.json` (default `results/`).
 //!
+//! Snapshot: on the same table, times (d) `COPY (SELECT …) TO STDOUT` through psql to
+//! /dev/null (the reference) and (e) a Walbrook snapshot of the table, from the RPC
+//! request until the producer has stored the `end` message in JetStream (every row
+//! acked), and reports rows/s of both and their ratio (e)/(d) in `DIR/snapshot.json`.
+//!
 //! The `walbrook` binary must sit next to this one (`cargo build --release -p
 //! walbrook-cli -p walbrook-harness`); `make bench` does that.
 
@@ -232,6 +237,115 @@ fn main() {
         raw_secs / walbrook_secs,
         args.rows as f64 / raw_headers_secs,
         raw_headers_secs / walbrook_secs,
+        peak_kib as f64 / 1024.0,
+        path.display()
+    );
+
+    snapshot_bench(&pg, &db, &nats.url(), &walbrook, args.rows, &args.out);
+}
+
+/// (d) and (e): COPY of the table versus a Walbrook snapshot of it into JetStream.
+fn snapshot_bench(
+    pg: &PgServer,
+    db: &walbrook_harness::TestDb<'_>,
+    nats_url: &str,
+    walbrook: &std::path::Path,
+    rows: u64,
+    out: &std::path::Path,
+) {
+    let psql = pg.bin_dir().expect("own cluster").join("psql");
+    let started = Instant::now();
+    let status = Command::new(&psql)
+        .args(["-X", "-q", "-d", &db.url(), "-c"])
+        .arg("COPY (SELECT id, name, amount, at, flag FROM public.bench) TO STDOUT")
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql");
+    assert!(status.success(), "COPY failed");
+    let copy_secs = started.elapsed().as_secs_f64();
+    eprintln!("COPY TO STDOUT: {copy_secs:.2}s");
+
+    let log = std::fs::File::create(out.join("producer-snapshot.log")).ok();
+    let mut producer = Command::new(walbrook)
+        .arg("produce")
+        .env("WALBROOK_PG_URL", db.url())
+        .env("WALBROOK_NATS_URL", nats_url)
+        .env("WALBROOK_TABLES", "public.bench")
+        .env("WALBROOK_SLOT", db.slot_name())
+        .env("WALBROOK_PUBLICATION", db.publication_name())
+        .env("WALBROOK_ROOT", "BENCH")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, Stdio::from))
+        .spawn()
+        .expect("walbrook produce");
+    let pid = producer.id();
+    let (snapshot_secs, peak_kib) =
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                let client = async_nats::connect(nats_url).await.expect("nats");
+                let rpc = format!("BENCH.{}.rpc.snapshot", db.name());
+                let listing = format!("BENCH.{}.rpc.snapshots", db.name());
+                while client.request(listing.clone(), "{}".into()).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let started = Instant::now();
+                let reply = client
+                    .request(rpc, r#"{"schema":"public","table":"bench"}"#.into())
+                    .await
+                    .expect("snapshot RPC");
+                let info: serde_json::Value =
+                    serde_json::from_slice(&reply.payload).expect("accepted");
+                let id = info["id"].as_str().expect("snapshot id").to_string();
+                let mut peak_kib = 0;
+                loop {
+                    if let Some(kib) = peak_rss_kib(pid) {
+                        peak_kib = peak_kib.max(kib);
+                    }
+                    let answer = client
+                        .request(listing.clone(), format!(r#"{{"id":"{id}"}}"#).into())
+                        .await
+                        .expect("listing");
+                    let list: serde_json::Value =
+                        serde_json::from_slice(&answer.payload).expect("listing JSON");
+                    match list["snapshots"][0]["status"].as_str() {
+                        Some("done") => {
+                            assert_eq!(list["snapshots"][0]["rows"], rows, "every row");
+                            break;
+                        }
+                        Some("running") => {}
+                        other => panic!("snapshot ended {other:?}: {list}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                (started.elapsed().as_secs_f64(), peak_kib)
+            });
+    let _ = producer.kill();
+    let _ = producer.wait();
+    eprintln!(
+        "walbrook snapshot: {snapshot_secs:.2}s (producer peak RSS {} MiB)",
+        peak_kib / 1024
+    );
+    let ratio = copy_secs / snapshot_secs;
+    let result = serde_json::json!({
+        "benchmark": "snapshot",
+        "rows": rows,
+        "copy_seconds": copy_secs,
+        "copy_rows_per_second": rows as f64 / copy_secs,
+        "snapshot_seconds": snapshot_secs,
+        "snapshot_rows_per_second": rows as f64 / snapshot_secs,
+        "ratio_snapshot_to_copy": ratio,
+        "producer_peak_rss_mib": peak_kib as f64 / 1024.0,
+        "chunk_size": 10_000,
+    });
+    let path = out.join("snapshot.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
+    println!(
+        "snapshot, {rows} rows: COPY {:.0} rows/s, walbrook snapshot into JetStream {:.0} rows/s \
+         (ratio {ratio:.2}), producer peak RSS {:.0} MiB ({})",
+        rows as f64 / copy_secs,
+        rows as f64 / snapshot_secs,
         peak_kib as f64 / 1024.0,
         path.display()
     );

@@ -1,0 +1,423 @@
+//! Running one accepted snapshot: `begin`, the wait for P, the rows, then `end` — or a
+//! `failed` message, never a silently short snapshot.
+//!
+//! ```text
+//!  reader task (own SQL connection)         runner (owns the lock connection)
+//!  chunk query / FETCH ──► channel(1) ──►  encode (op READ) ──► Publisher (bounded window)
+//!                                          progress to _walbrook.snapshots as acks arrive
+//! ```
+//! Memory is bounded by three chunks (one being read, one queued, one being published)
+//! plus the publisher's window.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use walbrook_protocol::headers;
+use walbrook_protocol::snapshot::{SnapshotEnd, SnapshotInfo, SnapshotStatus, control};
+
+use crate::event::{Op, Source};
+use crate::lsn::Lsn;
+use crate::metrics::{KindLabels, Metrics, TableLabels};
+use crate::pgoutput::{ColumnValue, Tuple};
+use crate::publish::{OutMessage, Publisher, RetryPolicy, context_for};
+
+use super::position::{self, ConsistentPoint};
+use super::store;
+use super::table::{FilterSql, SnapshotTable, text_rows};
+
+/// Name of the cursor of an unkeyed snapshot.
+const CURSOR: &str = "walbrook_snapshot";
+
+/// Everything an accepted snapshot needs.
+pub(super) struct Run {
+    pub info: SnapshotInfo,
+    pub table: Arc<SnapshotTable>,
+    pub filter: FilterSql,
+    pub point: ConsistentPoint,
+    /// The connection holding the ownership lock.
+    pub sql: Client,
+    pub pg_url: String,
+    pub nats: async_nats::Client,
+    pub max_inflight: usize,
+    pub ack_timeout: Duration,
+    pub metrics: Metrics,
+    pub cancel: CancellationToken,
+    pub started_micros: i64,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Run {
+    /// Runs to the end; every outcome is recorded and published.
+    pub async fn execute(self) {
+        let Run {
+            info,
+            table,
+            filter,
+            point,
+            sql,
+            pg_url,
+            nats,
+            max_inflight,
+            ack_timeout,
+            metrics,
+            cancel,
+            started_micros,
+            permit,
+        } = self;
+        metrics.snapshots_running.inc();
+        let js = context_for(nats.clone(), max_inflight, ack_timeout);
+        let mut publisher = Publisher::new(
+            js.clone(),
+            max_inflight,
+            RetryPolicy {
+                give_up_after: Some(Duration::from_secs(60)),
+                ..RetryPolicy::default()
+            },
+        );
+        let mut progress = Progress {
+            acked: 0,
+            table: table.name(),
+            metrics: metrics.clone(),
+        };
+        let outcome = publish_all(
+            &info,
+            &table,
+            &filter,
+            &point,
+            &sql,
+            &pg_url,
+            &mut publisher,
+            &mut progress,
+            &cancel,
+            started_micros,
+        )
+        .await;
+        let kind = match outcome {
+            Ok(rows) => {
+                if let Err(e) =
+                    store::finish(&sql, &info.id, SnapshotStatus::Done, rows, None).await
+                {
+                    tracing::warn!(snapshot = %info.id, error = %e, "cannot record the end of a snapshot");
+                }
+                tracing::info!(snapshot = %info.id, table = %progress.table, rows, "snapshot done");
+                "done"
+            }
+            Err(reason) => {
+                let rows = progress.acked;
+                tracing::warn!(snapshot = %info.id, table = %progress.table, rows, error = %reason, "snapshot failed");
+                if let Err(e) =
+                    store::finish(&sql, &info.id, SnapshotStatus::Failed, rows, Some(&reason)).await
+                {
+                    tracing::warn!(snapshot = %info.id, error = %e, "cannot record a snapshot failure");
+                }
+                publish_failed(&nats, &info, rows, &reason).await;
+                "failed"
+            }
+        };
+        metrics
+            .snapshots
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+        metrics.snapshots_running.dec();
+        drop(sql); // releases the ownership lock
+        drop(permit);
+    }
+}
+
+/// Counts acked rows into the metrics.
+struct Progress {
+    acked: u64,
+    table: String,
+    metrics: Metrics,
+}
+
+impl Progress {
+    fn update(&mut self, confirmed: Lsn) {
+        if confirmed.0 > self.acked {
+            self.metrics
+                .snapshot_rows
+                .get_or_create(&TableLabels {
+                    table: self.table.clone(),
+                })
+                .inc_by(confirmed.0 - self.acked);
+            self.acked = confirmed.0;
+        }
+    }
+}
+
+fn control_headers(info: &SnapshotInfo, kind: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("snap-{}-{kind}", info.id).as_str());
+    headers.insert(headers::SNAPSHOT_CONTROL, kind);
+    headers.insert(headers::SNAPSHOT_ID, info.id.as_str());
+    headers.insert(headers::FINGERPRINT, info.fingerprint.as_str());
+    headers
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish_all(
+    info: &SnapshotInfo,
+    table: &Arc<SnapshotTable>,
+    filter: &FilterSql,
+    point: &ConsistentPoint,
+    sql: &Client,
+    pg_url: &str,
+    publisher: &mut Publisher,
+    progress: &mut Progress,
+    cancel: &CancellationToken,
+    started_micros: i64,
+) -> Result<u64, String> {
+    let publish_err = |e: crate::publish::PublishFailure| format!("publishing to NATS: {e}");
+    publisher
+        .push(OutMessage {
+            subject: info.subject.clone(),
+            headers: control_headers(info, control::BEGIN),
+            payload: serde_json::to_vec(info).expect("info serializes").into(),
+            chained: false,
+        })
+        .await
+        .map_err(publish_err)?;
+    match position::wait_visible(sql, point, cancel).await {
+        Ok(true) => {}
+        Ok(false) => return Err("the producer shut down".into()),
+        Err(e) => return Err(format!("waiting for open transactions: {e}")),
+    }
+    let reader_sql = crate::pipeline::connect_sql(pg_url)
+        .await
+        .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
+    reader_sql
+        .batch_execute(super::SESSION_SQL)
+        .await
+        .map_err(|e| format!("preparing the session: {e}"))?;
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<Tuple>, String>>(1);
+    let reader = tokio::spawn(read_rows(
+        reader_sql,
+        Arc::clone(table),
+        filter.clone(),
+        info.chunk_size,
+        tx,
+    ));
+    let _abort_reader = AbortOnDrop(reader);
+    let desc = table.encoder.desc();
+    let subject = info.subject.clone();
+    let fingerprint = table.encoder.fingerprint().to_string();
+    let mut rows: u64 = 0;
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err("the producer shut down".into()),
+            chunk = rx.recv() => chunk,
+        };
+        let Some(chunk) = chunk else { break };
+        let chunk = chunk?;
+        for tuple in chunk {
+            rows += 1;
+            let source = Source {
+                database: info.database.clone(),
+                schema: desc.schema.clone(),
+                table: desc.table.clone(),
+                xid: 0,
+                commit_lsn: point.position,
+                lsn: point.position,
+                commit_ts_micros: started_micros,
+                ordinal: rows - 1,
+                last: false,
+                sent_at_micros: now_micros(),
+            };
+            let payload = table
+                .encoder
+                .encode(Op::Read, &source, None, Some(&tuple))
+                .map_err(|e| format!("cannot encode row {rows}: {e}"))?;
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("snap-{}-{rows}", info.id).as_str());
+            headers.insert(headers::FINGERPRINT, fingerprint.as_str());
+            headers.insert(headers::OP, Op::Read.as_str());
+            headers.insert(headers::SNAPSHOT_ID, info.id.as_str());
+            headers.insert(headers::SNAPSHOT_ROW, rows.to_string().as_str());
+            publisher
+                .push(OutMessage {
+                    subject: subject.clone(),
+                    headers,
+                    payload: Bytes::from(payload),
+                    chained: false,
+                })
+                .await
+                .map_err(publish_err)?;
+        }
+        // Rows are counted as acked in order: a confirm marker per chunk.
+        publisher.push_confirm(Lsn(rows));
+        progress.update(publisher.confirmed());
+        store::progress(sql, &info.id, progress.acked)
+            .await
+            .map_err(|e| format!("recording progress: {e}"))?;
+    }
+    publisher.flush().await.map_err(publish_err)?;
+    progress.update(publisher.confirmed());
+    let end = SnapshotEnd {
+        id: info.id.clone(),
+        rows,
+        error: None,
+    };
+    publisher
+        .push(OutMessage {
+            subject: subject.clone(),
+            headers: control_headers(info, control::END),
+            payload: serde_json::to_vec(&end).expect("end serializes").into(),
+            chained: false,
+        })
+        .await
+        .map_err(publish_err)?;
+    publisher.flush().await.map_err(publish_err)?;
+    Ok(rows)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the rows chunk by chunk into `tx`; an error is sent as the last item.
+async fn read_rows(
+    sql: Client,
+    table: Arc<SnapshotTable>,
+    filter: FilterSql,
+    chunk_size: u32,
+    tx: mpsc::Sender<Result<Vec<Tuple>, String>>,
+) {
+    let result = if table.key.is_empty() {
+        read_with_cursor(&sql, &table, &filter, chunk_size, &tx).await
+    } else {
+        read_keyed(&sql, &table, &filter, chunk_size, &tx).await
+    };
+    if let Err(e) = result {
+        let _ = tx.send(Err(format!("reading the table: {e}"))).await;
+    }
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Key-ordered chunks, each one statement (its own short transaction).
+async fn read_keyed(
+    sql: &Client,
+    table: &SnapshotTable,
+    filter: &FilterSql,
+    chunk_size: u32,
+    tx: &mpsc::Sender<Result<Vec<Tuple>, String>>,
+) -> Result<(), String> {
+    let mut last: Option<Vec<String>> = None;
+    loop {
+        let query = table.chunk_query(filter, last.as_deref(), chunk_size);
+        let rows = text_rows(sql.simple_query(&query).await.map_err(|e| db_message(&e))?);
+        let Some(final_row) = rows.last() else {
+            return Ok(());
+        };
+        let mut key = Vec::with_capacity(table.key.len());
+        for &i in &table.key {
+            match &final_row.0[i] {
+                ColumnValue::Text(bytes) => {
+                    key.push(String::from_utf8_lossy(bytes).into_owned());
+                }
+                _ => return Err("a key column is NULL".into()),
+            }
+        }
+        last = Some(key);
+        let full = rows.len() == chunk_size as usize;
+        if tx.send(Ok(rows)).await.is_err() {
+            return Ok(());
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// A table without a usable key: one REPEATABLE READ transaction and a cursor.
+async fn read_with_cursor(
+    sql: &Client,
+    table: &SnapshotTable,
+    filter: &FilterSql,
+    chunk_size: u32,
+    tx: &mpsc::Sender<Result<Vec<Tuple>, String>>,
+) -> Result<(), String> {
+    sql.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+         DECLARE {CURSOR} NO SCROLL CURSOR FOR {}",
+        table.full_query(filter)
+    ))
+    .await
+    .map_err(|e| db_message(&e))?;
+    loop {
+        let rows = text_rows(
+            sql.simple_query(&format!("FETCH {chunk_size} FROM {CURSOR}"))
+                .await
+                .map_err(|e| db_message(&e))?,
+        );
+        if rows.is_empty() {
+            break;
+        }
+        if tx.send(Ok(rows)).await.is_err() {
+            break;
+        }
+    }
+    sql.batch_execute("COMMIT")
+        .await
+        .map_err(|e| db_message(&e))
+}
+
+/// Publishes the `failed` message (a few attempts; its `Nats-Msg-Id` dedupes repeats).
+pub(super) async fn publish_failed(
+    nats: &async_nats::Client,
+    info: &SnapshotInfo,
+    rows: u64,
+    reason: &str,
+) {
+    let js = jetstream::new(nats.clone());
+    let body = SnapshotEnd {
+        id: info.id.clone(),
+        rows,
+        error: Some(reason.to_string()),
+    };
+    let payload: Bytes = serde_json::to_vec(&body).expect("end serializes").into();
+    for attempt in 1..=5 {
+        let sent = js
+            .publish_with_headers(
+                info.subject.clone(),
+                control_headers(info, control::FAILED),
+                payload.clone(),
+            )
+            .await;
+        match sent {
+            Ok(ack) => match ack.await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(snapshot = %info.id, attempt, error = %e, "publishing a snapshot failure")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(snapshot = %info.id, attempt, error = %e, "publishing a snapshot failure")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tracing::error!(snapshot = %info.id, "could not publish the failure of a snapshot; readers time out instead");
+}
+
+fn now_micros() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,243 @@
+//! Snapshot RPC documents and control-message bodies (docs/protocol.md §8), shared by the
+//! producer that answers and publishes them and the client that sends and reads them.
+
+use serde::{Deserialize, Serialize};
+
+/// Control message kinds (header [`crate::headers::SNAPSHOT_CONTROL`]).
+pub mod control {
+    /// First message of a snapshot; body: [`super::SnapshotInfo`].
+    pub const BEGIN: &str = "begin";
+    /// Last message of a complete snapshot; body: [`super::SnapshotEnd`].
+    pub const END: &str = "end";
+    /// Last message of an aborted snapshot; body: [`super::SnapshotEnd`] with `error`.
+    pub const FAILED: &str = "failed";
+}
+
+/// A request on `<root>.<db>.rpc.snapshot`. Unknown fields are an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Schema of the table (exact, case-sensitive name).
+    pub schema: String,
+    /// Table name (exact, case-sensitive name).
+    pub table: String,
+    /// Only rows matching this condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<RowFilter>,
+    /// Rows per chunk (1 to 100,000); the producer's `snapshot.chunk_size` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u32>,
+}
+
+/// A row condition `<column> <op> <value>`, never spliced as SQL: the column must exist,
+/// the operator is one of [`FilterOp`], and the value is passed as a typed literal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowFilter {
+    /// Column name (exact).
+    pub column: String,
+    /// Comparison.
+    pub op: FilterOp,
+    /// The value in PostgreSQL's text input form for the column's type (a JSON string,
+    /// number or boolean); absent for `is_null` / `is_not_null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+/// Filter operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FilterOp {
+    /// `=`
+    #[serde(rename = "=")]
+    Eq,
+    /// `<>`
+    #[serde(rename = "<>", alias = "!=")]
+    Ne,
+    /// `<`
+    #[serde(rename = "<")]
+    Lt,
+    /// `<=`
+    #[serde(rename = "<=")]
+    Le,
+    /// `>`
+    #[serde(rename = ">")]
+    Gt,
+    /// `>=`
+    #[serde(rename = ">=")]
+    Ge,
+    /// `IS NULL`
+    #[serde(rename = "is_null")]
+    IsNull,
+    /// `IS NOT NULL`
+    #[serde(rename = "is_not_null")]
+    IsNotNull,
+}
+
+impl FilterOp {
+    /// The SQL operator.
+    pub fn sql(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "=",
+            FilterOp::Ne => "<>",
+            FilterOp::Lt => "<",
+            FilterOp::Le => "<=",
+            FilterOp::Gt => ">",
+            FilterOp::Ge => ">=",
+            FilterOp::IsNull => "IS NULL",
+            FilterOp::IsNotNull => "IS NOT NULL",
+        }
+    }
+
+    /// Whether the operator takes a value.
+    pub fn takes_value(self) -> bool {
+        !matches!(self, FilterOp::IsNull | FilterOp::IsNotNull)
+    }
+}
+
+/// State of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStatus {
+    /// Rows are being published.
+    Running,
+    /// Every row was published and the `end` message stored.
+    Done,
+    /// Aborted; the `failed` message says why.
+    Failed,
+}
+
+impl SnapshotStatus {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotStatus::Running => "running",
+            SnapshotStatus::Done => "done",
+            SnapshotStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the lower-case name.
+    pub fn parse(text: &str) -> Option<SnapshotStatus> {
+        Some(match text {
+            "running" => SnapshotStatus::Running,
+            "done" => SnapshotStatus::Done,
+            "failed" => SnapshotStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A snapshot's description: the accepted answer of the snapshot RPC, the body of the
+/// `begin` message, and an entry of the listing RPC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Snapshot id (a NATS token: letters, digits, `-`).
+    pub id: String,
+    /// Source database.
+    pub database: String,
+    /// Schema of the table.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// The subject carrying the snapshot's messages.
+    pub subject: String,
+    /// The JetStream stream holding them.
+    pub stream: String,
+    /// The consistent position P (`X/X`): applying the rows, then every change event whose
+    /// commit LSN is at or after P, reproduces the table.
+    pub position: String,
+    /// Fingerprint of the rows' writer schema (the table's change-event schema).
+    pub fingerprint: String,
+    /// PostgreSQL's row estimate when the snapshot started (`None` if never analysed).
+    pub approx_rows: Option<i64>,
+    /// Rows per chunk.
+    pub chunk_size: u32,
+    /// The row filter, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<RowFilter>,
+    /// `true`: read in key-ordered chunks, each in its own short transaction; `false`: the
+    /// table has no primary key or replica identity index and is read in one transaction.
+    pub keyed: bool,
+    /// State when this document was made.
+    pub status: SnapshotStatus,
+    /// Rows published so far (all rows once `done`).
+    pub rows: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// End time, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+/// Body of the `end` and `failed` messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEnd {
+    /// Snapshot id.
+    pub id: String,
+    /// Rows published (for `end`: exactly the row messages before it).
+    pub rows: u64,
+    /// Why the snapshot failed (`failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A request on `<root>.<db>.rpc.snapshots`: every field narrows the listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListRequest {
+    /// Only this snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Only tables of this schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Only this table (with `schema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+}
+
+/// The answer of the listing RPC, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListReply {
+    /// Matching snapshots whose data is still retained.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// The body of an RPC error answer (also given as `Nats-Service-Error` headers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcErrorBody {
+    /// The error.
+    pub error: RpcError,
+}
+
+/// An RPC error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// 400 malformed request, 403 table not published, 404 unknown table, 429 too many
+    /// concurrent snapshots, 500 internal, 503 database or NATS unavailable.
+    pub code: u16,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_reject_unknown_fields_and_parse_filters() {
+        assert!(
+            serde_json::from_str::<SnapshotRequest>(r#"{"schema":"a","table":"b","x":1}"#).is_err()
+        );
+        assert!(serde_json::from_str::<SnapshotRequest>(r#"{"schema":"a"}"#).is_err());
+        let r: SnapshotRequest = serde_json::from_str(
+            r#"{"schema":"a","table":"b","filter":{"column":"c","op":">=","value":5},"chunk_size":10}"#,
+        )
+        .unwrap();
+        assert_eq!(r.filter.unwrap().op, FilterOp::Ge);
+        assert!(serde_json::from_str::<RowFilter>(r#"{"column":"c","op":"; DROP"}"#).is_err());
+    }
+}
