@@ -56,6 +56,7 @@ mod error;
 mod event;
 mod names;
 mod options;
+pub mod runner;
 mod schema;
 mod subscribe;
 
@@ -225,6 +226,18 @@ impl Client {
     /// The underlying NATS connection (shared; do not close it).
     pub fn nats(&self) -> &async_nats::Client {
         &self.inner.nats
+    }
+
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    pub(crate) fn names(&self) -> &names::Names {
+        &self.inner.names
+    }
+
+    pub(crate) fn cache(&self) -> &Arc<schema::SchemaCache> {
+        &self.inner.cache
     }
 
     /// The source database this client reads.

@@ -33,6 +33,9 @@ pub enum Start {
     /// its commit LSN + 1). Found by a binary search over the stream, whose commit LSNs never
     /// decrease (docs/protocol.md §3.4).
     CommitPosition(Lsn),
+    /// Events from this JetStream stream sequence on (the consumer runner resumes its durable
+    /// consumer from the sequence after the last one it acknowledged).
+    Sequence(u64),
 }
 
 /// What to read and how: built with [`Subscription::table`], [`Subscription::tables`] or
@@ -380,6 +383,9 @@ async fn deliver_policy(
         Start::CommitPosition(lsn) => DeliverPolicy::ByStartSequence {
             start_sequence: first_sequence_at(stream, names, lsn).await?,
         },
+        Start::Sequence(sequence) => DeliverPolicy::ByStartSequence {
+            start_sequence: sequence.max(1),
+        },
     })
 }
 
@@ -438,6 +444,35 @@ async fn first_sequence_at(stream: &JsStream, names: &Names, lsn: Lsn) -> Result
     Ok(lo)
 }
 
+/// Decodes a stored message outside a subscription (a dead letter being replayed): the event
+/// cannot be acknowledged.
+pub(crate) async fn decode_stored(
+    cache: &SchemaCache,
+    subject: String,
+    stream_sequence: u64,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<ChangeEvent, Error> {
+    let (fingerprint, _) = split_single_object(&payload).map_err(|e| {
+        Error::with_source(ErrorKind::Decode, "not an Avro single-object message", e)
+    })?;
+    let schema = cache.get(fingerprint).await?;
+    let decoded = schema.decode(&payload)?;
+    Ok(ChangeEvent {
+        op: decoded.op,
+        source: decoded.source,
+        before: decoded.before,
+        after: decoded.after,
+        fingerprint,
+        subject,
+        stream_sequence,
+        delivered: 1,
+        ack: AckHandle::none(),
+        payload,
+        headers,
+    })
+}
+
 async fn decode_message(
     cache: &SchemaCache,
     message: Message,
@@ -491,5 +526,7 @@ async fn decode_message(
         stream_sequence,
         delivered,
         ack,
+        payload,
+        headers,
     })
 }

@@ -1,0 +1,231 @@
+//! The PostgreSQL sink against real servers: a source database with a real producer, NATS
+//! JetStream, and a second database as the target.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use walbrook_client::runner::{Runner, RunnerOptions, Sink};
+use walbrook_harness::PgServer;
+use walbrook_pg_client::{PgSink, PgSinkOptions};
+
+use common::{Setup, connect, rows, wait_equal};
+
+const DDL: &str = r#"
+CREATE TABLE items (
+    id bigint PRIMARY KEY,
+    amount numeric(30,10),
+    big numeric,
+    f8 float8,
+    f4 real,
+    at timestamptz,
+    day date,
+    u uuid,
+    doc json,
+    docb jsonb,
+    tags text[],
+    grid int[][],
+    during tstzrange,
+    pt point,
+    bytes bytea,
+    iv interval,
+    note varchar(40),
+    payload text NOT NULL DEFAULT '');
+ALTER TABLE items ALTER COLUMN payload SET STORAGE EXTERNAL;
+CREATE TABLE full_nokey (a int, doc json, note text);
+ALTER TABLE full_nokey REPLICA IDENTITY FULL;
+CREATE TABLE full_pk (id int PRIMARY KEY, doc json, note text);
+ALTER TABLE full_pk REPLICA IDENTITY FULL;
+CREATE TABLE "we.ird ""Name" ("K" int, "x y" text, PRIMARY KEY ("K"));
+CREATE TABLE evolving (id int PRIMARY KEY, a text, b text);
+"#;
+
+const TABLES: &str =
+    "public.items, public.full_nokey, public.full_pk, public.\"we.ird \"\"Name\", public.evolving";
+
+const COMPARED: &[&str] = &[
+    "items",
+    "full_nokey",
+    "full_pk",
+    "\"we.ird \"\"Name\"",
+    "evolving",
+];
+
+fn start_runner(
+    setup: &Setup,
+    target_url: &str,
+    consumer: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let options = setup.options();
+    let target_url = target_url.to_owned();
+    let consumer = consumer.to_owned();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let client = walbrook_client::Client::connect(options).await.unwrap();
+        let sink = PgSink::connect(PgSinkOptions::new(target_url))
+            .await
+            .unwrap();
+        let mut runner = Runner::new(client, sink, RunnerOptions::new(consumer, ["public.*"]));
+        runner.run(stop).await.unwrap();
+    });
+    (shutdown, task)
+}
+
+#[tokio::test]
+async fn the_target_reproduces_the_source_exactly_once() {
+    let mut setup = Setup::start("sink_pg", DDL, TABLES).await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&[
+            "INSERT INTO items (id, amount, big, f8, f4, at, day, u, doc, docb, tags, grid, during, \
+             pt, bytes, iv, note, payload) VALUES \
+             (1, 12345678901234567890.0123456789, 3.14159265358979323846264338327950288419716939937510, \
+              1.0000000000000002, 3.4028235e38, '2024-02-29 12:34:56.789012+05:30', 'infinity', \
+              'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"b\":  [1, 2.50],  \"a\": null}', \
+              '{\"z\": 1e400}', ARRAY['x', NULL, 'z''q'], '{{1,2},{3,4}}', \
+              '[2024-01-01 00:00+00,infinity)', '(1.5,-2)', '\\xdeadbeef', '1 mon -2 days 00:00:00.000001', \
+              'quote \" and '' and \\\\', repeat('long value ', 2000)), \
+             (2, 'NaN', NULL, 'NaN', '-Infinity', NULL, NULL, NULL, NULL, NULL, '{}', NULL, 'empty', \
+              NULL, '\\x', NULL, NULL, '')",
+            // Leaves the TOASTed payload unchanged: the event marks it so; the target keeps it.
+            "UPDATE items SET amount = -0.0000000001, note = 'changed' WHERE id = 1",
+            // A key change.
+            "UPDATE items SET id = 10 WHERE id = 2",
+            "BEGIN; INSERT INTO items (id) VALUES (3), (4), (5); DELETE FROM items WHERE id = 4; \
+             UPDATE items SET id = 6 WHERE id = 5; COMMIT",
+            "INSERT INTO full_nokey VALUES (1, '{\"a\": 1}', 'x'), (1, '{\"a\": 1}', 'x'), (2, '[]', NULL)",
+            "UPDATE full_nokey SET note = 'y' WHERE a = 2",
+            // Deletes one of two identical rows... both, since the WHERE matches both.
+            "DELETE FROM full_nokey WHERE a = 1",
+            "INSERT INTO full_nokey VALUES (3, '{ \"spaces\" : true }', 'kept')",
+            "INSERT INTO full_pk VALUES (1, '{\"k\": [1]}', 'a'), (2, 'null', 'b')",
+            "UPDATE full_pk SET doc = '{\"k\": [2]}' WHERE id = 1",
+            "UPDATE full_pk SET id = 3 WHERE id = 2",
+            "DELETE FROM full_pk WHERE id = 1",
+            "INSERT INTO \"we.ird \"\"Name\" VALUES (1, 'one'), (2, 'two')",
+            "TRUNCATE \"we.ird \"\"Name\"",
+            "INSERT INTO \"we.ird \"\"Name\" VALUES (3, 'three')",
+            "INSERT INTO evolving VALUES (1, 'a', 'b')",
+        ])
+        .await;
+    let (stop, task) = start_runner(&setup, &target_db.url(), "pg_sink");
+    wait_equal(&setup.sql, &target, COMPARED, Duration::from_secs(60)).await;
+    // The unchanged TOAST value is still in the target.
+    let payload: String = target
+        .query_one("SELECT payload FROM items WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(payload.len(), "long value ".len() * 2000);
+    // Types and keys were created from the schema.
+    let ty: String = target
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'items'::regclass AND attname = 'amount'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "numeric(30,10)");
+    let pk: String = target
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = '\"we.ird \"\"Name\"'::regclass AND contype = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pk, "PRIMARY KEY (\"K\")");
+    let not_null: bool = target
+        .query_one(
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'items'::regclass \
+             AND attname = 'payload'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(not_null);
+
+    // Schema evolution: a column added, then one dropped.
+    setup
+        .exec(&[
+            "ALTER TABLE evolving ADD COLUMN c numeric(5,2)",
+            "INSERT INTO evolving VALUES (2, 'a2', 'b2', 1.25)",
+            "ALTER TABLE evolving DROP COLUMN b",
+            "UPDATE evolving SET c = 9.99 WHERE id = 1",
+        ])
+        .await;
+    wait_equal(&setup.sql, &target, COMPARED, Duration::from_secs(60)).await;
+
+    // Stop, change the source, start again with the same consumer: only the new changes are
+    // applied (a re-applied insert of id 3 after its delete would resurrect it).
+    stop.cancel();
+    task.await.unwrap();
+    let before_restart: String = setup
+        .sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    setup
+        .exec(&[
+            "DELETE FROM items WHERE id = 3",
+            "INSERT INTO items (id, note) VALUES (7, 'after restart')",
+        ])
+        .await;
+    let (stop, task) = start_runner(&setup, &target_db.url(), "pg_sink");
+    wait_equal(&setup.sql, &target, COMPARED, Duration::from_secs(60)).await;
+
+    // The checkpoint moved past the changes made while the consumer was stopped.
+    let moved: bool = target
+        .query_one(
+            "SELECT commit_lsn > $1::text::pg_lsn FROM walbrook_checkpoint \
+             WHERE consumer = 'pg_sink'",
+            &[&before_restart],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(moved, "checkpoint not past {before_restart}");
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        rows(&target, "items").await.len(),
+        4,
+        "ids 1, 6, 7 and 10 remain"
+    );
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn the_sink_reports_its_checkpoint_and_rejects_nothing_valid() {
+    let target_db = PgServer::shared().fresh_database("sink_pg_ckpt");
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    assert_eq!(sink.name(), "postgres");
+    assert_eq!(sink.checkpoint("nobody").await.unwrap(), None);
+    let position = walbrook_client::runner::Position {
+        commit_lsn: walbrook_client::Lsn(0x16B3F20),
+        ordinal: 3,
+    };
+    sink.store_checkpoint("c1", position).await.unwrap();
+    assert_eq!(sink.checkpoint("c1").await.unwrap(), Some(position));
+    // Never backwards.
+    sink.store_checkpoint(
+        "c1",
+        walbrook_client::runner::Position {
+            commit_lsn: walbrook_client::Lsn(0x16B3F20),
+            ordinal: 2,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(sink.checkpoint("c1").await.unwrap(), Some(position));
+}
