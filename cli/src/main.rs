@@ -11,7 +11,9 @@
 
 mod check;
 mod demo;
+mod dlq;
 mod produce;
+mod sink;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,10 @@ enum Command {
     Check(check::CheckArgs),
     /// Show the pipeline on a demo table: generate changes and print what is captured.
     Demo(demo::DemoArgs),
+    /// Run a consumer: apply the change stream to a target (postgres).
+    Sink(sink::SinkArgs),
+    /// Inspect (`list`) and re-drive (`replay`) a consumer's dead letters.
+    Dlq(dlq::DlqArgs),
 }
 
 fn init_logging(default_level: &str) {
@@ -61,5 +67,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(args).await,
         Command::Check(args) => check::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Sink(args) => sink::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
     }
 }

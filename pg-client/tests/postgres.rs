@@ -229,3 +229,36 @@ async fn the_sink_reports_its_checkpoint_and_rejects_nothing_valid() {
     .unwrap();
     assert_eq!(sink.checkpoint("c1").await.unwrap(), Some(position));
 }
+
+#[tokio::test]
+async fn transactions_larger_than_a_batch_are_applied_completely() {
+    let mut setup = Setup::start(
+        "sink_pg_big",
+        "CREATE TABLE big (id bigint PRIMARY KEY, note text)",
+        "public.big",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_big_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&[
+            "INSERT INTO big SELECT g, 'x' FROM generate_series(1, 300) g",
+            "DELETE FROM big WHERE id % 3 = 0",
+            "UPDATE big SET note = 'y' WHERE id % 2 = 0",
+        ])
+        .await;
+    let shutdown = CancellationToken::new();
+    let client = setup.client().await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut options = RunnerOptions::new("big", ["public.big"]);
+    options.max_batch_events = 7;
+    let mut runner = Runner::new(client, sink, options);
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    wait_equal(&setup.sql, &target, &["big"], Duration::from_secs(30)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}

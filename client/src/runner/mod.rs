@@ -463,6 +463,7 @@ impl<S: Sink> Runner<S> {
         shutdown: &CancellationToken,
     ) -> Result<Flow, RunError> {
         let mut pending: Vec<ChangeEvent> = Vec::new();
+        tracing::debug!(items = items.len(), "collected");
         for item in items {
             match item {
                 Ok(event) => {
@@ -526,6 +527,12 @@ impl<S: Sink> Runner<S> {
         if pending.is_empty() {
             return Ok(Flow::Continue);
         }
+        tracing::debug!(
+            events = pending.len(),
+            first = %Position::of(&pending[0]),
+            last = %Position::of(&pending[pending.len() - 1]),
+            "applying a batch"
+        );
         self.apply_batch(pending, shutdown, true).await
     }
 
