@@ -117,6 +117,18 @@ impl Setup {
         }
     }
 
+    /// The acknowledged floor (stream sequence) of a durable consumer, 0 when missing.
+    pub async fn js_consumer_ack_floor(&self, consumer: &str) -> u64 {
+        let nats = async_nats::connect(self.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(nats);
+        let name = format!("{ROOT}_{}_WAL", self.db.name());
+        let stream = js.get_stream(&name).await.unwrap();
+        match stream.consumer_info(consumer).await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(_) => 0,
+        }
+    }
+
     pub fn wal_subject(&self, schema: &str, table: &str) -> String {
         format!("{ROOT}.{}.wal.{schema}.{table}", self.db.name())
     }
