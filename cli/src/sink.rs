@@ -258,6 +258,41 @@ pub struct SinkArgs {
 enum Target {
     /// Apply the changes to PostgreSQL tables, exactly once.
     Postgres(PostgresArgs),
+    /// POST the changes as signed JSON to an HTTP endpoint, at least once with stable ids.
+    Webhook(WebhookArgs),
+}
+
+/// `walbrook sink webhook`.
+#[derive(Debug, clap::Args)]
+struct WebhookArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The endpoint to POST to.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_URL")]
+    url: String,
+    /// HMAC-SHA256 secret for the `Walbrook-Signature` header.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// POST each batch as one JSON array instead of one request per event.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_BATCH")]
+    batch: bool,
+    /// Timeout of one request.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Attempts per request before the event goes to the dead-letter subject.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_ATTEMPTS", default_value_t = 8)]
+    attempts: u32,
+}
+
+impl WebhookArgs {
+    fn sink(&self) -> anyhow::Result<walbrook_webhook_client::WebhookSink> {
+        let mut options = walbrook_webhook_client::WebhookOptions::new(self.url.clone());
+        options.secret = self.secret.as_ref().map(|s| s.as_bytes().to_vec());
+        options.batch = self.batch;
+        options.timeout = self.timeout;
+        options.max_attempts = self.attempts.max(1);
+        Ok(walbrook_webhook_client::WebhookSink::new(options)?)
+    }
 }
 
 /// `walbrook sink postgres`.
@@ -323,6 +358,7 @@ impl SinkArgs {
                 };
                 run_sink(&args.common, sink, replay, shutdown).await
             }
+            Target::Webhook(args) => run_sink(&args.common, args.sink()?, replay, shutdown).await,
         }
     }
 }
