@@ -33,7 +33,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Show the pipeline on a demo table: generate changes and print what is captured.
     Demo(demo::DemoArgs),
-    /// Run a consumer: apply the change stream to a target (postgres, webhook).
+    /// Run a consumer: apply the change stream to a target (postgres, webhook,
+    /// elasticsearch).
     Sink(sink::SinkArgs),
     /// Inspect (`list`) and re-drive (`replay`) a consumer's dead letters.
     Dlq(dlq::DlqArgs),

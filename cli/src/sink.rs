@@ -260,6 +260,48 @@ enum Target {
     Postgres(PostgresArgs),
     /// POST the changes as signed JSON to an HTTP endpoint, at least once with stable ids.
     Webhook(WebhookArgs),
+    /// Index the rows as documents in Elasticsearch/OpenSearch, versioned by position.
+    Elasticsearch(SearchArgs),
+}
+
+/// `walbrook sink elasticsearch`.
+#[derive(Debug, clap::Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Base URL of the engine.
+    #[arg(long, env = "WALBROOK_SINK_SEARCH_URL")]
+    url: String,
+    /// Index name template (`{database}`, `{schema}`, `{table}`).
+    #[arg(
+        long,
+        env = "WALBROOK_SINK_INDEX_TEMPLATE",
+        default_value = "{database}.{schema}.{table}"
+    )]
+    index_template: String,
+    /// Create missing indices with a mapping derived from the columns.
+    #[arg(long, env = "WALBROOK_SINK_CREATE_MAPPING")]
+    create_mapping: bool,
+    /// Basic-auth user.
+    #[arg(long, env = "WALBROOK_SINK_SEARCH_USER")]
+    user: Option<String>,
+    /// Basic-auth password.
+    #[arg(long, env = "WALBROOK_SINK_SEARCH_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+impl SearchArgs {
+    fn sink(&self) -> anyhow::Result<walbrook_es_client::SearchSink> {
+        let mut options = walbrook_es_client::SearchOptions::new(self.url.clone());
+        options.index_template = self.index_template.clone();
+        options.create_mapping = self.create_mapping;
+        options.basic_auth = match (&self.user, &self.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => bail!("give both --user and --password"),
+        };
+        Ok(walbrook_es_client::SearchSink::new(options)?)
+    }
 }
 
 /// `walbrook sink webhook`.
@@ -359,6 +401,9 @@ impl SinkArgs {
                 run_sink(&args.common, sink, replay, shutdown).await
             }
             Target::Webhook(args) => run_sink(&args.common, args.sink()?, replay, shutdown).await,
+            Target::Elasticsearch(args) => {
+                run_sink(&args.common, args.sink()?, replay, shutdown).await
+            }
         }
     }
 }
