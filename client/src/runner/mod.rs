@@ -741,7 +741,8 @@ impl<S: Sink> Runner<S> {
             }
         }
         if let Some((position, sequence, commit_time)) = last {
-            if events.iter().all(|e| e.op() != crate::Op::Read) {
+            // Snapshot rows (and bootstrap batches) are not positions of the change stream.
+            if ack && events.iter().all(|e| e.op() != crate::Op::Read) {
                 self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
                 self.processed = self.processed.max(sequence);
             }
