@@ -346,11 +346,14 @@ impl<S: Sink> Runner<S> {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        dead_letter::ensure_stream(&self.client).await?;
         let mut attempt = 0u32;
         let mut first = true;
         loop {
-            let mut stream = match self.subscribe(first).await {
+            let subscribed = match dead_letter::ensure_stream(&self.client).await {
+                Ok(()) => self.subscribe(first).await,
+                Err(e) => Err(e),
+            };
+            let mut stream = match subscribed {
                 Ok(s) => s,
                 Err(e) if e.is_retryable() => {
                     attempt += 1;
