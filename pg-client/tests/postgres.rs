@@ -312,3 +312,51 @@ async fn bootstrap_then_changes_after_the_snapshot_position() {
     task.await.unwrap();
     setup.stop().await;
 }
+
+/// A message on the change subject that does not decode goes to the dead-letter subject (sink
+/// `decode`, with its sequence); the changes after it are applied.
+#[tokio::test]
+async fn undecodable_messages_are_dead_lettered_and_the_stream_goes_on() {
+    let mut setup = Setup::start(
+        "sink_pg_garbage",
+        "CREATE TABLE g (id int PRIMARY KEY)",
+        "public.g",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_garbage_target");
+    let target = connect(&target_db.url()).await;
+    setup.exec(&["INSERT INTO g VALUES (1)"]).await;
+    let nats = async_nats::connect(setup.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let garbage = js
+        .publish(setup.wal_subject("public", "g"), "not avro".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    setup.exec(&["INSERT INTO g VALUES (2)"]).await;
+    let client = setup.client().await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut runner = Runner::new(
+        client.clone(),
+        sink,
+        RunnerOptions::new("garbage", ["public.g"]),
+    );
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    wait_equal(&setup.sql, &target, &["g"], Duration::from_secs(30)).await;
+    let letters = walbrook_client::runner::list_dead_letters(&client, "garbage")
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].sink, "decode");
+    assert_eq!(letters[0].stream_sequence, Some(garbage));
+    assert!(letters[0].event.is_none() && letters[0].decode_error.is_some());
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}

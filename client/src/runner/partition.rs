@@ -145,3 +145,91 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod lane_tests {
+    use std::sync::Arc;
+
+    use chrono::Utc;
+    use walbrook_pgtype_avro::{Builtin, PgType, PgValue};
+
+    use super::*;
+    use crate::event::{AckHandle, Column, Source};
+    use walbrook_protocol::Lsn;
+
+    fn event(op: Op, before: Option<i32>, after: Option<i32>, ordinal: u64) -> ChangeEvent {
+        let columns: Arc<[Column]> = vec![Column {
+            name: "id".into(),
+            type_name: "integer".into(),
+            oid: 23,
+            is_key: true,
+            not_null: true,
+            pg_type: PgType::Builtin(Builtin::from_oid(23).unwrap()),
+        }]
+        .into();
+        let row = |v: Option<i32>| v.map(|v| Row::new(columns.clone(), vec![PgValue::Int4(v)]));
+        ChangeEvent {
+            op,
+            source: Source {
+                database: "db".into(),
+                schema: "public".into(),
+                table: "t".into(),
+                xid: 1,
+                commit_lsn: Lsn(100),
+                lsn: Lsn(100),
+                commit_time: Utc::now(),
+                ordinal,
+                last: false,
+                sent_at: Utc::now(),
+            },
+            before: row(before),
+            after: row(after),
+            fingerprint: walbrook_pgtype_avro::Fingerprint::from_bytes([0; 8]),
+            subject: "s".into(),
+            stream_sequence: ordinal + 1,
+            delivered: 1,
+            ack: AckHandle::none(),
+            payload: bytes::Bytes::new(),
+            headers: None,
+        }
+    }
+
+    #[test]
+    fn one_key_stays_in_one_lane_and_key_changes_and_truncates_are_barriers() {
+        let lanes_of = |k: i32| {
+            let e = event(Op::Insert, None, Some(k), 0);
+            (keys(&e)[0] % 4) as usize
+        };
+        // Two keys in different lanes.
+        let (a, b) = (1..100)
+            .flat_map(|a| (1..100).map(move |b| (a, b)))
+            .find(|(a, b)| lanes_of(*a) != lanes_of(*b))
+            .unwrap();
+        let events = vec![
+            event(Op::Insert, None, Some(a), 0),
+            event(Op::Insert, None, Some(b), 1),
+            event(Op::Update, None, Some(a), 2),
+            // a → b changes lanes: a barrier.
+            event(Op::UpdateKey, Some(a), Some(b), 3),
+            event(Op::Delete, Some(b), None, 4),
+            event(Op::Truncate, None, None, 5),
+            event(Op::Insert, None, Some(a), 6),
+        ];
+        let segments = lanes(&events, 4);
+        assert_eq!(segments.len(), 5, "{segments:?}");
+        // First segment: a's two events in one lane, in order; b in another.
+        let mut first = segments[0].clone();
+        first.sort();
+        assert_eq!(first, vec![vec![0, 2], vec![1]]);
+        assert_eq!(segments[1], vec![vec![3]]);
+        assert_eq!(segments[2], vec![vec![4]]);
+        assert_eq!(segments[3], vec![vec![5]]);
+        assert_eq!(segments[4], vec![vec![6]]);
+        // A key change within one lane is no barrier.
+        let same = vec![
+            event(Op::Insert, None, Some(a), 0),
+            event(Op::UpdateKey, Some(a), Some(a), 1),
+        ];
+        assert_eq!(lanes(&same, 4), vec![vec![vec![0, 1]]]);
+    }
+}
