@@ -360,3 +360,76 @@ async fn undecodable_messages_are_dead_lettered_and_the_stream_goes_on() {
     task.await.unwrap();
     setup.stop().await;
 }
+
+/// Measures how fast the sink drains a backlog (printed, never asserted; run with
+/// `cargo test -p walbrook-pg-client --test postgres --release -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_backlog_apply_rate() {
+    let rows: i64 = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let mut setup = Setup::start(
+        "sink_pg_bench",
+        "CREATE TABLE m (id bigint PRIMARY KEY, amount numeric(12,2), note text, at timestamptz)",
+        "public.m",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_bench_target");
+    let target = connect(&target_db.url()).await;
+    for chunk in 0..rows / 1000 {
+        setup
+            .sql
+            .batch_execute(&format!(
+                "INSERT INTO m SELECT g, g / 100.0, 'note ' || g, now() \
+                 FROM generate_series({}, {}) g",
+                chunk * 1000,
+                chunk * 1000 + 999
+            ))
+            .await
+            .unwrap();
+    }
+    // Wait until the producer has published the backlog.
+    let client = setup.client().await;
+    let mut stream = client
+        .subscribe(
+            walbrook_client::Subscription::table("public.m")
+                .start(walbrook_client::Start::Beginning),
+        )
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while seen < rows {
+        seen += stream.next_batch(1000, Duration::from_secs(30)).await.len() as i64;
+    }
+    drop(stream);
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut runner = Runner::new(client, sink, RunnerOptions::new("bench", ["public.m"]));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    loop {
+        let n: i64 = target
+            .query_one("SELECT count(*) FROM m", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n == rows {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "applied {rows} rows in {:.2} s: {:.0} rows/s",
+        took.as_secs_f64(),
+        rows as f64 / took.as_secs_f64()
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}

@@ -220,3 +220,47 @@ async fn deliveries_are_signed_retried_and_dead_lettered() {
     task.await.unwrap();
     setup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_posts_one_json_array_per_batch() {
+    let mut setup = Setup::start(
+        "hook_batch",
+        "CREATE TABLE t (id int PRIMARY KEY, note text)",
+        "public.t",
+    )
+    .await;
+    let receiver = WebhookReceiver::start().unwrap();
+    let mut options = WebhookOptions::new(receiver.url());
+    options.batch = true;
+    options.secret = Some(b"k".to_vec());
+    let sink = WebhookSink::new(options).unwrap();
+    setup
+        .exec(&["INSERT INTO t SELECT g, 'n' FROM generate_series(1, 3) g"])
+        .await;
+    let client = setup.client().await;
+    let mut stream = client
+        .subscribe(walbrook_client::Subscription::table("public.t"))
+        .await
+        .unwrap();
+    let events = common::events(&mut stream, 3).await;
+    use walbrook_client::runner::Sink;
+    let applied = sink.apply("batch", &events).await.unwrap();
+    assert!(applied.rejected.is_empty());
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let items = body.as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    let first = walbrook_webhook_client::event_id(&events[0]);
+    let last = walbrook_webhook_client::event_id(&events[2]);
+    assert_eq!(items[0]["id"], first.as_str());
+    assert_eq!(
+        requests[0].header("Walbrook-Event-Id").unwrap(),
+        format!("{first}..{last}")
+    );
+    assert_eq!(
+        requests[0].header("Walbrook-Signature").unwrap(),
+        signature(b"k", &requests[0].body)
+    );
+    setup.stop().await;
+}
