@@ -156,6 +156,13 @@ async fn two_instances_share_the_tables_of_one_sink() {
             if a == b {
                 break;
             }
+            for child in &mut reaper.0 {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "an instance exited: {:?}",
+                    child.try_wait()
+                );
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{t}: {a:?} != {b:?}"

@@ -32,11 +32,22 @@ pub(crate) async fn create_checkpoint_table(
              updated_at timestamptz NOT NULL DEFAULT now())",
         table.quoted()
     );
-    sqlx::query(AssertSqlSafe(sql))
-        .execute(pool)
-        .await
-        .map_err(|e| classify(&e, None, "creating the checkpoint table"))?;
-    Ok(())
+    // Two sinks starting together (scale-out instances) may both create it: PostgreSQL's
+    // CREATE TABLE IF NOT EXISTS can then fail with a unique violation on its catalog; the
+    // table exists by the next attempt.
+    let mut attempt = 0;
+    loop {
+        match sqlx::query(AssertSqlSafe(sql.clone())).execute(pool).await {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(db))
+                if attempt < 3 && matches!(db.code().as_deref(), Some("23505" | "42P07")) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(classify(&e, None, "creating the checkpoint table")),
+        }
+    }
 }
 
 pub(crate) async fn read_checkpoint(
