@@ -141,6 +141,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
         .await
         .unwrap()
         .unwrap();
+    reaper.0 = None;
     assert!(status.success());
 
     let listed = run(walbrook(
