@@ -433,3 +433,55 @@ async fn measure_backlog_apply_rate() {
     task.await.unwrap();
     setup.stop().await;
 }
+
+/// Source tables mapped to other target tables: an explicit mapping, and a target schema for
+/// the others.
+#[tokio::test]
+async fn tables_map_to_other_names_and_schemas() {
+    let mut setup = Setup::start(
+        "sink_pg_map",
+        "CREATE TABLE one (id int PRIMARY KEY, v text); CREATE TABLE two (id int PRIMARY KEY, v text);",
+        "public.one, public.two",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_map_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute("CREATE SCHEMA mirror; CREATE SCHEMA \"Arch ive\";")
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            "INSERT INTO one VALUES (1, 'a')",
+            "INSERT INTO two VALUES (2, 'b')",
+        ])
+        .await;
+    let mut options = PgSinkOptions::new(target_db.url());
+    options.tables.insert(
+        walbrook_pg_client::TableName::new("public", "one"),
+        walbrook_pg_client::TableName::new("Arch ive", "One Copy"),
+    );
+    options.target_schema = Some("mirror".into());
+    let sink = PgSink::connect(options).await.unwrap();
+    let client = setup.client().await;
+    let mut runner = Runner::new(client, sink, RunnerOptions::new("map", ["public.*"]));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (
+            rows(&target, "\"Arch ive\".\"One Copy\"").await,
+            rows(&target, "mirror.two").await,
+        );
+        if a == ["(1,a)"] && b == ["(2,b)"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rows(&target, "public.one").await[0].starts_with("error"));
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
