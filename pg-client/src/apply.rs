@@ -123,18 +123,30 @@ fn full_row_predicate(s: &mut Statement, row: &Row, target: &[String]) -> Result
 
 /// `INSERT … ON CONFLICT (key) DO UPDATE` of `row` (plain INSERT without a key).
 fn upsert(table: &TableName, row: &Row, target: &[String]) -> Result<Statement, String> {
+    upsert_rows(table, &[row], target)
+}
+
+/// One `INSERT … VALUES (…), (…) ON CONFLICT (key) DO UPDATE` of several rows with the same
+/// columns and distinct keys.
+fn upsert_rows(table: &TableName, rows: &[&Row], target: &[String]) -> Result<Statement, String> {
+    let row = rows[0];
     let mut s = Statement::new();
-    let mut names = Vec::new();
-    let mut values = Vec::new();
-    for (c, v) in set_values(row, target, true) {
-        names.push(quote_ident(&c.name));
-        values.push(s.param(c, v)?);
+    let names: Vec<String> = set_values(row, target, true)
+        .map(|(c, _)| quote_ident(&c.name))
+        .collect();
+    let mut tuples = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut values = Vec::new();
+        for (c, v) in set_values(r, target, true) {
+            values.push(s.param(c, v)?);
+        }
+        tuples.push(format!("({})", values.join(", ")));
     }
     s.sql = format!(
-        "INSERT INTO {} ({}) VALUES ({})",
+        "INSERT INTO {} ({}) VALUES {}",
         table.quoted(),
         names.join(", "),
-        values.join(", ")
+        tuples.join(", ")
     );
     if has_key(row) {
         let keys: Vec<String> = row
@@ -206,12 +218,79 @@ fn has_unchanged(row: &Row) -> bool {
     row.values().iter().any(|v| matches!(v, PgValue::Unchanged))
 }
 
+/// Marks a refused multi-row statement: the batch is applied again one statement per event,
+/// to find the event to blame.
+const REGROUP: usize = usize::MAX;
+
+/// Consecutive inserts into one table with the same columns and distinct keys, written as
+/// one multi-row statement.
+struct InsertGroup<'a> {
+    table: TableName,
+    target: Vec<String>,
+    signature: Vec<String>,
+    keys: std::collections::HashSet<String>,
+    rows: Vec<(usize, &'a Row)>,
+}
+
+/// The most rows of one multi-row statement (and at most 65,535 parameters).
+const GROUP_ROWS: usize = 1000;
+
+fn groupable(event: &ChangeEvent) -> Option<&Row> {
+    match event.op() {
+        Op::Insert | Op::Read => event
+            .after()
+            .filter(|row| has_key(row) && !has_unchanged(row)),
+        _ => None,
+    }
+}
+
+fn key_text(row: &Row) -> String {
+    row.iter()
+        .filter(|(c, _)| c.is_key)
+        .map(|(_, v)| walbrook_client::value_to_json(v).to_string())
+        .collect::<Vec<_>>()
+        .join("\u{0}")
+}
+
+async fn flush(
+    group: &mut Option<InsertGroup<'_>>,
+    tx: &mut Transaction<'static, Postgres>,
+) -> Result<(), SinkError> {
+    let Some(g) = group.take() else { return Ok(()) };
+    let rows: Vec<&Row> = g.rows.iter().map(|(_, r)| *r).collect();
+    let first = g.rows[0].0;
+    let statement = upsert_rows(&g.table, &rows, &g.target)
+        .map_err(|m| SinkError::rejected(first, format!("{}: {m}", g.table)))?;
+    match statement.execute(tx, first, &g.table).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.kind() == walbrook_client::runner::SinkErrorKind::Rejected && rows.len() > 1 =>
+        {
+            Err(SinkError::rejected(REGROUP, e.message()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub(crate) async fn apply(
     sink: &PgSink,
     consumer: &str,
     events: &[ChangeEvent],
 ) -> Result<Applied, SinkError> {
+    match apply_with(sink, consumer, events, true).await {
+        Err(e) if e.index() == Some(REGROUP) => apply_with(sink, consumer, events, false).await,
+        other => other,
+    }
+}
+
+async fn apply_with(
+    sink: &PgSink,
+    consumer: &str,
+    events: &[ChangeEvent],
+    grouped: bool,
+) -> Result<Applied, SinkError> {
     let options = &sink.options;
+    let mut group: Option<InsertGroup<'_>> = None;
     // One apply at a time (the runner never overlaps them for this sink); the lock also
     // guards the table cache.
     let mut known = sink.known.lock().await;
@@ -228,6 +307,18 @@ pub(crate) async fn apply(
         let reject = |message: String| SinkError::rejected(i, format!("{table}: {message}"));
         let mut entry = changed.get(&table).or_else(|| known.get(&table)).cloned();
         let fingerprint = event.fingerprint();
+        let candidate = if grouped { groupable(event) } else { None };
+        // Anything but the next row of the pending group writes it first (DDL included).
+        let joins = group.as_ref().is_some_and(|g| {
+            candidate.is_some()
+                && g.table == table
+                && entry
+                    .as_ref()
+                    .is_some_and(|e| e.seen.contains(&fingerprint))
+        });
+        if !joins {
+            flush(&mut group, &mut tx).await?;
+        }
         if let Some(after) = event.after()
             && !entry
                 .as_ref()
@@ -269,6 +360,31 @@ pub(crate) async fn apply(
             last = Some((Position::of(event), src.database.clone()));
         }
         if columns.is_empty() {
+            continue;
+        }
+        if let Some(row) = candidate {
+            let signature: Vec<String> = set_values(row, &columns, true)
+                .map(|(c, _)| c.name.clone())
+                .collect();
+            let key = key_text(row);
+            let fits = group.as_ref().is_some_and(|g| {
+                g.table == table
+                    && g.signature == signature
+                    && !g.keys.contains(&key)
+                    && g.rows.len() < GROUP_ROWS.min(60_000 / signature.len().max(1))
+            });
+            if !fits {
+                flush(&mut group, &mut tx).await?;
+            }
+            let g = group.get_or_insert_with(|| InsertGroup {
+                table: table.clone(),
+                target: columns.clone(),
+                signature,
+                keys: Default::default(),
+                rows: Vec::new(),
+            });
+            g.keys.insert(key);
+            g.rows.push((i, row));
             continue;
         }
         match event.op() {
@@ -331,6 +447,7 @@ pub(crate) async fn apply(
             }
         }
     }
+    flush(&mut group, &mut tx).await?;
     if let Some((position, database)) = last {
         ddl::write_checkpoint(
             &mut tx,
