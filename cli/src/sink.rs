@@ -182,7 +182,7 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("signal received: stopping after the batch in flight");
+        tracing::info!("signal received: stopping (the batch in flight is delivered again)");
         token.cancel();
     });
     Ok(shutdown)

@@ -264,3 +264,58 @@ async fn batch_mode_posts_one_json_array_per_batch() {
     );
     setup.stop().await;
 }
+
+/// Stopping the runner cancels a delivery that waits on `Retry-After`: nothing is
+/// acknowledged, and the event is delivered again by the next run, with the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_cancels_a_waiting_delivery_and_the_event_comes_again() {
+    let mut setup = Setup::start(
+        "hook_stop",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "public.t",
+    )
+    .await;
+    let receiver = WebhookReceiver::start().unwrap();
+    receiver.push_response(503, &[("Retry-After", "300")]);
+    let client = setup.client().await;
+    let run = |client: walbrook_client::Client, url: String| {
+        let sink = WebhookSink::new(WebhookOptions::new(url)).unwrap();
+        let mut runner = Runner::new(client, sink, RunnerOptions::new("stop", ["public.t"]));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        (
+            shutdown,
+            tokio::spawn(async move { runner.run(stop).await.unwrap() }),
+        )
+    };
+    let (shutdown, task) = run(client.clone(), receiver.url());
+    setup.exec(&["INSERT INTO t VALUES (1)"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no delivery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    // Well before the 300 s the receiver asked for.
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the runner stops without waiting for Retry-After")
+        .unwrap();
+    let (shutdown, task) = run(client, receiver.url());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not delivered again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests = receiver.requests();
+    assert_eq!(
+        requests[0].header("Walbrook-Event-Id"),
+        requests[1].header("Walbrook-Event-Id")
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}

@@ -610,9 +610,17 @@ impl<S: Sink> Runner<S> {
             if events.is_empty() {
                 return Ok(Flow::Continue);
             }
-            let result = match self.sink.ordering() {
-                Ordering::Stream => self.sink.apply(&consumer, &events).await,
-                Ordering::PerKey => self.apply_lanes(&consumer, &events).await,
+            // A stop cancels the apply in flight: nothing of the batch is acknowledged, so it
+            // is delivered again (the contract makes a cancelled apply safe: see Sink).
+            let apply = async {
+                match self.sink.ordering() {
+                    Ordering::Stream => self.sink.apply(&consumer, &events).await,
+                    Ordering::PerKey => self.apply_lanes(&consumer, &events).await,
+                }
+            };
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Flow::Stop),
+                result = apply => result,
             };
             match result {
                 Ok(applied) => {

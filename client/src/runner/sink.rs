@@ -153,6 +153,9 @@ pub enum Ordering {
 ///    position with the write ([`Sink::checkpoint`]) or its writes are idempotent.
 /// 3. Events of one key are applied in the order given.
 /// 4. A failure reports what is durable: `Err` means nothing of the batch is.
+/// 5. `apply` may be cancelled (dropped) at any await point when the runner stops; whatever
+///    it had written must then be either not durable (a rolled-back transaction) or safe to
+///    write again (rule 2), since nothing of the batch is acknowledged.
 pub trait Sink: Send + Sync {
     /// A short name for logs, metrics and dead-letter headers (`postgres`, `webhook`…).
     fn name(&self) -> &str;
