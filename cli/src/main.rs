@@ -13,7 +13,9 @@
 
 mod check;
 mod demo;
+mod dlq;
 mod produce;
+mod sink;
 mod snapshot;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Take a snapshot of a table through the running producer (progress bar, JSON lines).
     Snapshot(snapshot::SnapshotArgs),
+    /// Run a consumer: apply the change stream to a target (postgres, webhook,
+    /// elasticsearch).
+    Sink(sink::SinkArgs),
+    /// Inspect (`list`) and re-drive (`replay`) a consumer's dead letters.
+    Dlq(dlq::DlqArgs),
 }
 
 fn init_logging(default_level: &str) {
@@ -67,5 +74,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Check(args) => check::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Snapshot(args) => snapshot::run(args).await,
+        Command::Sink(args) => sink::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
     }
 }

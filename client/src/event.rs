@@ -54,6 +54,9 @@ pub struct Column {
     pub is_key: bool,
     /// Declared `NOT NULL`.
     pub not_null: bool,
+    /// The type as the schema's `pgType` properties describe it (renders values back to
+    /// PostgreSQL's text form with [`walbrook_pgtype_avro::render_text`]).
+    pub pg_type: walbrook_pgtype_avro::PgType,
 }
 
 /// A decoded row (`before` or `after`): typed values in column order, with name-based access.
@@ -195,6 +198,9 @@ pub struct ChangeEvent {
     pub(crate) stream_sequence: u64,
     pub(crate) delivered: u64,
     pub(crate) ack: AckHandle,
+    /// The message as stored (for dead letters).
+    pub(crate) payload: bytes::Bytes,
+    pub(crate) headers: Option<async_nats::HeaderMap>,
 }
 
 impl ChangeEvent {
@@ -249,6 +255,21 @@ impl ChangeEvent {
     /// redelivery on a durable consumer).
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    /// The size of the stored message payload in bytes.
+    pub fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// The stored message payload (the Avro single-object message).
+    pub fn payload(&self) -> &bytes::Bytes {
+        &self.payload
+    }
+
+    /// The stored message headers.
+    pub fn headers(&self) -> Option<&async_nats::HeaderMap> {
+        self.headers.as_ref()
     }
 
     /// Acknowledges the event on a durable consumer and waits for the server to confirm it, so

@@ -57,6 +57,7 @@ mod event;
 mod large_payload;
 mod names;
 mod options;
+pub mod runner;
 mod schema;
 mod snapshot;
 mod subscribe;
@@ -307,6 +308,18 @@ impl Client {
     /// The underlying NATS connection (shared; do not close it).
     pub fn nats(&self) -> &async_nats::Client {
         &self.inner.nats
+    }
+
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    pub(crate) fn names(&self) -> &names::Names {
+        &self.inner.names
+    }
+
+    pub(crate) fn cache(&self) -> &Arc<schema::SchemaCache> {
+        &self.inner.cache
     }
 
     /// The source database this client reads.

@@ -12,13 +12,41 @@ use walbrook_protocol::{StreamKind, Subjects};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Names {
     subjects: Subjects,
+    root: String,
+    database: String,
 }
 
 impl Names {
     pub(crate) fn new(root: &str, database: &str) -> Names {
         Names {
             subjects: Subjects::new(root, database),
+            root: root.to_owned(),
+            database: database.to_owned(),
         }
+    }
+
+    /// `<root>.<db>.dlq.<consumer>`: the dead letters of one consumer (protocol §2).
+    pub(crate) fn dlq_subject(&self, consumer: &str) -> String {
+        format!(
+            "{}.{}.dlq.{}",
+            self.root,
+            escape_token(&self.database),
+            escape_token(consumer)
+        )
+    }
+
+    /// `<root>.<db>.dlq.>`
+    pub(crate) fn dlq_all(&self) -> String {
+        format!("{}.{}.dlq.>", self.root, escape_token(&self.database))
+    }
+
+    /// `<root>_<db>_DLQ`
+    pub(crate) fn dlq_stream(&self) -> String {
+        format!(
+            "{}_{}_DLQ",
+            self.root.replace('.', "_"),
+            escape_token(&self.database)
+        )
     }
 
     /// `<root>_<db>_WAL`

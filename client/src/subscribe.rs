@@ -34,6 +34,9 @@ pub enum Start {
     /// its commit LSN + 1). Found by a binary search over the stream, whose commit LSNs never
     /// decrease (docs/protocol.md §3.4).
     CommitPosition(Lsn),
+    /// Events from this JetStream stream sequence on (the consumer runner resumes its durable
+    /// consumer from the sequence after the last one it acknowledged).
+    Sequence(u64),
 }
 
 /// What to read and how: built with [`Subscription::table`], [`Subscription::tables`] or
@@ -383,6 +386,9 @@ async fn deliver_policy(
         Start::CommitPosition(lsn) => DeliverPolicy::ByStartSequence {
             start_sequence: first_sequence_at(stream, names, lsn).await?,
         },
+        Start::Sequence(sequence) => DeliverPolicy::ByStartSequence {
+            start_sequence: sequence.max(1),
+        },
     })
 }
 
@@ -439,6 +445,45 @@ async fn first_sequence_at(stream: &JsStream, names: &Names, lsn: Lsn) -> Result
         }
     }
     Ok(lo)
+}
+
+/// Decodes a stored message outside a subscription (a dead letter being replayed): the event
+/// cannot be acknowledged.
+pub(crate) async fn decode_stored(
+    cache: &SchemaCache,
+    objects: &PayloadObjects,
+    subject: String,
+    stream_sequence: u64,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<ChangeEvent, Error> {
+    // A large event stored by reference (protocol §3.5): fetch its body.
+    let reference = headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::PAYLOAD_OBJECT))
+        .map(|v| v.as_str().to_string());
+    let payload = match reference {
+        Some(reference) if payload.is_empty() => objects.fetch(&reference).await?,
+        _ => payload,
+    };
+    let (fingerprint, _) = split_single_object(&payload).map_err(|e| {
+        Error::with_source(ErrorKind::Decode, "not an Avro single-object message", e)
+    })?;
+    let schema = cache.get(fingerprint).await?;
+    let decoded = schema.decode(&payload)?;
+    Ok(ChangeEvent {
+        op: decoded.op,
+        source: decoded.source,
+        before: decoded.before,
+        after: decoded.after,
+        fingerprint,
+        subject,
+        stream_sequence,
+        delivered: 1,
+        ack: AckHandle::none(),
+        payload,
+        headers,
+    })
 }
 
 pub(crate) async fn decode_message(
@@ -504,5 +549,7 @@ pub(crate) async fn decode_message(
         stream_sequence,
         delivered,
         ack,
+        payload,
+        headers,
     })
 }

@@ -1,0 +1,419 @@
+//! `walbrook sink <target>`: the consumers. Each applies the change stream of a source
+//! database to a target through the runner of `walbrook-client` (docs/sinks.md).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+use walbrook_client::runner::{RetryPolicy, Runner, RunnerMetrics, RunnerOptions, Sink, partition};
+use walbrook_client::{Client, ClientOptions, Credentials, Start};
+
+/// Options every sink shares: where the change stream is and how it is consumed.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// NATS server URLs, comma-separated.
+    #[arg(long, env = "WALBROOK_NATS_URL", value_delimiter = ',')]
+    nats_url: Vec<String>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "WALBROOK_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "WALBROOK_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "WALBROOK_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// NATS credentials file.
+    #[arg(long, env = "WALBROOK_NATS_CREDS")]
+    nats_creds: Option<std::path::PathBuf>,
+    /// CA certificate for TLS to NATS.
+    #[arg(long, env = "WALBROOK_NATS_TLS_CA")]
+    nats_tls_ca: Option<std::path::PathBuf>,
+    /// The producer's subject root.
+    #[arg(long, env = "WALBROOK_ROOT", default_value = "WALBROOK")]
+    root: String,
+    /// The source database name (as the producer publishes it).
+    #[arg(long, env = "WALBROOK_SINK_SOURCE_DB")]
+    source_db: String,
+    /// Consumer name: durable JetStream consumer, checkpoint, dead-letter subject.
+    #[arg(long, env = "WALBROOK_SINK_CONSUMER")]
+    consumer: String,
+    /// Source tables, comma-separated: `schema.table`, `schema.*` or `*`.
+    #[arg(
+        long,
+        env = "WALBROOK_SINK_TABLES",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    tables: Vec<String>,
+    /// Where a new consumer starts: `beginning`, `new`, or a commit LSN (`0/16B3F20`).
+    #[arg(long, env = "WALBROOK_SINK_START", default_value = "beginning")]
+    start: String,
+    /// Most events per batch.
+    #[arg(long, env = "WALBROOK_SINK_BATCH_EVENTS", default_value_t = 500)]
+    batch_events: usize,
+    /// Most payload bytes per batch.
+    #[arg(long, env = "WALBROOK_SINK_BATCH_BYTES", default_value_t = 4 << 20)]
+    batch_bytes: usize,
+    /// Longest wait for a batch to fill (`50ms`, `1s`).
+    #[arg(long, env = "WALBROOK_SINK_BATCH_WAIT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    batch_wait: Duration,
+    /// Longest retry delay of a transient failure.
+    #[arg(long, env = "WALBROOK_SINK_RETRY_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    retry_max: Duration,
+    /// Dead-letter a batch after this many failed attempts (default: retry until it works).
+    #[arg(long, env = "WALBROOK_SINK_MAX_ATTEMPTS")]
+    max_attempts: Option<u32>,
+    /// Scale-out: this instance's number (0-based) of --instances. Tables are assigned to
+    /// instances by a stable hash of their name; each instance uses the consumer name
+    /// `<consumer>-<instance>`. Needs explicit tables (no wildcards).
+    #[arg(long, env = "WALBROOK_SINK_INSTANCE", default_value_t = 0)]
+    instance: usize,
+    /// Scale-out: how many instances share the tables.
+    #[arg(long, env = "WALBROOK_SINK_INSTANCES", default_value_t = 1)]
+    instances: usize,
+    /// Serve `/metrics` and `/healthz` on this address.
+    #[arg(long, env = "WALBROOK_SINK_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl CommonArgs {
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
+        let Some((first, rest)) = self.nats_url.split_first() else {
+            bail!("--nats-url (WALBROOK_NATS_URL) is required");
+        };
+        let mut options =
+            ClientOptions::new(first.clone(), self.source_db.clone()).root(&self.root);
+        for server in rest {
+            options = options.server(server.clone());
+        }
+        let credentials = match (
+            &self.nats_user,
+            &self.nats_password,
+            &self.nats_token,
+            &self.nats_creds,
+        ) {
+            (Some(user), Some(password), None, None) => Credentials::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            (None, None, Some(token), None) => Credentials::Token(token.clone()),
+            (None, None, None, Some(path)) => Credentials::CredsFile(path.clone()),
+            (None, None, None, None) => Credentials::None,
+            _ => bail!("give one NATS authentication: user+password, token or creds file"),
+        };
+        options = options.credentials(credentials);
+        if let Some(ca) = &self.nats_tls_ca {
+            options = options.tls_ca(ca.clone());
+        }
+        Ok(Client::connect(options).await?)
+    }
+
+    /// The consumer name and tables of this instance.
+    pub(crate) fn assignment(&self) -> anyhow::Result<(String, Vec<String>)> {
+        if self.instances <= 1 {
+            return Ok((self.consumer.clone(), self.tables.clone()));
+        }
+        if self.instance >= self.instances {
+            bail!(
+                "--instance {} must be below --instances {}",
+                self.instance,
+                self.instances
+            );
+        }
+        let mut mine = Vec::new();
+        for pattern in &self.tables {
+            let Some((schema, table)) = pattern.split_once('.') else {
+                bail!("scale-out needs explicit schema.table names, got {pattern:?}");
+            };
+            if table == "*" || pattern == "*" {
+                bail!("scale-out needs explicit tables, not the wildcard {pattern:?}");
+            }
+            if partition::owns_table(schema, table, self.instance, self.instances) {
+                mine.push(pattern.clone());
+            }
+        }
+        if mine.is_empty() {
+            bail!(
+                "instance {} of {} owns none of the tables {:?}",
+                self.instance,
+                self.instances,
+                self.tables
+            );
+        }
+        Ok((format!("{}-{}", self.consumer, self.instance), mine))
+    }
+
+    pub(crate) fn runner_options(&self) -> anyhow::Result<RunnerOptions> {
+        let (consumer, tables) = self.assignment()?;
+        let mut options = RunnerOptions::new(consumer, tables);
+        options.start = match self.start.as_str() {
+            "beginning" => Start::Beginning,
+            "new" => Start::New,
+            lsn => Start::CommitPosition(
+                lsn.parse()
+                    .with_context(|| format!("--start {lsn:?}: beginning, new or an LSN"))?,
+            ),
+        };
+        options.max_batch_events = self.batch_events.max(1);
+        options.max_batch_bytes = self.batch_bytes.max(1);
+        options.max_batch_wait = self.batch_wait;
+        options.retry = RetryPolicy {
+            max: self.retry_max,
+            dead_letter_after: self.max_attempts,
+            ..RetryPolicy::default()
+        };
+        Ok(options)
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM. The handlers are installed before this returns,
+/// so a signal that arrives while the sink is still connecting stops it cleanly too.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received: stopping (the batch in flight is delivered again)");
+        token.cancel();
+    });
+    Ok(shutdown)
+}
+
+/// Runs `sink` until SIGINT/SIGTERM (or replays its dead letters and exits).
+pub(crate) async fn run_sink<S: Sink>(
+    common: &CommonArgs,
+    sink: S,
+    replay_dead_letters: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = common.client().await?;
+    let options = common.runner_options()?;
+    let consumer = options.consumer.clone();
+    let mut runner = Runner::new(client, sink, options);
+    if replay_dead_letters {
+        let (replayed, left) = runner.replay_dead_letters().await?;
+        println!("replayed {replayed} dead letters of {consumer}; {left} left");
+        return Ok(());
+    }
+    if let Some(addr) = common.metrics_addr {
+        let metrics = runner.metrics();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, routes(metrics)).await {
+                tracing::error!("metrics server: {e}");
+            }
+        });
+    }
+    tracing::info!(%consumer, sink = runner.sink().name(), "sink running");
+    runner.run(shutdown).await?;
+    Ok(())
+}
+
+fn routes(metrics: Arc<RunnerMetrics>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let m = metrics.clone();
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { m.render() }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    if m.is_healthy() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not applying")
+                    }
+                }
+            }),
+        )
+}
+
+/// `walbrook sink <target>`.
+#[derive(Debug, clap::Args)]
+pub struct SinkArgs {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Target {
+    /// Apply the changes to PostgreSQL tables, exactly once.
+    Postgres(PostgresArgs),
+    /// POST the changes as signed JSON to an HTTP endpoint, at least once with stable ids.
+    Webhook(WebhookArgs),
+    /// Index the rows as documents in Elasticsearch/OpenSearch, versioned by position.
+    Elasticsearch(SearchArgs),
+}
+
+/// `walbrook sink elasticsearch`.
+#[derive(Debug, clap::Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Base URL of the engine.
+    #[arg(long, env = "WALBROOK_SINK_SEARCH_URL")]
+    url: String,
+    /// Index name template (`{database}`, `{schema}`, `{table}`).
+    #[arg(
+        long,
+        env = "WALBROOK_SINK_INDEX_TEMPLATE",
+        default_value = "{database}.{schema}.{table}"
+    )]
+    index_template: String,
+    /// Create missing indices with a mapping derived from the columns.
+    #[arg(long, env = "WALBROOK_SINK_CREATE_MAPPING")]
+    create_mapping: bool,
+    /// Basic-auth user.
+    #[arg(long, env = "WALBROOK_SINK_SEARCH_USER")]
+    user: Option<String>,
+    /// Basic-auth password.
+    #[arg(long, env = "WALBROOK_SINK_SEARCH_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+impl SearchArgs {
+    fn sink(&self) -> anyhow::Result<walbrook_es_client::SearchSink> {
+        let mut options = walbrook_es_client::SearchOptions::new(self.url.clone());
+        options.index_template = self.index_template.clone();
+        options.create_mapping = self.create_mapping;
+        options.basic_auth = match (&self.user, &self.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => bail!("give both --user and --password"),
+        };
+        Ok(walbrook_es_client::SearchSink::new(options)?)
+    }
+}
+
+/// `walbrook sink webhook`.
+#[derive(Debug, clap::Args)]
+struct WebhookArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The endpoint to POST to.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_URL")]
+    url: String,
+    /// HMAC-SHA256 secret for the `Walbrook-Signature` header.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// POST each batch as one JSON array instead of one request per event.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_BATCH")]
+    batch: bool,
+    /// Timeout of one request.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Attempts per request before the event goes to the dead-letter subject.
+    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_ATTEMPTS", default_value_t = 8)]
+    attempts: u32,
+}
+
+impl WebhookArgs {
+    fn sink(&self) -> anyhow::Result<walbrook_webhook_client::WebhookSink> {
+        let mut options = walbrook_webhook_client::WebhookOptions::new(self.url.clone());
+        options.secret = self.secret.as_ref().map(|s| s.as_bytes().to_vec());
+        options.batch = self.batch;
+        options.timeout = self.timeout;
+        options.max_attempts = self.attempts.max(1);
+        Ok(walbrook_webhook_client::WebhookSink::new(options)?)
+    }
+}
+
+/// `walbrook sink postgres`.
+#[derive(Debug, clap::Args)]
+struct PostgresArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Target database URL.
+    #[arg(long, env = "WALBROOK_SINK_TARGET_URL", hide_env_values = true)]
+    target_url: String,
+    /// Map a source table to a target table: `source_schema.table=target_schema.table`
+    /// (repeatable).
+    #[arg(long = "map", env = "WALBROOK_SINK_MAP", value_delimiter = ',')]
+    map: Vec<String>,
+    /// Put unmapped tables in this target schema (default: the source schema).
+    #[arg(long, env = "WALBROOK_SINK_TARGET_SCHEMA")]
+    target_schema: Option<String>,
+    /// Do not create missing target tables (stop with an error instead).
+    #[arg(long)]
+    no_create: bool,
+    /// Do not add or drop target columns when the source's change.
+    #[arg(long)]
+    no_follow_schema: bool,
+    /// The checkpoint table.
+    #[arg(
+        long,
+        env = "WALBROOK_SINK_CHECKPOINT_TABLE",
+        default_value = "public.walbrook_checkpoint"
+    )]
+    checkpoint_table: String,
+}
+
+impl PostgresArgs {
+    async fn sink(&self) -> anyhow::Result<walbrook_pg_client::PgSink> {
+        use walbrook_pg_client::{PgSink, PgSinkOptions, TableName};
+        let mut options = PgSinkOptions::new(self.target_url.clone());
+        for m in &self.map {
+            let Some((from, to)) = m.split_once('=') else {
+                bail!("--map {m:?}: expected source_schema.table=target_schema.table");
+            };
+            options
+                .tables
+                .insert(TableName::parse(from.trim()), TableName::parse(to.trim()));
+        }
+        options.target_schema = self.target_schema.clone();
+        options.create_tables = !self.no_create;
+        options.follow_schema = !self.no_follow_schema;
+        options.checkpoint_table = TableName::parse(&self.checkpoint_table);
+        PgSink::connect(options)
+            .await
+            .context("connecting to the target database")
+    }
+}
+
+impl SinkArgs {
+    async fn run_target(&self, replay: bool) -> anyhow::Result<()> {
+        let shutdown = shutdown_on_signals()?;
+        match &self.target {
+            Target::Postgres(args) => {
+                let sink = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    sink = args.sink() => sink?,
+                };
+                run_sink(&args.common, sink, replay, shutdown).await
+            }
+            Target::Webhook(args) => run_sink(&args.common, args.sink()?, replay, shutdown).await,
+            Target::Elasticsearch(args) => {
+                run_sink(&args.common, args.sink()?, replay, shutdown).await
+            }
+        }
+    }
+}
+
+/// Runs `walbrook sink …`.
+pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
+    args.run_target(false).await
+}
+
+/// Runs `walbrook dlq replay <target> …`: applies the dead letters through the sink.
+pub async fn replay(args: SinkArgs) -> anyhow::Result<()> {
+    args.run_target(true).await
+}

@@ -1,0 +1,243 @@
+//! `walbrook sink postgres` as a process: killed with SIGKILL mid-stream and restarted, it
+//! leaves the target equal to the source, row for row, with every change applied once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+use walbrook_harness::{NatsServer, PgServer, TestDb};
+use walbrook_producer::config::RawConfig;
+
+const ROOT: &str = "SINKKILL";
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (sql, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sql
+}
+
+fn start_producer(db: &TestDb<'_>, nats_url: &str, shutdown: CancellationToken) {
+    let mut raw = RawConfig::default();
+    raw.apply_env([
+        ("WALBROOK_PG_URL", db.url()),
+        ("WALBROOK_NATS_URL", nats_url.to_string()),
+        ("WALBROOK_TABLES", "public.load".to_string()),
+        ("WALBROOK_SLOT", db.slot_name()),
+        ("WALBROOK_PUBLICATION", db.publication_name()),
+        ("WALBROOK_ROOT", ROOT.to_string()),
+        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
+    ])
+    .unwrap();
+    let config = raw.validate().unwrap();
+    tokio::spawn(async move {
+        walbrook_producer::pipeline::run(config, shutdown)
+            .await
+            .unwrap()
+    });
+}
+
+fn spawn_sink(
+    source: &TestDb<'_>,
+    target_url: &str,
+    nats_url: &str,
+    log: &std::path::Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+        .args(["sink", "postgres"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WALBROOK_NATS_URL", nats_url)
+        .env("WALBROOK_ROOT", ROOT)
+        .env("WALBROOK_SINK_SOURCE_DB", source.name())
+        .env("WALBROOK_SINK_CONSUMER", "kill9")
+        .env("WALBROOK_SINK_TABLES", "public.load")
+        .env("WALBROOK_SINK_TARGET_URL", target_url)
+        // Small batches: many target transactions, so the kills land between and inside them.
+        .env("WALBROOK_SINK_BATCH_EVENTS", "7")
+        .env(
+            "RUST_LOG",
+            std::env::var("WALBROOK_TEST_SINK_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Kills the sink process if the test ends early (a panic), so none outlives the test.
+struct Reaper(Option<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn sigkill(child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+async fn table_text(sql: &tokio_postgres::Client, query: &str) -> Vec<String> {
+    sql.query(query, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
+    let pg = PgServer::shared();
+    let source_db = pg.fresh_database("sinkkill_src");
+    let target_db = pg.fresh_database("sinkkill_dst");
+    let nats = NatsServer::start().unwrap();
+    let source = connect(&source_db.url()).await;
+    let target = connect(&target_db.url()).await;
+    source
+        .batch_execute("CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL, n numeric)")
+        .await
+        .unwrap();
+    // The target table exists with an audit trigger: every row the sink writes is counted,
+    // so a change applied twice shows up even when the final rows would hide it.
+    target
+        .batch_execute(
+            "CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL, n numeric);
+             CREATE TABLE audit (id bigint, note text);
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO audit VALUES (NEW.id, NEW.note); RETURN NEW; END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE ON load
+               FOR EACH ROW EXECUTE FUNCTION audit();",
+        )
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    start_producer(&source_db, &nats.url(), shutdown.clone());
+    // Changes committed before the slot exists are not captured: wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: i64 = source
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&source_db.slot_name()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if active == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the producer never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    const TXS: i64 = 120;
+    const ROWS: i64 = 10;
+    let url = source_db.url();
+    let load = tokio::spawn(async move {
+        let sql = connect(&url).await;
+        for t in 0..TXS {
+            let first = t * ROWS;
+            // One transaction: ROWS inserts, then an update of each earlier-inserted row.
+            sql.batch_execute(&format!(
+                "BEGIN;
+                 INSERT INTO load SELECT g, 'v0', g * 1.000000000000000001
+                   FROM generate_series({first}, {}) g;
+                 UPDATE load SET note = 'v1', n = n / 3 WHERE id BETWEEN {} AND {};
+                 COMMIT;",
+                first + ROWS - 1,
+                first - ROWS,
+                first - 1
+            ))
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Deletes too.
+        sql.batch_execute("DELETE FROM load WHERE id % 7 = 0")
+            .await
+            .unwrap();
+    });
+
+    let log = std::env::temp_dir().join(format!("{}-sink.log", target_db.name()));
+    let mut sink = spawn_sink(&source_db, &target_db.url(), &nats.url(), &log);
+    let mut reaper = Reaper(Some(sink.id()));
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        sigkill(&mut sink);
+        sink = spawn_sink(&source_db, &target_db.url(), &nats.url(), &log);
+        reaper.0 = Some(sink.id());
+    }
+    load.await.unwrap();
+
+    let rows = "SELECT t::text FROM load t ORDER BY id";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (a, b) = (
+            table_text(&source, rows).await,
+            table_text(&target, rows).await,
+        );
+        if a == b {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            sigkill(&mut sink);
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let only_source: Vec<&String> = a.iter().filter(|r| !b.contains(r)).take(20).collect();
+            let only_target: Vec<&String> = b.iter().filter(|r| !a.contains(r)).take(20).collect();
+            panic!(
+                "target differs: source {} rows, target {} rows\nonly in source: {only_source:?}\n\
+                 only in target: {only_target:?}\nsink log tail:\n{}",
+                a.len(),
+                b.len(),
+                log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Every insert and every update reached the target exactly once: one audit row each.
+    let audit = table_text(
+        &target,
+        "SELECT id || ':' || note || ':' || count(*) FROM audit GROUP BY id, note \
+         HAVING count(*) <> 1 ORDER BY 1 LIMIT 10",
+    )
+    .await;
+    assert!(
+        audit.is_empty(),
+        "changes applied more than once: {audit:?}"
+    );
+    let total: i64 = target
+        .query_one("SELECT count(*) FROM audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // TXS*ROWS inserts, and (TXS-1)*ROWS updates (the first transaction updates nothing).
+    assert_eq!(total, TXS * ROWS + (TXS - 1) * ROWS);
+    let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || sink.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    reaper.0 = None;
+    assert!(
+        status.success(),
+        "the sink exits cleanly on SIGTERM: {status:?}"
+    );
+    shutdown.cancel();
+}

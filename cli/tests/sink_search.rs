@@ -1,0 +1,211 @@
+//! `walbrook sink elasticsearch` as a process: killed with SIGKILL mid-stream and restarted,
+//! the index holds every document of the source (real OpenSearch, or osmem-server without
+//! Java).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+use walbrook_harness::{NatsServer, PgServer, SearchServer, TestDb};
+use walbrook_producer::config::RawConfig;
+
+const ROOT: &str = "ESKILL";
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (sql, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sql
+}
+
+fn start_producer(db: &TestDb<'_>, nats_url: &str, shutdown: CancellationToken) {
+    let mut raw = RawConfig::default();
+    raw.apply_env([
+        ("WALBROOK_PG_URL", db.url()),
+        ("WALBROOK_NATS_URL", nats_url.to_string()),
+        ("WALBROOK_TABLES", "public.load".to_string()),
+        ("WALBROOK_SLOT", db.slot_name()),
+        ("WALBROOK_PUBLICATION", db.publication_name()),
+        ("WALBROOK_ROOT", ROOT.to_string()),
+        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
+    ])
+    .unwrap();
+    let config = raw.validate().unwrap();
+    tokio::spawn(async move {
+        // Stopped by the test's end; the result does not matter then.
+        let _ = walbrook_producer::pipeline::run(config, shutdown).await;
+    });
+}
+
+fn spawn_sink(source: &TestDb<'_>, url: &str, nats_url: &str, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+        .args(["sink", "elasticsearch"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WALBROOK_NATS_URL", nats_url)
+        .env("WALBROOK_ROOT", ROOT)
+        .env("WALBROOK_SINK_SOURCE_DB", source.name())
+        .env("WALBROOK_SINK_CONSUMER", "eskill")
+        .env("WALBROOK_SINK_TABLES", "public.load")
+        .env("WALBROOK_SINK_SEARCH_URL", url)
+        .env("WALBROOK_SINK_INDEX_TEMPLATE", "kill-{table}")
+        .env("WALBROOK_SINK_BATCH_EVENTS", "5")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+struct Reaper(Option<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn sigkill(child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+async fn documents(url: &str) -> std::collections::BTreeMap<i64, String> {
+    let http = reqwest::Client::new();
+    let _ = http.post(format!("{url}/kill-load/_refresh")).send().await;
+    let Ok(response) = http
+        .post(format!("{url}/kill-load/_search"))
+        .json(&serde_json::json!({"size": 10000, "query": {"match_all": {}}}))
+        .send()
+        .await
+    else {
+        return Default::default();
+    };
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    body["hits"]["hits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            (
+                h["_id"].as_str().unwrap().parse().unwrap(),
+                h["_source"]["note"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_sink_killed_mid_stream_leaves_every_document() {
+    let search = SearchServer::start().unwrap();
+    println!("search engine: {}", search.engine());
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("eskill");
+    let nats = NatsServer::start().unwrap();
+    let source = connect(&db.url()).await;
+    source
+        .batch_execute("CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL)")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    start_producer(&db, &nats.url(), shutdown.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: i64 = source
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&db.slot_name()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if active == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the producer never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    const ROWS: i64 = 300;
+    let url = db.url();
+    let load = tokio::spawn(async move {
+        let sql = connect(&url).await;
+        for id in 0..ROWS {
+            sql.batch_execute(&format!(
+                "INSERT INTO load VALUES ({id}, 'v0'); UPDATE load SET note = 'v1' WHERE id = {id};"
+            ))
+            .await
+            .unwrap();
+            if id % 3 == 0 {
+                sql.execute("DELETE FROM load WHERE id = $1", &[&(id / 2)])
+                    .await
+                    .unwrap();
+            }
+            if id % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let log = std::env::temp_dir().join(format!("{}-es.log", db.name()));
+    let mut sink = spawn_sink(&db, search.url(), &nats.url(), &log);
+    let mut reaper = Reaper(Some(sink.id()));
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        sigkill(&mut sink);
+        sink = spawn_sink(&db, search.url(), &nats.url(), &log);
+        reaper.0 = Some(sink.id());
+    }
+    load.await.unwrap();
+    let expected: std::collections::BTreeMap<i64, String> = source
+        .query("SELECT id, note FROM load", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let docs = documents(search.url()).await;
+        if docs == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "index differs: {} documents, {} rows; missing {:?}, extra {:?}",
+            docs.len(),
+            expected.len(),
+            expected
+                .keys()
+                .filter(|k| !docs.contains_key(k))
+                .take(10)
+                .collect::<Vec<_>>(),
+            docs.keys()
+                .filter(|k| !expected.contains_key(k))
+                .take(10)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || sink.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    reaper.0 = None;
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    shutdown.cancel();
+}

@@ -1,0 +1,188 @@
+//! `walbrook sink webhook` as a process: killed with SIGKILL mid-stream and restarted, every
+//! event is delivered at least once, always with the same id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+use walbrook_harness::{NatsServer, PgServer, TestDb, WebhookReceiver};
+use walbrook_producer::config::RawConfig;
+
+const ROOT: &str = "HOOKKILL";
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (sql, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sql
+}
+
+fn start_producer(db: &TestDb<'_>, nats_url: &str, shutdown: CancellationToken) {
+    let mut raw = RawConfig::default();
+    raw.apply_env([
+        ("WALBROOK_PG_URL", db.url()),
+        ("WALBROOK_NATS_URL", nats_url.to_string()),
+        ("WALBROOK_TABLES", "public.load".to_string()),
+        ("WALBROOK_SLOT", db.slot_name()),
+        ("WALBROOK_PUBLICATION", db.publication_name()),
+        ("WALBROOK_ROOT", ROOT.to_string()),
+        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
+    ])
+    .unwrap();
+    let config = raw.validate().unwrap();
+    tokio::spawn(async move {
+        // Stopped by the test's end; the result does not matter then.
+        let _ = walbrook_producer::pipeline::run(config, shutdown).await;
+    });
+}
+
+fn spawn_sink(source: &TestDb<'_>, url: &str, nats_url: &str, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+        .args(["sink", "webhook"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WALBROOK_NATS_URL", nats_url)
+        .env("WALBROOK_ROOT", ROOT)
+        .env("WALBROOK_SINK_SOURCE_DB", source.name())
+        .env("WALBROOK_SINK_CONSUMER", "hookkill")
+        .env("WALBROOK_SINK_TABLES", "public.load")
+        .env("WALBROOK_SINK_WEBHOOK_URL", url)
+        .env("WALBROOK_SINK_WEBHOOK_SECRET", "k")
+        .env("WALBROOK_SINK_BATCH_EVENTS", "5")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+struct Reaper(Option<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn sigkill(child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("hookkill");
+    let nats = NatsServer::start().unwrap();
+    let receiver = WebhookReceiver::start().unwrap();
+    let source = connect(&db.url()).await;
+    source
+        .batch_execute("CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL)")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    start_producer(&db, &nats.url(), shutdown.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: i64 = source
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&db.slot_name()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if active == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the producer never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    const ROWS: i64 = 400;
+    let url = db.url();
+    let load = tokio::spawn(async move {
+        let sql = connect(&url).await;
+        for id in 0..ROWS {
+            sql.execute("INSERT INTO load VALUES ($1, 'row')", &[&id])
+                .await
+                .unwrap();
+            if id % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let log = std::env::temp_dir().join(format!("{}-hook.log", db.name()));
+    let mut sink = spawn_sink(&db, &receiver.url(), &nats.url(), &log);
+    let mut reaper = Reaper(Some(sink.id()));
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        sigkill(&mut sink);
+        sink = spawn_sink(&db, &receiver.url(), &nats.url(), &log);
+        reaper.0 = Some(sink.id());
+    }
+    load.await.unwrap();
+
+    // Every row's event arrives; each event id always names the same event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (by_row, deliveries) = loop {
+        let mut by_row: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+        let mut bodies: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let requests = receiver.requests();
+        for r in &requests {
+            let id = r.header("Walbrook-Event-Id").unwrap().to_owned();
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(body["id"], serde_json::json!(id));
+            // The body of a redelivery is the same (the producer's encode time and the
+            // stream sequence included).
+            if let Some(previous) = bodies.get(&id) {
+                assert_eq!(previous, &body, "a redelivery of {id} differs");
+            }
+            let row = body["after"]["id"].as_i64().unwrap();
+            by_row.entry(row).or_default().insert(id.clone());
+            bodies.insert(id, body);
+        }
+        if by_row.len() as i64 == ROWS || tokio::time::Instant::now() > deadline {
+            break (by_row, requests.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let missing: Vec<i64> = (0..ROWS)
+        .filter(|r| !by_row.contains_key(r))
+        .take(10)
+        .collect();
+    assert!(missing.is_empty(), "rows never delivered, e.g. {missing:?}");
+    let unstable: Vec<_> = by_row
+        .iter()
+        .filter(|(_, ids)| ids.len() != 1)
+        .take(5)
+        .collect();
+    assert!(
+        unstable.is_empty(),
+        "an event got several ids: {unstable:?}"
+    );
+    assert!(deliveries as i64 >= ROWS);
+    let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || sink.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    reaper.0 = None;
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    shutdown.cancel();
+}

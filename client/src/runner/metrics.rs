@@ -1,0 +1,159 @@
+//! The runner's metrics (Prometheus text format): applied events, lag, batch latency,
+//! retries, dead letters; and the health flag behind `/healthz`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Counters of one runner. Cheap to update from the run loop; [`RunnerMetrics::render`]
+/// gives the Prometheus text exposition.
+#[derive(Debug)]
+pub struct RunnerMetrics {
+    registry: Registry,
+    applied: Counter,
+    skipped: Counter,
+    dead_letters: Counter,
+    retries: Counter,
+    batches: Counter,
+    batch_seconds: Histogram,
+    lag_seconds: Gauge<f64, AtomicU64>,
+    position: Gauge,
+    healthy: AtomicBool,
+    applied_total: AtomicU64,
+    dead_letters_total: AtomicU64,
+    retries_total: AtomicU64,
+}
+
+impl RunnerMetrics {
+    /// Metrics labelled with the sink and consumer names.
+    pub fn new(sink: &str, consumer: &str) -> RunnerMetrics {
+        let mut registry = Registry::with_prefix_and_labels(
+            "walbrook_sink",
+            [
+                ("sink".into(), sink.to_owned().into()),
+                ("consumer".into(), consumer.to_owned().into()),
+            ]
+            .into_iter(),
+        );
+        let applied = Counter::default();
+        let skipped = Counter::default();
+        let dead_letters = Counter::default();
+        let retries = Counter::default();
+        let batches = Counter::default();
+        let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
+        let position = Gauge::default();
+        registry.register(
+            "applied_events",
+            "Events applied to the target",
+            applied.clone(),
+        );
+        registry.register(
+            "skipped_events",
+            "Redelivered events skipped because the target already holds them",
+            skipped.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Events sent to the dead-letter subject",
+            dead_letters.clone(),
+        );
+        registry.register("retries", "Retried batch attempts", retries.clone());
+        registry.register("batches", "Batches applied", batches.clone());
+        registry.register(
+            "batch_seconds",
+            "Time to apply a batch durably, retries included",
+            batch_seconds.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "Seconds between the source commit and the apply of the last applied event",
+            lag_seconds.clone(),
+        );
+        registry.register(
+            "commit_lsn",
+            "Commit LSN of the last applied event",
+            position.clone(),
+        );
+        RunnerMetrics {
+            registry,
+            applied,
+            skipped,
+            dead_letters,
+            retries,
+            batches,
+            batch_seconds,
+            lag_seconds,
+            position,
+            healthy: AtomicBool::new(false),
+            applied_total: AtomicU64::new(0),
+            dead_letters_total: AtomicU64::new(0),
+            retries_total: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn applied(&self, n: u64, lag: Option<Duration>, commit_lsn: u64) {
+        self.applied.inc_by(n);
+        self.applied_total.fetch_add(n, Ordering::Relaxed);
+        if let Some(lag) = lag {
+            self.lag_seconds.set(lag.as_secs_f64());
+        }
+        self.position
+            .set(i64::try_from(commit_lsn).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn skipped(&self, n: u64) {
+        self.skipped.inc_by(n);
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_letters.inc();
+        self.dead_letters_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retries.inc();
+        self.retries_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn batch(&self, took: Duration) {
+        self.batches.inc();
+        self.batch_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Whether the runner is subscribed and its last apply succeeded (`/healthz`).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Events applied so far.
+    pub fn applied_total(&self) -> u64 {
+        self.applied_total.load(Ordering::Relaxed)
+    }
+
+    /// Events dead-lettered so far.
+    pub fn dead_letters_total(&self) -> u64 {
+        self.dead_letters_total.load(Ordering::Relaxed)
+    }
+
+    /// Retried attempts so far.
+    pub fn retries_total(&self) -> u64 {
+        self.retries_total.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

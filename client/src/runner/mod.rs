@@ -1,0 +1,782 @@
+//! The consumer runner: applies the change stream to a [`Sink`] with a durable JetStream
+//! consumer, batching, checkpoints, retries, dead letters and metrics. The sinks of
+//! `walbrook sink postgres|webhook|elasticsearch` are built on it; docs/sinks.md describes the
+//! contract and the guarantees.
+//!
+//! The run loop, in short:
+//!
+//! 1. Ask the sink for its checkpoint (the position stored in the target, if any).
+//! 2. (Re)create the durable consumer `consumer` at the resume point: the checkpoint's commit
+//!    LSN when there is one, else the sequence after the consumer's acknowledged floor, else
+//!    [`RunnerOptions::start`]. Recreating it (rather than resuming it) makes JetStream
+//!    deliver in stream order again: a resumed durable consumer would deliver newer messages
+//!    before the unacknowledged older ones it redelivers after `ack_wait`.
+//! 3. Collect a batch (up to [`RunnerOptions::max_batch_events`] events or
+//!    [`RunnerOptions::max_batch_bytes`] bytes, waiting at most
+//!    [`RunnerOptions::max_batch_wait`] once the first event is there), drop events at or
+//!    below the checkpoint or already applied in this run (acknowledging them), and hand the
+//!    rest to [`Sink::apply`] — whole, or split into per-key lanes for sinks whose writes to
+//!    different keys commute ([`Ordering::PerKey`]).
+//! 4. Acknowledge the batch only after `apply` returned (the sink's write is durable).
+//!    Transient failures are retried with backoff and jitter ([`RetryPolicy`]); rejected
+//!    events and undecodable messages go to the dead-letter subject before being
+//!    acknowledged; a fatal error stops the runner with nothing acknowledged.
+
+mod dead_letter;
+mod metrics;
+pub mod partition;
+mod retry;
+mod sink;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, ErrorKind};
+use crate::event::ChangeEvent;
+use crate::subscribe::{ChangeStream, Start, Subscription};
+use crate::{Client, Lsn};
+
+pub use dead_letter::{
+    DeadLetter, StoredDeadLetter, headers as dead_letter_headers, list as list_dead_letters,
+};
+pub use metrics::RunnerMetrics;
+pub use retry::RetryPolicy;
+pub use sink::{Applied, Ordering, Position, Sink, SinkError, SinkErrorKind};
+
+/// What a runner reads and how it batches.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// The consumer name: the durable JetStream consumer, the checkpoint row, the dead-letter
+    /// subject (`<root>.<db>.dlq.<consumer>`). Letters, digits, `_` and `-`.
+    pub consumer: String,
+    /// Table patterns (`schema.table`, `schema.*`, `*`), as [`Subscription::tables`] takes.
+    pub tables: Vec<String>,
+    /// Where a consumer without checkpoint nor acknowledged position starts (default
+    /// [`Start::Beginning`]).
+    pub start: Start,
+    /// The most events in a batch (default 500).
+    pub max_batch_events: usize,
+    /// The most payload bytes in a batch (default 4 MiB); a single larger event is a batch.
+    pub max_batch_bytes: usize,
+    /// How long to wait for more events once a batch has its first (default 50 ms).
+    pub max_batch_wait: Duration,
+    /// For [`Ordering::Stream`] sinks batches end only between source transactions: how long
+    /// to wait for the rest of a transaction whose last event has not arrived (its remaining
+    /// events may be of tables this consumer does not read) before ending the batch anyway
+    /// (default 1 s). A transaction larger than 16 times the batch limits is split.
+    pub transaction_wait: Duration,
+    /// Concurrent lanes for [`Ordering::PerKey`] sinks (default 4).
+    pub lanes: usize,
+    /// How transient failures are retried.
+    pub retry: RetryPolicy,
+    /// JetStream's redelivery timeout for the durable consumer (default 5 min; the runner
+    /// applies and acknowledges well within it, and recreates the consumer on restart).
+    pub ack_wait: Duration,
+}
+
+impl RunnerOptions {
+    /// Options for `consumer` reading `tables`, with the defaults.
+    pub fn new(
+        consumer: impl Into<String>,
+        tables: impl IntoIterator<Item = impl Into<String>>,
+    ) -> RunnerOptions {
+        RunnerOptions {
+            consumer: consumer.into(),
+            tables: tables.into_iter().map(Into::into).collect(),
+            start: Start::Beginning,
+            max_batch_events: 500,
+            max_batch_bytes: 4 << 20,
+            max_batch_wait: Duration::from_millis(50),
+            transaction_wait: Duration::from_secs(1),
+            lanes: 4,
+            retry: RetryPolicy::default(),
+            ack_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a runner stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The sink reported a fatal error.
+    #[error("sink {sink}: {error}")]
+    Sink {
+        /// The sink's name.
+        sink: String,
+        /// Its error.
+        error: SinkError,
+    },
+    /// The client failed in a way retrying cannot fix (bad configuration, auth).
+    #[error(transparent)]
+    Client(#[from] Error),
+}
+
+/// Applies a change stream to one sink. See the [module docs](self).
+pub struct Runner<S: Sink> {
+    client: Client,
+    sink: S,
+    options: RunnerOptions,
+    metrics: Arc<RunnerMetrics>,
+    /// The highest position the target holds (from the sink's checkpoint, then every
+    /// applied batch).
+    checkpoint: Option<Position>,
+    /// Stream sequence of the last event applied, skipped or dead-lettered in this run.
+    processed: u64,
+    /// An item read past the end of the previous batch (the next transaction's first).
+    carry: Option<Result<ChangeEvent, Error>>,
+}
+
+impl<S: Sink> std::fmt::Debug for Runner<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("sink", &self.sink.name())
+            .field("options", &self.options)
+            .field("checkpoint", &self.checkpoint)
+            .finish()
+    }
+}
+
+enum Flow {
+    Continue,
+    Resubscribe,
+    Stop,
+}
+
+impl<S: Sink> Runner<S> {
+    /// A runner of `sink` for `options` on `client`'s database.
+    pub fn new(client: Client, sink: S, options: RunnerOptions) -> Runner<S> {
+        let metrics = Arc::new(RunnerMetrics::new(sink.name(), &options.consumer));
+        Runner {
+            client,
+            sink,
+            options,
+            metrics,
+            checkpoint: None,
+            processed: 0,
+            carry: None,
+        }
+    }
+
+    /// The runner's metrics (shared; serve [`RunnerMetrics::render`] on `/metrics`).
+    pub fn metrics(&self) -> Arc<RunnerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Bootstraps the target from a snapshot: applies `rows` (op `Read` events, in batches,
+    /// with the same retries and dead letters as live changes), stores the checkpoint just
+    /// before `position`, and makes the durable consumer start at
+    /// `Start::CommitPosition(position)`, so [`Runner::run`] continues with exactly the
+    /// changes after the snapshot: no gap, no double.
+    ///
+    /// This is the seam for the snapshot SDK call (`client.snapshot(...)`, issue #5): pass its
+    /// header's position and its event stream.
+    pub async fn bootstrap<R>(
+        &mut self,
+        rows: R,
+        position: Lsn,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, RunError>
+    where
+        R: Stream<Item = Result<ChangeEvent, Error>> + Send,
+    {
+        let mut rows = std::pin::pin!(rows);
+        let mut count = 0u64;
+        let mut batch = Vec::new();
+        loop {
+            let next = rows.next().await;
+            let done = next.is_none();
+            if let Some(item) = next {
+                batch.push(item.map_err(RunError::Client)?);
+            }
+            if batch.len() >= self.options.max_batch_events || (done && !batch.is_empty()) {
+                count += batch.len() as u64;
+                let events = std::mem::take(&mut batch);
+                if matches!(self.apply_batch(events, shutdown, false).await?, Flow::Stop) {
+                    return Ok(count);
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        let checkpoint = Position::before(position);
+        self.retry_sink(shutdown, |sink| {
+            let consumer = self.options.consumer.clone();
+            async move { sink.store_checkpoint(&consumer, checkpoint).await }
+        })
+        .await?;
+        self.checkpoint = Some(checkpoint);
+        self.delete_consumer().await?;
+        self.options.start = Start::CommitPosition(position);
+        Ok(count)
+    }
+
+    /// Replays the dead letters of this runner's consumer through the sink (oldest first),
+    /// removing each one the sink applied. Returns how many were replayed. A letter that does
+    /// not decode, or that the sink rejects again, stays.
+    pub async fn replay_dead_letters(&mut self) -> Result<(u64, u64), RunError> {
+        let letters = dead_letter::list(&self.client, &self.options.consumer).await?;
+        let (mut replayed, mut left) = (0, 0);
+        for letter in letters {
+            let event = match dead_letter::decode(&self.client, &letter).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(dlq_sequence = letter.dlq_sequence, "cannot replay: {e}");
+                    left += 1;
+                    continue;
+                }
+            };
+            match self.sink.apply(&self.options.consumer, &[event]).await {
+                Ok(applied) if applied.rejected.is_empty() => {
+                    dead_letter::remove(&self.client, letter.dlq_sequence).await?;
+                    replayed += 1;
+                }
+                Ok(applied) => {
+                    tracing::warn!(
+                        dlq_sequence = letter.dlq_sequence,
+                        "rejected again: {:?}",
+                        applied.rejected
+                    );
+                    left += 1;
+                }
+                Err(e) if e.kind() == SinkErrorKind::Fatal => {
+                    return Err(RunError::Sink {
+                        sink: self.sink.name().to_owned(),
+                        error: e,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(dlq_sequence = letter.dlq_sequence, "not replayed: {e}");
+                    left += 1;
+                }
+            }
+        }
+        Ok((replayed, left))
+    }
+
+    async fn delete_consumer(&self) -> Result<(), RunError> {
+        match self.client.delete_durable(&self.options.consumer).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::StreamNotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where an existing durable consumer would resume: after its acknowledged floor, or where
+    /// it was created to start when nothing was acknowledged yet.
+    async fn resume_existing(&self) -> Result<Option<Start>, Error> {
+        let stream = match self
+            .client
+            .js()
+            .get_stream(self.client.names().wal_stream())
+            .await
+        {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
+        };
+        match stream.consumer_info(&self.options.consumer).await {
+            Ok(info) if info.ack_floor.stream_sequence > 0 => {
+                Ok(Some(Start::Sequence(info.ack_floor.stream_sequence + 1)))
+            }
+            Ok(info) => Ok(match info.config.deliver_policy {
+                async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence,
+                } => Some(Start::Sequence(start_sequence)),
+                _ => None,
+            }),
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::with_source(
+                ErrorKind::Nats,
+                "reading the consumer",
+                e,
+            )),
+        }
+    }
+
+    async fn subscribe(&mut self, first: bool) -> Result<ChangeStream, Error> {
+        let start = if self.processed > 0 {
+            Start::Sequence(self.processed + 1)
+        } else if let Some(checkpoint) = self.checkpoint.filter(|_| first) {
+            Start::CommitPosition(checkpoint.commit_lsn)
+        } else if let Some(start) = self.resume_existing().await? {
+            start
+        } else {
+            self.options.start
+        };
+        match self.client.delete_durable(&self.options.consumer).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::StreamNotFound => {}
+            Err(e) => return Err(e),
+        }
+        tracing::info!(consumer = %self.options.consumer, ?start, "subscribing");
+        self.client
+            .subscribe(
+                Subscription::tables(self.options.tables.clone())
+                    .durable(self.options.consumer.clone())
+                    .start(start)
+                    .prefetch(self.options.max_batch_events.max(1))
+                    .ack_wait(self.options.ack_wait),
+            )
+            .await
+    }
+
+    /// Runs until `shutdown` is cancelled (returns `Ok`) or a fatal error. Transient NATS
+    /// and sink errors are retried; nothing is acknowledged before the sink made it durable.
+    pub async fn run(&mut self, shutdown: CancellationToken) -> Result<(), RunError> {
+        self.checkpoint = self
+            .retry_sink(&shutdown, |sink| {
+                let consumer = self.options.consumer.clone();
+                async move { sink.checkpoint(&consumer).await }
+            })
+            .await?
+            .flatten()
+            .max(self.checkpoint);
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let mut attempt = 0u32;
+        let mut first = true;
+        loop {
+            let subscribed = match dead_letter::ensure_stream(&self.client).await {
+                Ok(()) => self.subscribe(first).await,
+                Err(e) => Err(e),
+            };
+            let mut stream = match subscribed {
+                Ok(s) => s,
+                Err(e) if e.is_retryable() => {
+                    attempt += 1;
+                    self.metrics.set_healthy(false);
+                    tracing::warn!("subscribing failed, retrying: {e}");
+                    if sleep_or_stop(self.options.retry.delay(attempt), &shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            first = false;
+            attempt = 0;
+            self.carry = None;
+            self.metrics.set_healthy(true);
+            loop {
+                let items = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    items = self.collect(&mut stream) => items,
+                };
+                if items.is_empty() {
+                    continue;
+                }
+                match self.process(items, &shutdown).await? {
+                    Flow::Continue => {}
+                    Flow::Resubscribe => break,
+                    Flow::Stop => return Ok(()),
+                }
+            }
+            self.metrics.set_healthy(false);
+            if sleep_or_stop(self.options.retry.delay(1), &shutdown).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next batch of items: waits for a first one, then for more until a limit or
+    /// `max_batch_wait`. For [`Ordering::Stream`] sinks the batch ends between two source
+    /// transactions (see [`RunnerOptions::transaction_wait`]).
+    async fn collect(&mut self, stream: &mut ChangeStream) -> Vec<Result<ChangeEvent, Error>> {
+        let mut items = Vec::new();
+        let first = match self.carry.take() {
+            Some(item) => Some(item),
+            None => stream.next().await,
+        };
+        match first {
+            Some(item) => items.push(item),
+            None => {
+                // The consumer ended: let the caller resubscribe.
+                items.push(Err(Error::new(ErrorKind::Nats, "the subscription ended")));
+                return items;
+            }
+        }
+        let aligned = self.sink.ordering() == Ordering::Stream;
+        let (max_events, max_bytes) = (self.options.max_batch_events, self.options.max_batch_bytes);
+        let mut bytes = item_len(&items[0]);
+        let deadline = tokio::time::Instant::now() + self.options.max_batch_wait;
+        loop {
+            let at_boundary = match items.last() {
+                Some(Ok(e)) => e.source().last,
+                _ => true,
+            };
+            let soft_full = items.len() >= max_events || bytes >= max_bytes;
+            let hard_full = items.len() >= max_events.saturating_mul(16)
+                || bytes >= max_bytes.saturating_mul(16);
+            if hard_full {
+                if aligned && !at_boundary {
+                    tracing::warn!(
+                        events = items.len(),
+                        "a source transaction exceeds 16 times the batch limits: it is applied \
+                         in more than one target transaction"
+                    );
+                }
+                break;
+            }
+            if soft_full && (at_boundary || !aligned) {
+                break;
+            }
+            let wait_until = if aligned && !at_boundary {
+                deadline.max(tokio::time::Instant::now() + self.options.transaction_wait)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(wait_until, stream.next()).await {
+                Ok(Some(item)) => {
+                    let new_transaction = match (items.last(), &item) {
+                        (Some(Ok(prev)), Ok(next)) => prev.commit_lsn() != next.commit_lsn(),
+                        _ => true,
+                    };
+                    if aligned
+                        && new_transaction
+                        && (soft_full || tokio::time::Instant::now() >= deadline)
+                    {
+                        self.carry = Some(item);
+                        break;
+                    }
+                    bytes += item_len(&item);
+                    items.push(item);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        items
+    }
+
+    async fn process(
+        &mut self,
+        items: Vec<Result<ChangeEvent, Error>>,
+        shutdown: &CancellationToken,
+    ) -> Result<Flow, RunError> {
+        let mut pending: Vec<ChangeEvent> = Vec::new();
+        tracing::debug!(items = items.len(), "collected");
+        for item in items {
+            match item {
+                Ok(event) => {
+                    if event.stream_sequence() <= self.processed
+                        || self.checkpoint.is_some_and(|c| Position::of(&event) <= c)
+                    {
+                        // Already in the target: acknowledge, do not apply again.
+                        if let Err(e) = event.ack().await {
+                            tracing::warn!("acknowledging a skipped event: {e}");
+                        }
+                        self.processed = self.processed.max(event.stream_sequence());
+                        self.metrics.skipped(1);
+                        continue;
+                    }
+                    pending.push(event);
+                }
+                Err(error) => {
+                    if !pending.is_empty() {
+                        match self
+                            .apply_batch(std::mem::take(&mut pending), shutdown, true)
+                            .await?
+                        {
+                            Flow::Continue => {}
+                            other => return Ok(other),
+                        }
+                    }
+                    let Some(message) = error.message() else {
+                        tracing::warn!("subscription error, resubscribing: {error}");
+                        return Ok(Flow::Resubscribe);
+                    };
+                    if message.stream_sequence <= self.processed {
+                        let _ = message.ack().await;
+                        continue;
+                    }
+                    if error.is_retryable() {
+                        // A schema lookup that may work later: read again from this message.
+                        tracing::warn!(
+                            sequence = message.stream_sequence,
+                            "cannot decode yet, retrying: {error}"
+                        );
+                        return Ok(Flow::Resubscribe);
+                    }
+                    let letter = DeadLetter {
+                        subject: message.subject.clone(),
+                        stream_sequence: message.stream_sequence,
+                        headers: message.headers.clone(),
+                        payload: message.payload.clone(),
+                        error: error.to_string(),
+                        sink: "decode".into(),
+                    };
+                    if !self.dead_letter(&letter, shutdown).await {
+                        return Ok(Flow::Stop);
+                    }
+                    if let Err(e) = message.ack().await {
+                        tracing::warn!("acknowledging a dead-lettered message: {e}");
+                    }
+                    self.processed = message.stream_sequence;
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(Flow::Continue);
+        }
+        tracing::debug!(
+            events = pending.len(),
+            first = %Position::of(&pending[0]),
+            last = %Position::of(&pending[pending.len() - 1]),
+            "applying a batch"
+        );
+        self.apply_batch(pending, shutdown, true).await
+    }
+
+    /// Stores a dead letter, retrying until it is stored; `false` if shut down first.
+    async fn dead_letter(&self, letter: &DeadLetter, shutdown: &CancellationToken) -> bool {
+        let mut attempt = 0;
+        loop {
+            match dead_letter::publish(&self.client, &self.options.consumer, letter).await {
+                Ok(()) => {
+                    self.metrics.dead_lettered();
+                    tracing::warn!(
+                        subject = %letter.subject,
+                        sequence = letter.stream_sequence,
+                        "dead-lettered: {}",
+                        letter.error
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!("storing a dead letter failed, retrying: {e}");
+                    if sleep_or_stop(self.options.retry.delay(attempt), shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn retry_sink<'a, T, F, Fut>(
+        &'a self,
+        shutdown: &CancellationToken,
+        mut call: F,
+    ) -> Result<Option<T>, RunError>
+    where
+        F: FnMut(&'a S) -> Fut,
+        Fut: Future<Output = Result<T, SinkError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call(&self.sink).await {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) if e.kind() == SinkErrorKind::Fatal => {
+                    return Err(RunError::Sink {
+                        sink: self.sink.name().to_owned(),
+                        error: e,
+                    });
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.metrics.retried();
+                    tracing::warn!(sink = self.sink.name(), attempt, "retrying: {e}");
+                    if sleep_or_stop(self.options.retry.delay(attempt), shutdown).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `events` (retrying, dead-lettering rejected ones), then acknowledges them.
+    async fn apply_batch(
+        &mut self,
+        mut events: Vec<ChangeEvent>,
+        shutdown: &CancellationToken,
+        ack: bool,
+    ) -> Result<Flow, RunError> {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let consumer = self.options.consumer.clone();
+        loop {
+            if events.is_empty() {
+                return Ok(Flow::Continue);
+            }
+            // A stop cancels the apply in flight: nothing of the batch is acknowledged, so it
+            // is delivered again (the contract makes a cancelled apply safe: see Sink).
+            let apply = async {
+                match self.sink.ordering() {
+                    Ordering::Stream => self.sink.apply(&consumer, &events).await,
+                    Ordering::PerKey => self.apply_lanes(&consumer, &events).await,
+                }
+            };
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Flow::Stop),
+                result = apply => result,
+            };
+            match result {
+                Ok(applied) => {
+                    let mut rejected = applied.rejected;
+                    rejected.sort_by_key(|(i, _)| *i);
+                    rejected.dedup_by_key(|(i, _)| *i);
+                    for (index, reason) in &rejected {
+                        let Some(event) = events.get(*index) else {
+                            continue;
+                        };
+                        let letter = DeadLetter::of_event(event, self.sink.name(), reason.clone());
+                        if !self.dead_letter(&letter, shutdown).await {
+                            return Ok(Flow::Stop);
+                        }
+                    }
+                    self.metrics.set_healthy(true);
+                    return Ok(self.finish(events, rejected.len(), started, ack).await);
+                }
+                Err(e) => match e.kind() {
+                    SinkErrorKind::Fatal => {
+                        return Err(RunError::Sink {
+                            sink: self.sink.name().to_owned(),
+                            error: e,
+                        });
+                    }
+                    SinkErrorKind::Rejected => {
+                        let index = e.index().unwrap_or(0).min(events.len() - 1);
+                        let letter =
+                            DeadLetter::of_event(&events[index], self.sink.name(), e.message());
+                        if !self.dead_letter(&letter, shutdown).await {
+                            return Ok(Flow::Stop);
+                        }
+                        let event = events.remove(index);
+                        if ack && let Err(err) = event.ack().await {
+                            tracing::warn!("acknowledging a dead-lettered event: {err}");
+                        }
+                    }
+                    SinkErrorKind::Transient => {
+                        attempt += 1;
+                        self.metrics.retried();
+                        self.metrics.set_healthy(false);
+                        if self
+                            .options
+                            .retry
+                            .dead_letter_after
+                            .is_some_and(|max| attempt >= max)
+                        {
+                            for event in &events {
+                                let letter = DeadLetter::of_event(
+                                    event,
+                                    self.sink.name(),
+                                    format!("gave up after {attempt} attempts: {}", e.message()),
+                                );
+                                if !self.dead_letter(&letter, shutdown).await {
+                                    return Ok(Flow::Stop);
+                                }
+                            }
+                            let n = events.len();
+                            return Ok(self.finish(events, n, started, ack).await);
+                        }
+                        tracing::warn!(
+                            sink = self.sink.name(),
+                            attempt,
+                            "batch failed, retrying: {e}"
+                        );
+                        if sleep_or_stop(self.options.retry.delay(attempt), shutdown).await {
+                            return Ok(Flow::Stop);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Applies a batch as per-key lanes (segments in order, lanes of a segment concurrently).
+    async fn apply_lanes(
+        &self,
+        consumer: &str,
+        events: &[ChangeEvent],
+    ) -> Result<Applied, SinkError> {
+        let mut applied = Applied::default();
+        for segment in partition::lanes(events, self.options.lanes) {
+            let lanes: Vec<Vec<ChangeEvent>> = segment
+                .iter()
+                .map(|lane| lane.iter().map(|i| events[*i].clone()).collect())
+                .collect();
+            let results =
+                futures::future::join_all(lanes.iter().map(|lane| self.sink.apply(consumer, lane)))
+                    .await;
+            // The first failure wins; lanes that succeeded are durable and idempotent, so the
+            // retry of the whole batch rewrites them harmlessly (PerKey sinks are idempotent).
+            for (lane, result) in segment.iter().zip(results) {
+                match result {
+                    Ok(a) => applied
+                        .rejected
+                        .extend(a.rejected.into_iter().map(|(i, r)| (lane[i], r))),
+                    Err(e) => {
+                        return Err(match e.index() {
+                            Some(i) if e.kind() == SinkErrorKind::Rejected => {
+                                SinkError::rejected(lane[i], e.message())
+                            }
+                            _ => e,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Records and acknowledges an applied batch.
+    async fn finish(
+        &mut self,
+        events: Vec<ChangeEvent>,
+        dead: usize,
+        started: Instant,
+        ack: bool,
+    ) -> Flow {
+        let last = events
+            .last()
+            .map(|e| (Position::of(e), e.stream_sequence(), e.source().commit_time));
+        let mut flow = Flow::Continue;
+        if ack {
+            let acks = futures::future::join_all(events.iter().map(|e| e.ack())).await;
+            if let Some(e) = acks.into_iter().find_map(Result::err) {
+                // Durable in the target already: a redelivery is skipped or idempotent.
+                tracing::warn!("acknowledging failed, resubscribing: {e}");
+                flow = Flow::Resubscribe;
+            }
+        }
+        if let Some((position, sequence, commit_time)) = last {
+            // Snapshot rows (and bootstrap batches) are not positions of the change stream.
+            if ack && events.iter().all(|e| e.op() != crate::Op::Read) {
+                self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
+                self.processed = self.processed.max(sequence);
+            }
+            let lag = (chrono::Utc::now() - commit_time).to_std().ok();
+            self.metrics
+                .applied((events.len() - dead) as u64, lag, position.commit_lsn.0);
+        }
+        self.metrics.batch(started.elapsed());
+        flow
+    }
+}
+
+fn item_len(item: &Result<ChangeEvent, Error>) -> usize {
+    match item {
+        Ok(e) => e.payload_len(),
+        Err(e) => e.message().map_or(0, |m| m.payload.len()),
+    }
+}
+
+/// Sleeps, returning `true` if `shutdown` was cancelled first.
+async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}

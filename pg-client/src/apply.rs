@@ -1,0 +1,471 @@
+//! Applying a batch of events in one target transaction.
+
+use std::collections::HashMap;
+
+use sqlx::postgres::Postgres;
+use sqlx::{AssertSqlSafe, Transaction};
+use walbrook_client::runner::{Applied, Position, SinkError};
+use walbrook_client::{ChangeEvent, Column, Op, PgValue, Row};
+use walbrook_pgtype_avro::render_text;
+
+use crate::ddl::{self, TargetTable};
+use crate::sql::quote_ident;
+use crate::{PgSink, TableName};
+
+/// Classifies a database error: connection trouble, serialization failures, deadlocks and
+/// server shutdowns are transient; data and constraint errors reject the event at `index`
+/// (fatal when no event is to blame); privilege and configuration errors are fatal.
+pub(crate) fn classify(error: &sqlx::Error, index: Option<usize>, context: &str) -> SinkError {
+    let message = format!("{context}: {error}");
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let class = code.get(..2).unwrap_or("");
+            match class {
+                "08" | "40" | "53" | "55" | "57" | "58" | "XX" => SinkError::transient(message),
+                _ if code == "42501" || class == "28" => SinkError::fatal(message),
+                "22" | "23" | "42" | "2B" | "P0" | "44" => match index {
+                    Some(i) => SinkError::rejected(i, format!("{message} (SQLSTATE {code})")),
+                    None => SinkError::fatal(format!("{message} (SQLSTATE {code})")),
+                },
+                _ => SinkError::transient(format!("{message} (SQLSTATE {code})")),
+            }
+        }
+        sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => SinkError::fatal(message),
+        _ => SinkError::transient(message),
+    }
+}
+
+/// A statement and its text parameters.
+struct Statement {
+    sql: String,
+    params: Vec<Option<String>>,
+}
+
+impl Statement {
+    fn new() -> Statement {
+        Statement {
+            sql: String::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter cast to the column's type and returns its placeholder.
+    fn param(&mut self, column: &Column, value: &PgValue) -> Result<String, String> {
+        let text = render_text(&column.pg_type, value)
+            .map_err(|e| format!("column {}: {e}", column.name))?;
+        self.params.push(text);
+        Ok(format!("${}::{}", self.params.len(), column.type_name))
+    }
+
+    async fn execute(
+        self,
+        tx: &mut Transaction<'static, Postgres>,
+        index: usize,
+        table: &TableName,
+    ) -> Result<u64, SinkError> {
+        let mut query = sqlx::query(AssertSqlSafe(self.sql));
+        for p in self.params {
+            query = query.bind(p);
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| classify(&e, Some(index), &format!("applying to {table}")))
+    }
+}
+
+fn set_values<'a>(
+    row: &'a Row,
+    target: &[String],
+    keys: bool,
+) -> impl Iterator<Item = (&'a Column, &'a PgValue)> {
+    row.iter().filter(move |(c, v)| {
+        target.contains(&c.name) && !matches!(v, PgValue::Unchanged) && (keys || !c.is_key)
+    })
+}
+
+fn has_key(row: &Row) -> bool {
+    row.columns().iter().any(|c| c.is_key)
+}
+
+/// `"k1" = $1::t AND …` over the key columns of `row`.
+fn key_predicate(s: &mut Statement, row: &Row) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for (c, v) in row.iter().filter(|(c, _)| c.is_key) {
+        let p = s.param(c, v)?;
+        parts.push(format!("{} = {p}", quote_ident(&c.name)));
+    }
+    Ok(parts.join(" AND "))
+}
+
+/// Matches one row by every column of a full old row (REPLICA IDENTITY FULL without primary
+/// key), comparing text forms so that types without equality (json, point…) match too.
+fn full_row_predicate(s: &mut Statement, row: &Row, target: &[String]) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for (c, v) in row.iter() {
+        if matches!(v, PgValue::Unchanged) || !target.contains(&c.name) {
+            continue;
+        }
+        let p = s.param(c, v)?;
+        parts.push(format!(
+            "{}::text IS NOT DISTINCT FROM ({p})::text",
+            quote_ident(&c.name)
+        ));
+    }
+    Ok(if parts.is_empty() {
+        "true".into()
+    } else {
+        parts.join(" AND ")
+    })
+}
+
+/// `INSERT … ON CONFLICT (key) DO UPDATE` of `row` (plain INSERT without a key).
+fn upsert(table: &TableName, row: &Row, target: &[String]) -> Result<Statement, String> {
+    upsert_rows(table, &[row], target)
+}
+
+/// One `INSERT … VALUES (…), (…) ON CONFLICT (key) DO UPDATE` of several rows with the same
+/// columns and distinct keys.
+fn upsert_rows(table: &TableName, rows: &[&Row], target: &[String]) -> Result<Statement, String> {
+    let row = rows[0];
+    let mut s = Statement::new();
+    let names: Vec<String> = set_values(row, target, true)
+        .map(|(c, _)| quote_ident(&c.name))
+        .collect();
+    let mut tuples = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut values = Vec::new();
+        for (c, v) in set_values(r, target, true) {
+            values.push(s.param(c, v)?);
+        }
+        tuples.push(format!("({})", values.join(", ")));
+    }
+    s.sql = format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        table.quoted(),
+        names.join(", "),
+        tuples.join(", ")
+    );
+    if has_key(row) {
+        let keys: Vec<String> = row
+            .columns()
+            .iter()
+            .filter(|c| c.is_key)
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let sets: Vec<String> = set_values(row, target, false)
+            .map(|(c, _)| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+            .collect();
+        s.sql
+            .push_str(&format!(" ON CONFLICT ({}) DO ", keys.join(", ")));
+        if sets.is_empty() {
+            s.sql.push_str("NOTHING");
+        } else {
+            s.sql.push_str(&format!("UPDATE SET {}", sets.join(", ")));
+        }
+    }
+    Ok(s)
+}
+
+/// `UPDATE t SET <after> WHERE <old row>`: `identity` is the row whose key (or, without a
+/// key, whole value) finds the target row.
+fn update(
+    table: &TableName,
+    after: &Row,
+    identity: &Row,
+    target: &[String],
+    set_keys: bool,
+) -> Result<Option<Statement>, String> {
+    let mut s = Statement::new();
+    let mut sets = Vec::new();
+    for (c, v) in set_values(after, target, set_keys) {
+        let p = s.param(c, v)?;
+        sets.push(format!("{} = {p}", quote_ident(&c.name)));
+    }
+    if sets.is_empty() {
+        return Ok(None);
+    }
+    let t = table.quoted();
+    s.sql = if has_key(identity) {
+        let predicate = key_predicate(&mut s, identity)?;
+        format!("UPDATE {t} SET {} WHERE {predicate}", sets.join(", "))
+    } else {
+        let predicate = full_row_predicate(&mut s, identity, target)?;
+        format!(
+            "UPDATE {t} SET {} WHERE ctid = (SELECT ctid FROM {t} WHERE {predicate} LIMIT 1)",
+            sets.join(", ")
+        )
+    };
+    Ok(Some(s))
+}
+
+fn delete(table: &TableName, before: &Row, target: &[String]) -> Result<Statement, String> {
+    let mut s = Statement::new();
+    let t = table.quoted();
+    s.sql = if has_key(before) {
+        let predicate = key_predicate(&mut s, before)?;
+        format!("DELETE FROM {t} WHERE {predicate}")
+    } else {
+        let predicate = full_row_predicate(&mut s, before, target)?;
+        format!("DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} WHERE {predicate} LIMIT 1)")
+    };
+    Ok(s)
+}
+
+fn has_unchanged(row: &Row) -> bool {
+    row.values().iter().any(|v| matches!(v, PgValue::Unchanged))
+}
+
+/// Marks a refused multi-row statement: the batch is applied again one statement per event,
+/// to find the event to blame.
+const REGROUP: usize = usize::MAX;
+
+/// Consecutive inserts into one table with the same columns and distinct keys, written as
+/// one multi-row statement.
+struct InsertGroup<'a> {
+    table: TableName,
+    target: Vec<String>,
+    signature: Vec<String>,
+    keys: std::collections::HashSet<String>,
+    rows: Vec<(usize, &'a Row)>,
+}
+
+/// The most rows of one multi-row statement (and at most 65,535 parameters).
+const GROUP_ROWS: usize = 1000;
+
+fn groupable(event: &ChangeEvent) -> Option<&Row> {
+    match event.op() {
+        Op::Insert | Op::Read => event
+            .after()
+            .filter(|row| has_key(row) && !has_unchanged(row)),
+        _ => None,
+    }
+}
+
+fn key_text(row: &Row) -> String {
+    row.iter()
+        .filter(|(c, _)| c.is_key)
+        .map(|(_, v)| walbrook_client::value_to_json(v).to_string())
+        .collect::<Vec<_>>()
+        .join("\u{0}")
+}
+
+async fn flush(
+    group: &mut Option<InsertGroup<'_>>,
+    tx: &mut Transaction<'static, Postgres>,
+) -> Result<(), SinkError> {
+    let Some(g) = group.take() else { return Ok(()) };
+    let rows: Vec<&Row> = g.rows.iter().map(|(_, r)| *r).collect();
+    let first = g.rows[0].0;
+    let statement = upsert_rows(&g.table, &rows, &g.target)
+        .map_err(|m| SinkError::rejected(first, format!("{}: {m}", g.table)))?;
+    match statement.execute(tx, first, &g.table).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.kind() == walbrook_client::runner::SinkErrorKind::Rejected && rows.len() > 1 =>
+        {
+            Err(SinkError::rejected(REGROUP, e.message()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) async fn apply(
+    sink: &PgSink,
+    consumer: &str,
+    events: &[ChangeEvent],
+) -> Result<Applied, SinkError> {
+    match apply_with(sink, consumer, events, true).await {
+        Err(e) if e.index() == Some(REGROUP) => apply_with(sink, consumer, events, false).await,
+        other => other,
+    }
+}
+
+async fn apply_with(
+    sink: &PgSink,
+    consumer: &str,
+    events: &[ChangeEvent],
+    grouped: bool,
+) -> Result<Applied, SinkError> {
+    let options = &sink.options;
+    let mut group: Option<InsertGroup<'_>> = None;
+    // One apply at a time (the runner never overlaps them for this sink); the lock also
+    // guards the table cache.
+    let mut known = sink.known.lock().await;
+    let mut changed: HashMap<TableName, TargetTable> = HashMap::new();
+    let mut tx = sink
+        .pool
+        .begin()
+        .await
+        .map_err(|e| classify(&e, None, "beginning a transaction"))?;
+    let mut last: Option<(Position, String)> = None;
+    for (i, event) in events.iter().enumerate() {
+        let src = event.source();
+        let table = options.target(&src.schema, &src.table);
+        let reject = |message: String| SinkError::rejected(i, format!("{table}: {message}"));
+        let mut entry = changed.get(&table).or_else(|| known.get(&table)).cloned();
+        let fingerprint = event.fingerprint();
+        let candidate = if grouped { groupable(event) } else { None };
+        // Anything but the next row of the pending group writes it first (DDL included).
+        let joins = group.as_ref().is_some_and(|g| {
+            candidate.is_some()
+                && g.table == table
+                && entry
+                    .as_ref()
+                    .is_some_and(|e| e.seen.contains(&fingerprint))
+        });
+        if !joins {
+            flush(&mut group, &mut tx).await?;
+        }
+        if let Some(after) = event.after()
+            && !entry
+                .as_ref()
+                .is_some_and(|e| e.seen.contains(&fingerprint))
+        {
+            let columns = ddl::reconcile(
+                &mut tx,
+                &table,
+                after.columns(),
+                options.create_tables,
+                options.follow_schema,
+            )
+            .await?
+            .unwrap_or_default();
+            let mut e = entry.unwrap_or_default();
+            e.columns = columns;
+            e.seen.push(fingerprint);
+            changed.insert(table.clone(), e.clone());
+            entry = Some(e);
+        }
+        let columns = match entry {
+            Some(e) => e.columns,
+            None => match ddl::target_columns(&mut tx, &table).await? {
+                Some(c) => {
+                    changed.insert(
+                        table.clone(),
+                        TargetTable {
+                            columns: c.clone(),
+                            seen: Vec::new(),
+                        },
+                    );
+                    c
+                }
+                // A delete or truncate of a table the target does not have: nothing to do.
+                None => Vec::new(),
+            },
+        };
+        if op_is_change(event.op()) {
+            last = Some((Position::of(event), src.database.clone()));
+        }
+        if columns.is_empty() {
+            continue;
+        }
+        if let Some(row) = candidate {
+            let signature: Vec<String> = set_values(row, &columns, true)
+                .map(|(c, _)| c.name.clone())
+                .collect();
+            let key = key_text(row);
+            let fits = group.as_ref().is_some_and(|g| {
+                g.table == table
+                    && g.signature == signature
+                    && !g.keys.contains(&key)
+                    && g.rows.len() < GROUP_ROWS.min(60_000 / signature.len().max(1))
+            });
+            if !fits {
+                flush(&mut group, &mut tx).await?;
+            }
+            let g = group.get_or_insert_with(|| InsertGroup {
+                table: table.clone(),
+                target: columns.clone(),
+                signature,
+                keys: Default::default(),
+                rows: Vec::new(),
+            });
+            g.keys.insert(key);
+            g.rows.push((i, row));
+            continue;
+        }
+        match event.op() {
+            Op::Insert | Op::Read => {
+                let after = event
+                    .after()
+                    .ok_or_else(|| reject("insert without a row".into()))?;
+                upsert(&table, after, &columns)
+                    .map_err(reject)?
+                    .execute(&mut tx, i, &table)
+                    .await?;
+            }
+            Op::Update | Op::UpdateKey => {
+                let after = event
+                    .after()
+                    .ok_or_else(|| reject("update without a row".into()))?;
+                let key_change = event.op() == Op::UpdateKey;
+                // The old key: `before` for a key change (and under FULL), else the new row's
+                // key, which did not change.
+                let identity = match event.before() {
+                    Some(b) if key_change || !has_key(after) => b,
+                    _ => after,
+                };
+                let affected =
+                    match update(&table, after, identity, &columns, key_change).map_err(&reject)? {
+                        Some(s) => s.execute(&mut tx, i, &table).await?,
+                        None => 1,
+                    };
+                if affected == 0 {
+                    // The target lacks the row (it was created after the row was): insert
+                    // it, unless a value is an unchanged TOAST value the event does not carry.
+                    if has_unchanged(after) {
+                        return Err(reject(
+                            "the row to update is missing and the event does not carry its \
+                             unchanged TOAST values"
+                                .into(),
+                        ));
+                    }
+                    upsert(&table, after, &columns)
+                        .map_err(&reject)?
+                        .execute(&mut tx, i, &table)
+                        .await?;
+                }
+            }
+            Op::Delete => {
+                let before = event
+                    .before()
+                    .ok_or_else(|| reject("delete without the old key".into()))?;
+                delete(&table, before, &columns)
+                    .map_err(reject)?
+                    .execute(&mut tx, i, &table)
+                    .await?;
+            }
+            Op::Truncate => {
+                let sql = format!("TRUNCATE {}", table.quoted());
+                sqlx::query(AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| classify(&e, Some(i), &format!("truncating {table}")))?;
+            }
+        }
+    }
+    flush(&mut group, &mut tx).await?;
+    if let Some((position, database)) = last {
+        ddl::write_checkpoint(
+            &mut tx,
+            &options.checkpoint_table,
+            consumer,
+            &database,
+            position,
+        )
+        .await?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| classify(&e, None, "committing"))?;
+    known.extend(changed);
+    Ok(Applied::default())
+}
+
+/// Whether an op is a change of the stream (positions of snapshot rows are not checkpoints).
+fn op_is_change(op: Op) -> bool {
+    op != Op::Read
+}

@@ -1,0 +1,487 @@
+//! The PostgreSQL sink against real servers: a source database with a real producer, NATS
+//! JetStream, and a second database as the target.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use walbrook_client::runner::{Runner, RunnerOptions, Sink};
+use walbrook_harness::PgServer;
+use walbrook_pg_client::{PgSink, PgSinkOptions};
+
+use common::{Setup, connect, rows, wait_equal};
+
+const DDL: &str = r#"
+CREATE TABLE items (
+    id bigint PRIMARY KEY,
+    amount numeric(30,10),
+    big numeric,
+    f8 float8,
+    f4 real,
+    at timestamptz,
+    day date,
+    u uuid,
+    doc json,
+    docb jsonb,
+    tags text[],
+    grid int[][],
+    during tstzrange,
+    pt point,
+    bytes bytea,
+    iv interval,
+    note varchar(40),
+    payload text NOT NULL DEFAULT '');
+ALTER TABLE items ALTER COLUMN payload SET STORAGE EXTERNAL;
+CREATE TABLE full_nokey (a int, doc json, note text);
+ALTER TABLE full_nokey REPLICA IDENTITY FULL;
+CREATE TABLE full_pk (id int PRIMARY KEY, doc json, note text);
+ALTER TABLE full_pk REPLICA IDENTITY FULL;
+CREATE TABLE "we.ird ""Name" ("K" int, "x y" text, PRIMARY KEY ("K"));
+CREATE TABLE evolving (id int PRIMARY KEY, a text, b text);
+"#;
+
+const TABLES: &str =
+    "public.items, public.full_nokey, public.full_pk, public.\"we.ird \"\"Name\", public.evolving";
+
+const COMPARED: &[&str] = &[
+    "items",
+    "full_nokey",
+    "full_pk",
+    "\"we.ird \"\"Name\"",
+    "evolving",
+];
+
+fn start_runner(
+    setup: &Setup,
+    target_url: &str,
+    consumer: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let options = setup.options();
+    let target_url = target_url.to_owned();
+    let consumer = consumer.to_owned();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let client = walbrook_client::Client::connect(options).await.unwrap();
+        let sink = PgSink::connect(PgSinkOptions::new(target_url))
+            .await
+            .unwrap();
+        let mut runner = Runner::new(client, sink, RunnerOptions::new(consumer, ["public.*"]));
+        runner.run(stop).await.unwrap();
+    });
+    (shutdown, task)
+}
+
+#[tokio::test]
+async fn the_target_reproduces_the_source_exactly_once() {
+    let mut setup = Setup::start("sink_pg", DDL, TABLES).await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&[
+            "INSERT INTO items (id, amount, big, f8, f4, at, day, u, doc, docb, tags, grid, during, \
+             pt, bytes, iv, note, payload) VALUES \
+             (1, 12345678901234567890.0123456789, 3.14159265358979323846264338327950288419716939937510, \
+              1.0000000000000002, 3.4028235e38, '2024-02-29 12:34:56.789012+05:30', 'infinity', \
+              'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"b\":  [1, 2.50],  \"a\": null}', \
+              '{\"z\": 1e400}', ARRAY['x', NULL, 'z''q'], '{{1,2},{3,4}}', \
+              '[2024-01-01 00:00+00,infinity)', '(1.5,-2)', '\\xdeadbeef', '1 mon -2 days 00:00:00.000001', \
+              'quote \" and '' and \\\\', repeat('long value ', 2000)), \
+             (2, 'NaN', NULL, 'NaN', '-Infinity', NULL, NULL, NULL, NULL, NULL, '{}', NULL, 'empty', \
+              NULL, '\\x', NULL, NULL, '')",
+            // Leaves the TOASTed payload unchanged: the event marks it so; the target keeps it.
+            "UPDATE items SET amount = -0.0000000001, note = 'changed' WHERE id = 1",
+            // A key change.
+            "UPDATE items SET id = 10 WHERE id = 2",
+            "BEGIN; INSERT INTO items (id) VALUES (3), (4), (5); DELETE FROM items WHERE id = 4; \
+             UPDATE items SET id = 6 WHERE id = 5; COMMIT",
+            "INSERT INTO full_nokey VALUES (1, '{\"a\": 1}', 'x'), (1, '{\"a\": 1}', 'x'), (2, '[]', NULL)",
+            "UPDATE full_nokey SET note = 'y' WHERE a = 2",
+            // Deletes one of two identical rows... both, since the WHERE matches both.
+            "DELETE FROM full_nokey WHERE a = 1",
+            "INSERT INTO full_nokey VALUES (3, '{ \"spaces\" : true }', 'kept')",
+            "INSERT INTO full_pk VALUES (1, '{\"k\": [1]}', 'a'), (2, 'null', 'b')",
+            "UPDATE full_pk SET doc = '{\"k\": [2]}' WHERE id = 1",
+            "UPDATE full_pk SET id = 3 WHERE id = 2",
+            "DELETE FROM full_pk WHERE id = 1",
+            "INSERT INTO \"we.ird \"\"Name\" VALUES (1, 'one'), (2, 'two')",
+            "TRUNCATE \"we.ird \"\"Name\"",
+            "INSERT INTO \"we.ird \"\"Name\" VALUES (3, 'three')",
+            "INSERT INTO evolving VALUES (1, 'a', 'b')",
+        ])
+        .await;
+    let (stop, task) = start_runner(&setup, &target_db.url(), "pg_sink");
+    wait_equal(&setup.sql, &target, COMPARED, Duration::from_secs(60)).await;
+    // The unchanged TOAST value is still in the target.
+    let payload: String = target
+        .query_one("SELECT payload FROM items WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(payload.len(), "long value ".len() * 2000);
+    // Types and keys were created from the schema.
+    let ty: String = target
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'items'::regclass AND attname = 'amount'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "numeric(30,10)");
+    let pk: String = target
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = '\"we.ird \"\"Name\"'::regclass AND contype = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pk, "PRIMARY KEY (\"K\")");
+    let not_null: bool = target
+        .query_one(
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'items'::regclass \
+             AND attname = 'payload'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(not_null);
+
+    // Schema evolution: a column added, then one dropped.
+    setup
+        .exec(&[
+            "ALTER TABLE evolving ADD COLUMN c numeric(5,2)",
+            "INSERT INTO evolving VALUES (2, 'a2', 'b2', 1.25)",
+            "ALTER TABLE evolving DROP COLUMN b",
+            "UPDATE evolving SET c = 9.99 WHERE id = 1",
+        ])
+        .await;
+    wait_equal(&setup.sql, &target, COMPARED, Duration::from_secs(60)).await;
+
+    // Stop, change the source, start again with the same consumer: only the new changes are
+    // applied (a re-applied insert of id 3 after its delete would resurrect it).
+    stop.cancel();
+    task.await.unwrap();
+    let before_restart: String = setup
+        .sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    setup
+        .exec(&[
+            "DELETE FROM items WHERE id = 3",
+            "INSERT INTO items (id, note) VALUES (7, 'after restart')",
+        ])
+        .await;
+    let (stop, task) = start_runner(&setup, &target_db.url(), "pg_sink");
+    wait_equal(&setup.sql, &target, COMPARED, Duration::from_secs(60)).await;
+
+    // The checkpoint moved past the changes made while the consumer was stopped.
+    let moved: bool = target
+        .query_one(
+            "SELECT commit_lsn > $1::text::pg_lsn FROM walbrook_checkpoint \
+             WHERE consumer = 'pg_sink'",
+            &[&before_restart],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(moved, "checkpoint not past {before_restart}");
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        rows(&target, "items").await.len(),
+        4,
+        "ids 1, 6, 7 and 10 remain"
+    );
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn the_sink_reports_its_checkpoint_and_rejects_nothing_valid() {
+    let target_db = PgServer::shared().fresh_database("sink_pg_ckpt");
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    assert_eq!(sink.name(), "postgres");
+    assert_eq!(sink.checkpoint("nobody").await.unwrap(), None);
+    let position = walbrook_client::runner::Position {
+        commit_lsn: walbrook_client::Lsn(0x16B3F20),
+        ordinal: 3,
+    };
+    sink.store_checkpoint("c1", position).await.unwrap();
+    assert_eq!(sink.checkpoint("c1").await.unwrap(), Some(position));
+    // Never backwards.
+    sink.store_checkpoint(
+        "c1",
+        walbrook_client::runner::Position {
+            commit_lsn: walbrook_client::Lsn(0x16B3F20),
+            ordinal: 2,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(sink.checkpoint("c1").await.unwrap(), Some(position));
+}
+
+#[tokio::test]
+async fn transactions_larger_than_a_batch_are_applied_completely() {
+    let mut setup = Setup::start(
+        "sink_pg_big",
+        "CREATE TABLE big (id bigint PRIMARY KEY, note text)",
+        "public.big",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_big_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&[
+            "INSERT INTO big SELECT g, 'x' FROM generate_series(1, 300) g",
+            "DELETE FROM big WHERE id % 3 = 0",
+            "UPDATE big SET note = 'y' WHERE id % 2 = 0",
+        ])
+        .await;
+    let shutdown = CancellationToken::new();
+    let client = setup.client().await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut options = RunnerOptions::new("big", ["public.big"]);
+    options.max_batch_events = 7;
+    let mut runner = Runner::new(client, sink, options);
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    wait_equal(&setup.sql, &target, &["big"], Duration::from_secs(30)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
+
+/// The bootstrap seam: rows of a "snapshot" (here the events of the first transaction, read
+/// by an ephemeral subscription, standing in for the snapshot SDK call) and its position,
+/// then the live changes from that position: no gap, no double.
+#[tokio::test]
+async fn bootstrap_then_changes_after_the_snapshot_position() {
+    let mut setup = Setup::start(
+        "sink_pg_boot",
+        "CREATE TABLE b (id int PRIMARY KEY, v text)",
+        "public.b",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_boot_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&[
+            "INSERT INTO b SELECT g, 'snap' FROM generate_series(1, 10) g",
+            "BEGIN; INSERT INTO b SELECT g, 'live' FROM generate_series(11, 20) g; \
+             UPDATE b SET v = 'changed' WHERE id = 1; COMMIT",
+        ])
+        .await;
+    let client = setup.client().await;
+    let mut stream = client
+        .subscribe(walbrook_client::Subscription::table("public.b"))
+        .await
+        .unwrap();
+    let events = common::events(&mut stream, 21).await;
+    let snapshot: Vec<_> = events[..10].iter().cloned().map(Ok).collect();
+    let position = events[10].commit_lsn();
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut runner = Runner::new(client, sink, RunnerOptions::new("boot", ["public.b"]));
+    let metrics = runner.metrics();
+    let shutdown = CancellationToken::new();
+    let applied = runner
+        .bootstrap(futures::stream::iter(snapshot), position, &shutdown)
+        .await
+        .unwrap();
+    assert_eq!(applied, 10);
+    assert_eq!(rows(&target, "b").await.len(), 10);
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    wait_equal(&setup.sql, &target, &["b"], Duration::from_secs(30)).await;
+    // 10 snapshot rows + 11 live changes, none applied twice, none skipped.
+    assert_eq!(metrics.applied_total(), 21);
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
+
+/// A message on the change subject that does not decode goes to the dead-letter subject (sink
+/// `decode`, with its sequence); the changes after it are applied.
+#[tokio::test]
+async fn undecodable_messages_are_dead_lettered_and_the_stream_goes_on() {
+    let mut setup = Setup::start(
+        "sink_pg_garbage",
+        "CREATE TABLE g (id int PRIMARY KEY)",
+        "public.g",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_garbage_target");
+    let target = connect(&target_db.url()).await;
+    setup.exec(&["INSERT INTO g VALUES (1)"]).await;
+    let nats = async_nats::connect(setup.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let garbage = js
+        .publish(setup.wal_subject("public", "g"), "not avro".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    setup.exec(&["INSERT INTO g VALUES (2)"]).await;
+    let client = setup.client().await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut runner = Runner::new(
+        client.clone(),
+        sink,
+        RunnerOptions::new("garbage", ["public.g"]),
+    );
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    wait_equal(&setup.sql, &target, &["g"], Duration::from_secs(30)).await;
+    let letters = walbrook_client::runner::list_dead_letters(&client, "garbage")
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].sink, "decode");
+    assert_eq!(letters[0].stream_sequence, Some(garbage));
+    assert!(letters[0].event.is_none() && letters[0].decode_error.is_some());
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
+
+/// Measures how fast the sink drains a backlog (printed, never asserted; run with
+/// `cargo test -p walbrook-pg-client --test postgres --release -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_backlog_apply_rate() {
+    let rows: i64 = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let mut setup = Setup::start(
+        "sink_pg_bench",
+        "CREATE TABLE m (id bigint PRIMARY KEY, amount numeric(12,2), note text, at timestamptz)",
+        "public.m",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_bench_target");
+    let target = connect(&target_db.url()).await;
+    for chunk in 0..rows / 1000 {
+        setup
+            .sql
+            .batch_execute(&format!(
+                "INSERT INTO m SELECT g, g / 100.0, 'note ' || g, now() \
+                 FROM generate_series({}, {}) g",
+                chunk * 1000,
+                chunk * 1000 + 999
+            ))
+            .await
+            .unwrap();
+    }
+    // Wait until the producer has published the backlog.
+    let client = setup.client().await;
+    let mut stream = client
+        .subscribe(
+            walbrook_client::Subscription::table("public.m")
+                .start(walbrook_client::Start::Beginning),
+        )
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while seen < rows {
+        seen += stream.next_batch(1000, Duration::from_secs(30)).await.len() as i64;
+    }
+    drop(stream);
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut runner = Runner::new(client, sink, RunnerOptions::new("bench", ["public.m"]));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    loop {
+        let n: i64 = target
+            .query_one("SELECT count(*) FROM m", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n == rows {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "applied {rows} rows in {:.2} s: {:.0} rows/s",
+        took.as_secs_f64(),
+        rows as f64 / took.as_secs_f64()
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
+
+/// Source tables mapped to other target tables: an explicit mapping, and a target schema for
+/// the others.
+#[tokio::test]
+async fn tables_map_to_other_names_and_schemas() {
+    let mut setup = Setup::start(
+        "sink_pg_map",
+        "CREATE TABLE one (id int PRIMARY KEY, v text); CREATE TABLE two (id int PRIMARY KEY, v text);",
+        "public.one, public.two",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_map_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute("CREATE SCHEMA mirror; CREATE SCHEMA \"Arch ive\";")
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            "INSERT INTO one VALUES (1, 'a')",
+            "INSERT INTO two VALUES (2, 'b')",
+        ])
+        .await;
+    let mut options = PgSinkOptions::new(target_db.url());
+    options.tables.insert(
+        walbrook_pg_client::TableName::new("public", "one"),
+        walbrook_pg_client::TableName::new("Arch ive", "One Copy"),
+    );
+    options.target_schema = Some("mirror".into());
+    let sink = PgSink::connect(options).await.unwrap();
+    let client = setup.client().await;
+    let mut runner = Runner::new(client, sink, RunnerOptions::new("map", ["public.*"]));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (
+            rows(&target, "\"Arch ive\".\"One Copy\"").await,
+            rows(&target, "mirror.two").await,
+        );
+        if a == ["(1,a)"] && b == ["(2,b)"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rows(&target, "public.one").await[0].starts_with("error"));
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}

@@ -1,0 +1,321 @@
+//! The webhook sink against a real producer, NATS JetStream and the harness's HTTP receiver.
+
+#[path = "../../pg-client/tests/common/mod.rs"]
+mod common;
+#[path = "../../client/tests/sink_conformance/mod.rs"]
+mod sink_conformance;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use walbrook_client::runner::{Runner, RunnerOptions, list_dead_letters};
+use walbrook_harness::{RecordedRequest, WebhookReceiver};
+use walbrook_webhook_client::{WebhookOptions, WebhookSink, signature};
+
+use common::Setup;
+use sink_conformance::{Observe, State};
+
+/// Folds the deliveries a receiver got (each event id once, in arrival order) into rows.
+fn fold(requests: &[RecordedRequest]) -> State {
+    let mut seen = HashSet::new();
+    let mut state = BTreeMap::new();
+    for request in requests {
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&request.body) else {
+            continue;
+        };
+        let events = match body {
+            serde_json::Value::Array(events) => events,
+            event => vec![event],
+        };
+        for event in events {
+            let id = event["id"].as_str().unwrap_or_default().to_owned();
+            if !seen.insert(id) {
+                continue;
+            }
+            let key = |row: &str| event[row]["id"].as_i64();
+            match event["op"].as_str().unwrap_or_default() {
+                "insert" | "update" | "read" => {
+                    state.insert(
+                        key("after").unwrap(),
+                        event["after"]["note"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                "update_key" => {
+                    state.remove(&key("before").unwrap());
+                    state.insert(
+                        key("after").unwrap(),
+                        event["after"]["note"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                "delete" => {
+                    state.remove(&key("before").unwrap());
+                }
+                "truncate" => state.clear(),
+                other => panic!("unexpected op {other}"),
+            }
+        }
+    }
+    state
+}
+
+struct Target<'a>(&'a WebhookReceiver);
+
+impl Observe for Target<'_> {
+    async fn state(&self) -> State {
+        fold(&self.0.requests())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_sink_conforms() {
+    let mut setup = Setup::start("conf_hook", sink_conformance::DDL, sink_conformance::TABLE).await;
+    let receiver = WebhookReceiver::start().unwrap();
+    let url = receiver.url();
+    let make = move || {
+        let url = url.clone();
+        async move { WebhookSink::new(WebhookOptions::new(url)).unwrap() }
+    };
+    sink_conformance::run(&setup, make, &Target(&receiver)).await;
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_signed_retried_and_dead_lettered() {
+    let mut setup = Setup::start(
+        "hook",
+        "CREATE TABLE t (id int PRIMARY KEY, note text)",
+        "public.t",
+    )
+    .await;
+    let receiver = WebhookReceiver::start().unwrap();
+    // The first delivery meets an overloaded receiver (Retry-After: 1), then a 503 without
+    // it; the next succeed.
+    receiver.push_response(429, &[("Retry-After", "1")]);
+    receiver.push_response(503, &[]);
+    let mut options = WebhookOptions::new(format!("{}/hook", receiver.url()));
+    options.secret = Some(b"s3cret".to_vec());
+    options.max_attempts = 3;
+    options.retry.initial = Duration::from_millis(50);
+    let sink = WebhookSink::new(options).unwrap();
+    let client = setup.client().await;
+    let mut runner_options = RunnerOptions::new("hook", ["public.t"]);
+    // One lane: requests meet the scripted answers in stream order.
+    runner_options.lanes = 1;
+    let mut runner = Runner::new(client.clone(), sink, runner_options);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    setup
+        .exec(&[
+            "INSERT INTO t VALUES (1, 'one')",
+            "UPDATE t SET note = 'uno' WHERE id = 1",
+        ])
+        .await;
+    let requests = tokio::task::spawn_blocking({
+        let receiver_requests = move || receiver;
+        move || {
+            let receiver = receiver_requests();
+            let r = receiver.wait_for_requests(4, Duration::from_secs(30));
+            (receiver, r)
+        }
+    })
+    .await
+    .unwrap();
+    let (receiver, requests) = (requests.0, requests.1.expect("4 requests"));
+    // Three attempts of the first event with the same id, then the second event.
+    let ids: Vec<&str> = requests
+        .iter()
+        .map(|r| r.header("Walbrook-Event-Id").unwrap())
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[1], ids[2]);
+    assert_ne!(ids[2], ids[3]);
+    assert!(
+        ids[0].starts_with(&format!("{}/", setup.db.name())),
+        "{}",
+        ids[0]
+    );
+    for r in &requests {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/hook");
+        assert_eq!(r.header("Idempotency-Key"), r.header("Walbrook-Event-Id"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(
+            r.header("Walbrook-Signature").unwrap(),
+            signature(b"s3cret", &r.body),
+            "the signature covers the body"
+        );
+    }
+    assert_eq!(
+        requests
+            .iter()
+            .map(|r| r.header("Walbrook-Attempt").unwrap())
+            .collect::<Vec<_>>(),
+        ["1", "2", "3", "1"]
+    );
+    let first: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(first["op"], "insert");
+    assert_eq!(first["after"]["note"], "one");
+    let second: serde_json::Value = serde_json::from_slice(&requests[3].body).unwrap();
+    assert_eq!(second["after"]["note"], "uno");
+
+    // A receiver that keeps failing: the event is dead-lettered after max_attempts, the
+    // stream goes on.
+    for _ in 0..3 {
+        receiver.push_response(500, &[]);
+    }
+    // A refusal (400) is dead-lettered at once.
+    receiver.push_response(400, &[]);
+    let started = Instant::now();
+    setup
+        .exec(&[
+            "INSERT INTO t VALUES (2, 'fails')",
+            "INSERT INTO t VALUES (3, 'refused')",
+            "INSERT INTO t VALUES (4, 'fine')",
+        ])
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let letters = list_dead_letters(&client, "hook").await.unwrap();
+        if letters.len() >= 2 {
+            break letters;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letters: {letters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letters.len(), 2);
+    assert!(
+        letters[0].error.contains("gave up after 3 attempts"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(letters[0].sink, "webhook");
+    assert_eq!(letters[0].event.as_ref().unwrap()["after"]["note"], "fails");
+    assert!(letters[1].error.contains("400"), "{}", letters[1].error);
+    assert_eq!(
+        letters[1].event.as_ref().unwrap()["after"]["note"],
+        "refused"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !receiver
+        .requests()
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains("\"fine\""))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the stream stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_posts_one_json_array_per_batch() {
+    let mut setup = Setup::start(
+        "hook_batch",
+        "CREATE TABLE t (id int PRIMARY KEY, note text)",
+        "public.t",
+    )
+    .await;
+    let receiver = WebhookReceiver::start().unwrap();
+    let mut options = WebhookOptions::new(receiver.url());
+    options.batch = true;
+    options.secret = Some(b"k".to_vec());
+    let sink = WebhookSink::new(options).unwrap();
+    setup
+        .exec(&["INSERT INTO t SELECT g, 'n' FROM generate_series(1, 3) g"])
+        .await;
+    let client = setup.client().await;
+    let mut stream = client
+        .subscribe(walbrook_client::Subscription::table("public.t"))
+        .await
+        .unwrap();
+    let events = common::events(&mut stream, 3).await;
+    use walbrook_client::runner::Sink;
+    let applied = sink.apply("batch", &events).await.unwrap();
+    assert!(applied.rejected.is_empty());
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let items = body.as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    let first = walbrook_webhook_client::event_id(&events[0]);
+    let last = walbrook_webhook_client::event_id(&events[2]);
+    assert_eq!(items[0]["id"], first.as_str());
+    assert_eq!(
+        requests[0].header("Walbrook-Event-Id").unwrap(),
+        format!("{first}..{last}")
+    );
+    assert_eq!(
+        requests[0].header("Walbrook-Signature").unwrap(),
+        signature(b"k", &requests[0].body)
+    );
+    setup.stop().await;
+}
+
+/// Stopping the runner cancels a delivery that waits on `Retry-After`: nothing is
+/// acknowledged, and the event is delivered again by the next run, with the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_cancels_a_waiting_delivery_and_the_event_comes_again() {
+    let mut setup = Setup::start(
+        "hook_stop",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "public.t",
+    )
+    .await;
+    let receiver = WebhookReceiver::start().unwrap();
+    receiver.push_response(503, &[("Retry-After", "300")]);
+    let client = setup.client().await;
+    let run = |client: walbrook_client::Client, url: String| {
+        let sink = WebhookSink::new(WebhookOptions::new(url)).unwrap();
+        let mut runner = Runner::new(client, sink, RunnerOptions::new("stop", ["public.t"]));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        (
+            shutdown,
+            tokio::spawn(async move { runner.run(stop).await.unwrap() }),
+        )
+    };
+    let (shutdown, task) = run(client.clone(), receiver.url());
+    setup.exec(&["INSERT INTO t VALUES (1)"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no delivery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    // Well before the 300 s the receiver asked for.
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the runner stops without waiting for Retry-After")
+        .unwrap();
+    let (shutdown, task) = run(client, receiver.url());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not delivered again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests = receiver.requests();
+    assert_eq!(
+        requests[0].header("Walbrook-Event-Id"),
+        requests[1].header("Walbrook-Event-Id")
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
