@@ -3,6 +3,8 @@
 //! * `walbrook produce` runs the producer appliance (PostgreSQL → NATS JetStream).
 //! * `walbrook check` validates the configuration and prerequisites without
 //!   starting replication, printing each problem with its fix.
+//! * `walbrook tail` prints the decoded change events of tables; `walbrook schema` prints
+//!   a schema version (by fingerprint or table).
 //! * `walbrook demo` shows the pipeline on a demo table next to the servers named by
 //!   `WALBROOK_PG_URL` and `WALBROOK_NATS_URL` (`make demo` starts throwaway ones).
 //!
@@ -10,8 +12,11 @@
 //! `RUST_LOG` sets the level (default `info`).
 
 mod check;
+mod connection;
 mod demo;
 mod produce;
+mod schema;
+mod tail;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +36,10 @@ enum Command {
     Check(check::CheckArgs),
     /// Show the pipeline on a demo table: generate changes and print what is captured.
     Demo(demo::DemoArgs),
+    /// Print the decoded change events of tables (JSON lines when piped).
+    Tail(tail::TailArgs),
+    /// Print a schema version, by fingerprint or table (`schema.table`).
+    Schema(schema::SchemaArgs),
 }
 
 fn init_logging(default_level: &str) {
@@ -54,12 +63,14 @@ async fn main() -> anyhow::Result<()> {
     // pgwire-replication logs every failed session at ERROR (including a standby's
     // routine "slot in use" answers); the producer reports those errors itself.
     init_logging(match cli.command {
-        Command::Demo(_) => "warn,pgwire_replication=off",
+        Command::Demo(_) | Command::Tail(_) | Command::Schema(_) => "warn,pgwire_replication=off",
         _ => "info,pgwire_replication=off",
     });
     match cli.command {
         Command::Produce(args) => produce::run(args).await,
         Command::Check(args) => check::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Tail(args) => tail::run(args).await,
+        Command::Schema(args) => schema::run(args).await,
     }
 }
