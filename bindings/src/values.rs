@@ -19,6 +19,16 @@ pub struct Classes {
     /// `datetime.timezone.utc`.
     pub utc: Py<PyAny>,
     json_decode: Py<PyAny>,
+    /// The C scanner of the same decoder (`scan(text, 0)` → `(value, end)`), which skips
+    /// `JSONDecoder.decode`'s Python-level wrapper.
+    json_scan: Py<PyAny>,
+    /// `object.__new__` and `object.__setattr__`, to build `uuid.UUID`s without running
+    /// `UUID.__init__` (pure Python and the slowest part of converting a row), when
+    /// [`Classes::fast_uuid`] says the interpreter's `UUID` allows it.
+    object_new: Py<PyAny>,
+    object_setattr: Py<PyAny>,
+    safe_uuid_unknown: Py<PyAny>,
+    fast_uuid: bool,
     unchanged: Py<PyAny>,
     infinity: Py<PyAny>,
     neg_infinity: Py<PyAny>,
@@ -43,9 +53,15 @@ pub fn classes(py: Python<'_>) -> PyResult<&Classes> {
             Some(&[("parse_float", decimal.clone())].into_py_dict(py)?),
         )?;
         let timezone = datetime.getattr("timezone")?;
-        Ok::<_, PyErr>(Classes {
+        let json_scan = py
+            .import("json.scanner")?
+            .getattr("make_scanner")?
+            .call1((&json_decoder,))?;
+        let uuid_module = py.import("uuid")?;
+        let object = py.import("builtins")?.getattr("object")?;
+        let mut classes = Classes {
             decimal: decimal.unbind(),
-            uuid: py.import("uuid")?.getattr("UUID")?.unbind(),
+            uuid: uuid_module.getattr("UUID")?.unbind(),
             date: datetime.getattr("date")?.unbind(),
             time: datetime.getattr("time")?.unbind(),
             datetime: datetime.getattr("datetime")?.unbind(),
@@ -53,6 +69,14 @@ pub fn classes(py: Python<'_>) -> PyResult<&Classes> {
             utc: timezone.getattr("utc")?.unbind(),
             timezone: timezone.unbind(),
             json_decode: json_decoder.getattr("decode")?.unbind(),
+            json_scan: json_scan.unbind(),
+            object_new: object.getattr("__new__")?.unbind(),
+            object_setattr: object.getattr("__setattr__")?.unbind(),
+            safe_uuid_unknown: uuid_module
+                .getattr("SafeUUID")?
+                .getattr("unknown")?
+                .unbind(),
+            fast_uuid: false,
             unchanged: types.getattr("UNCHANGED")?.unbind(),
             infinity: types.getattr("INFINITY")?.unbind(),
             neg_infinity: types.getattr("NEG_INFINITY")?.unbind(),
@@ -61,7 +85,23 @@ pub fn classes(py: Python<'_>) -> PyResult<&Classes> {
             range: types.getattr("Range")?.unbind(),
             bounded_array: types.getattr("BoundedArray")?.unbind(),
             lsn: types.getattr("Lsn")?.unbind(),
-        })
+        };
+        // Use the fast UUID construction only if it builds a UUID equal, in every way we
+        // can see, to the one `UUID(int=…)` builds.
+        let probe = u128::from_be_bytes(*b"walbrook-uuid-ok");
+        classes.fast_uuid = true;
+        let fast = classes.uuid_of(py, probe).ok();
+        classes.fast_uuid = false;
+        let slow = classes.uuid_of(py, probe)?;
+        if let Some(fast) = fast {
+            let fast = fast.bind(py);
+            let slow = slow.bind(py);
+            classes.fast_uuid = fast.eq(slow)?
+                && fast.str()?.to_cow()? == slow.str()?.to_cow()?
+                && fast.hash()? == slow.hash()?
+                && fast.get_type().is(slow.get_type());
+        }
+        Ok::<_, PyErr>(classes)
     })
 }
 
@@ -72,6 +112,36 @@ const DAYS_0001_01_01: i64 = -719_162; // days from 1970-01-01 back to 0001-01-0
 const DAYS_10000_01_01: i64 = 2_932_897; // days from 1970-01-01 to 10000-01-01
 
 impl Classes {
+    /// A `uuid.UUID` of a 128-bit value.
+    fn uuid_of(&self, py: Python<'_>, value: u128) -> PyResult<Py<PyAny>> {
+        if self.fast_uuid {
+            let u = self.object_new.call1(py, (self.uuid.bind(py),))?;
+            self.object_setattr.call1(py, (&u, "int", value))?;
+            self.object_setattr
+                .call1(py, (&u, "is_safe", self.safe_uuid_unknown.bind(py)))?;
+            Ok(u)
+        } else {
+            let kwargs = [("int", value)].into_py_dict(py)?;
+            self.uuid.call(py, (), Some(&kwargs))
+        }
+    }
+
+    /// A JSON text parsed with exact numbers (non-integers as `Decimal`).
+    fn json(&self, py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
+        if !text.starts_with(|c: char| c.is_ascii_whitespace()) {
+            let scanned = self.json_scan.call1(py, (text, 0));
+            if let Ok(scanned) = scanned {
+                let (value, end): (Py<PyAny>, usize) = scanned.extract(py)?;
+                // `end` counts code points; compare with the text's code point count.
+                if end == text.chars().count() {
+                    return Ok(value);
+                }
+            }
+        }
+        // Surrounding whitespace (kept by `json`) or an error: the full decoder decides.
+        self.json_decode.call1(py, (text,))
+    }
+
     fn out_of_range(&self, py: Python<'_>, kind: &str, raw: i64) -> PyResult<Py<PyAny>> {
         self.out_of_range.call1(py, (kind, raw))
     }
@@ -185,9 +255,9 @@ impl Classes {
             PgValue::Float8(v) => v.into_pyobject(py)?.into_any().unbind(),
             PgValue::Numeric(n) => self.decimal.call1(py, (n.to_string(),))?,
             PgValue::Text(t) => PyString::new(py, t).into_any().unbind(),
-            PgValue::Json(t) => self.json_decode.call1(py, (t.as_str(),))?,
+            PgValue::Json(t) => self.json(py, t)?,
             PgValue::Bytes(b) => PyBytes::new(py, b).into_any().unbind(),
-            PgValue::Uuid(u) => self.uuid.call1(py, (u.simple().to_string(),))?,
+            PgValue::Uuid(u) => self.uuid_of(py, u.as_u128())?,
             PgValue::Date(d) => self.date(py, *d)?,
             PgValue::Time(us) => self.time(py, *us, None)?,
             PgValue::TimeTz {
