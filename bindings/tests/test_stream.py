@@ -155,6 +155,7 @@ def test_connection_and_subscription_errors_have_kinds(db, servers):
     with pytest.raises(walbrook.ConnectError) as info:
         walbrook.Client.connect("nats://127.0.0.1:1", "x", connect_timeout=2.0)
     assert info.value.retryable and info.value.kind == "connect"
+    assert info.value.is_retryable() and info.value.message is None
 
     with pytest.raises(walbrook.StreamNotFoundError) as info:
         walbrook.Client.connect(servers.nats_url, "no_such_db", root="WBPY").subscribe("*")

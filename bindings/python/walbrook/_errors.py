@@ -20,6 +20,11 @@ class WalbrookError(Exception):
     message: Optional[Any] = None
     stream_sequence: Optional[int] = None
 
+    def is_retryable(self) -> bool:
+        """Whether trying again later can succeed without changing anything (as the Rust
+        SDK's ``Error::is_retryable``)."""
+        return self.retryable
+
 
 class ConnectError(WalbrookError):
     """No NATS server could be reached. Retryable."""
