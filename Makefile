@@ -19,6 +19,11 @@ bench:
 	bash scripts/setup.sh
 	cargo build --release -p walbrook-cli -p walbrook-harness
 	$${CARGO_TARGET_DIR:-target}/release/walbrook-bench --rows $(ROWS) --out results
+	mkdir -p results
+	# decode: Rust client on one core, then the Python client versus fastavro (docs/python.md)
+	cargo run --release -q -p walbrook-bindings --example decode_bench -- --out results/decode | tee results/decode-rust.json
+	VIRTUAL_ENV="$$PWD/.venv" .venv/bin/maturin develop --release --quiet -m bindings/Cargo.toml
+	.venv/bin/python bindings/bench/decode_bench.py results/decode | tee results/decode-python.json
 
 ## make chaos: the fault-injection suite at full length (30 producer kill cycles; the
 ## test command runs it with 10). CHAOS_CYCLES and WALBROOK_CHAOS_SEED override.

@@ -22,6 +22,8 @@ echo "== fuzz smoke run (scripts/fuzz-smoke.sh, docs/fuzzing.md)"
 bash scripts/fuzz-smoke.sh
 
 echo "== pytest (Python)"
+# The Python tests run the harness's walbrook-servers and `walbrook produce` as processes.
+cargo build --quiet -p walbrook-cli -p walbrook-harness --bins
 VIRTUAL_ENV="$ROOT/.venv" .venv/bin/maturin develop --quiet -m bindings/Cargo.toml
 PY_DIRS=(bindings/tests)
 for dir in pgtype-avro/tests/python; do

@@ -1,9 +1,22 @@
-//! Python bindings for the Walbrook client, built with pyo3 and maturin.
+//! Python bindings for the Walbrook client, built with pyo3 and maturin: the native module
+//! `walbrook._walbrook` behind the Python package `walbrook` (docs/python.md).
 //!
-//! **Status:** only the package skeleton exists (issue #6 adds the client API). The
-//! native module is `walbrook._walbrook`; the Python package `walbrook` re-exports it.
+//! * [`client::Client`] connects and subscribes; [`subscription::Subscription`] is iterated
+//!   with `for` (blocking, GIL released while waiting) or `async for` (asyncio).
+//! * [`event::ChangeEvent`] carries native Python values ([`values`]), converted in Rust.
+//! * Errors are Python exceptions mirroring `walbrook_client::ErrorKind` ([`errors`]).
+//! * [`decoder::Decoder`] decodes payloads offline (the decode benchmark uses it).
+//! * [`runtime`] holds the tokio runtime and the asyncio bridge.
 
 use pyo3::prelude::*;
+
+pub mod client;
+pub mod decoder;
+pub mod errors;
+pub mod event;
+pub mod runtime;
+pub mod subscription;
+pub mod values;
 
 /// The version of the Walbrook bindings (the workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -12,5 +25,14 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[pymodule]
 fn _walbrook(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", VERSION)?;
+    module.add_class::<client::Client>()?;
+    module.add_class::<subscription::Subscription>()?;
+    module.add_class::<event::ChangeEvent>()?;
+    module.add_class::<event::Source>()?;
+    module.add_class::<event::Schema>()?;
+    module.add_class::<event::Column>()?;
+    module.add_class::<errors::UndecodedMessage>()?;
+    module.add_class::<decoder::Decoder>()?;
+    module.add_class::<runtime::Completion>()?;
     Ok(())
 }

@@ -5,6 +5,8 @@
 //!   starting replication, printing each problem with its fix.
 //! * `walbrook snapshot <schema.table>` takes a snapshot through the running producer,
 //!   with a progress bar, optionally writing the rows as JSON lines.
+//! * `walbrook tail` prints the decoded change events of tables; `walbrook schema` prints
+//!   a schema version (by fingerprint or table).
 //! * `walbrook demo` shows the pipeline on a demo table next to the servers named by
 //!   `WALBROOK_PG_URL` and `WALBROOK_NATS_URL` (`make demo` starts throwaway ones).
 //!
@@ -12,11 +14,14 @@
 //! `RUST_LOG` sets the level (default `info`).
 
 mod check;
+mod connection;
 mod demo;
 mod dlq;
 mod produce;
+mod schema;
 mod sink;
 mod snapshot;
+mod tail;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +48,10 @@ enum Command {
     Sink(sink::SinkArgs),
     /// Inspect (`list`) and re-drive (`replay`) a consumer's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Print the decoded change events of tables (JSON lines when piped).
+    Tail(tail::TailArgs),
+    /// Print a schema version, by fingerprint or table (`schema.table`).
+    Schema(schema::SchemaArgs),
 }
 
 fn init_logging(default_level: &str) {
@@ -66,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     // pgwire-replication logs every failed session at ERROR (including a standby's
     // routine "slot in use" answers); the producer reports those errors itself.
     init_logging(match cli.command {
-        Command::Demo(_) => "warn,pgwire_replication=off",
+        Command::Demo(_) | Command::Tail(_) | Command::Schema(_) => "warn,pgwire_replication=off",
         _ => "info,pgwire_replication=off",
     });
     match cli.command {
@@ -76,5 +85,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Snapshot(args) => snapshot::run(args).await,
         Command::Sink(args) => sink::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,
+        Command::Tail(args) => tail::run(args).await,
+        Command::Schema(args) => schema::run(args).await,
     }
 }

@@ -51,6 +51,12 @@ pub struct CommonArgs {
     /// Where a new consumer starts: `beginning`, `new`, or a commit LSN (`0/16B3F20`).
     #[arg(long, env = "WALBROOK_SINK_START", default_value = "beginning")]
     start: String,
+    /// Bootstrap a new consumer from snapshots (issue #5): one per table (explicit
+    /// `schema.table` names), applied in full, then the changes from the first snapshot's
+    /// position on — no gap, no double (docs/sinks.md). A consumer that has run before (a
+    /// checkpoint in the target, or a durable consumer) resumes instead.
+    #[arg(long, env = "WALBROOK_SINK_SNAPSHOT")]
+    snapshot: bool,
     /// Most events per batch.
     #[arg(long, env = "WALBROOK_SINK_BATCH_EVENTS", default_value_t = 500)]
     batch_events: usize,
@@ -198,11 +204,19 @@ pub(crate) async fn run_sink<S: Sink>(
     let client = common.client().await?;
     let options = common.runner_options()?;
     let consumer = options.consumer.clone();
-    let mut runner = Runner::new(client, sink, options);
+    let tables = options.tables.clone();
+    let mut runner = Runner::new(client.clone(), sink, options);
     if replay_dead_letters {
         let (replayed, left) = runner.replay_dead_letters().await?;
         println!("replayed {replayed} dead letters of {consumer}; {left} left");
         return Ok(());
+    }
+    if common.snapshot {
+        if runner.needs_bootstrap().await? {
+            bootstrap(&client, &mut runner, &tables, &shutdown).await?;
+        } else {
+            tracing::info!(%consumer, "the consumer has run before: resuming, no snapshot");
+        }
     }
     if let Some(addr) = common.metrics_addr {
         let metrics = runner.metrics();
@@ -217,6 +231,52 @@ pub(crate) async fn run_sink<S: Sink>(
     }
     tracing::info!(%consumer, sink = runner.sink().name(), "sink running");
     runner.run(shutdown).await?;
+    Ok(())
+}
+
+/// Snapshots every table in turn and applies the rows, then points the runner at the
+/// changes from the first snapshot's position. Later snapshots start later, so that
+/// position is the lowest: the changes between it and a later table's own position are
+/// applied again over rows that already reflect them, which converges to the source
+/// (after images, deletes by key; docs/sinks.md).
+async fn bootstrap<S: Sink>(
+    client: &walbrook_client::Client,
+    runner: &mut Runner<S>,
+    tables: &[String],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use walbrook_client::SnapshotRequest;
+    for table in tables {
+        if !table.contains('.') || table.ends_with(".*") || table == "*" {
+            bail!("--snapshot needs explicit schema.table names, got {table:?}");
+        }
+    }
+    let Some((first_table, rest)) = tables.split_first() else {
+        return Ok(());
+    };
+    let first = client
+        .snapshot(SnapshotRequest::table(first_table.clone()))
+        .await
+        .with_context(|| format!("requesting a snapshot of {first_table}"))?;
+    let position = first.position()?;
+    tracing::info!(table = %first_table, %position, "bootstrapping from snapshots");
+    let client = client.clone();
+    let later = futures::stream::iter(rest.to_vec())
+        .then(move |table| {
+            let client = client.clone();
+            async move {
+                tracing::info!(%table, "snapshot");
+                client.snapshot(SnapshotRequest::table(table)).await
+            }
+        })
+        .flat_map(|snapshot| match snapshot {
+            Ok(rows) => rows.boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        });
+    let rows = first.chain(later);
+    let applied = runner.bootstrap(rows, position, shutdown).await?;
+    tracing::info!(rows = applied, %position, "snapshots applied; following the changes");
     Ok(())
 }
 

@@ -46,6 +46,16 @@ fn spawn_sink(
     nats_url: &str,
     log: &std::path::Path,
 ) -> Child {
+    spawn_sink_with(source, target_url, nats_url, log, &[])
+}
+
+fn spawn_sink_with(
+    source: &TestDb<'_>,
+    target_url: &str,
+    nats_url: &str,
+    log: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -67,6 +77,7 @@ fn spawn_sink(
             "RUST_LOG",
             std::env::var("WALBROOK_TEST_SINK_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -239,5 +250,149 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
         status.success(),
         "the sink exits cleanly on SIGTERM: {status:?}"
     );
+    shutdown.cancel();
+}
+
+/// Waits (up to 90 s) until `query` returns the same rows on both sides.
+async fn wait_equal(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    query: &str,
+    log: &std::path::Path,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (a, b) = (
+            table_text(source, query).await,
+            table_text(target, query).await,
+        );
+        if a == b {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "target differs: source {} rows, target {} rows; sink log tail:\n{}",
+            a.len(),
+            b.len(),
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
+    let pg = PgServer::shared();
+    let source_db = pg.fresh_database("sinkboot_src");
+    let target_db = pg.fresh_database("sinkboot_dst");
+    let nats = NatsServer::start().unwrap();
+    let source = connect(&source_db.url()).await;
+    let target = connect(&target_db.url()).await;
+    // Rows written before the producer ever ran: only a snapshot can bring them.
+    source
+        .batch_execute(
+            "CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL, n numeric);
+             INSERT INTO load SELECT g, 'old', g / 7.0 FROM generate_series(1, 3000) g;",
+        )
+        .await
+        .unwrap();
+    target
+        .batch_execute("CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL, n numeric)")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    start_producer(&source_db, &nats.url(), shutdown.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: i64 = source
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&source_db.slot_name()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if active == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the producer never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Writers change old rows, add and delete rows while the sink bootstraps.
+    let url = source_db.url();
+    let load = tokio::spawn(async move {
+        let sql = connect(&url).await;
+        for round in 0..60i64 {
+            sql.batch_execute(&format!(
+                "BEGIN;
+                 UPDATE load SET note = 'r{round}', n = n * 3 WHERE id % 60 = {round};
+                 INSERT INTO load VALUES ({}, 'new', {round});
+                 DELETE FROM load WHERE id = {};
+                 COMMIT;",
+                10_000 + round,
+                3000 - round
+            ))
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let log = std::env::temp_dir().join(format!("{}-sink.log", target_db.name()));
+    let mut sink = spawn_sink_with(
+        &source_db,
+        &target_db.url(),
+        &nats.url(),
+        &log,
+        &[
+            ("WALBROOK_SINK_SNAPSHOT", "true"),
+            ("WALBROOK_SINK_START", "new"),
+        ],
+    );
+    let mut reaper = Reaper(Some(sink.id()));
+    load.await.unwrap();
+    let rows = "SELECT t::text FROM load t ORDER BY id";
+    wait_equal(&source, &target, rows, &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("snapshots applied"),
+        "the sink bootstrapped:\n{text}"
+    );
+
+    // Restarted, it resumes from its checkpoint instead of bootstrapping again.
+    sigkill(&mut sink);
+    source
+        .batch_execute("UPDATE load SET note = 'after restart' WHERE id < 10")
+        .await
+        .unwrap();
+    sink = spawn_sink_with(
+        &source_db,
+        &target_db.url(),
+        &nats.url(),
+        &log,
+        &[
+            ("WALBROOK_SINK_SNAPSHOT", "true"),
+            ("WALBROOK_SINK_START", "new"),
+        ],
+    );
+    reaper.0 = Some(sink.id());
+    wait_equal(&source, &target, rows, &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("snapshots applied").count(),
+        1,
+        "no second bootstrap:\n{text}"
+    );
+    assert!(text.contains("resuming, no snapshot"), "{text}");
+    sigkill(&mut sink);
+    reaper.0 = None;
     shutdown.cancel();
 }

@@ -18,7 +18,7 @@ use walbrook_pgtype_avro::fingerprint::{parsing_canonical_form, split_single_obj
 use walbrook_pgtype_avro::{Fingerprint, TableSchema};
 
 use crate::error::{Error, ErrorKind};
-use crate::event::{Column, Op, Row, Source};
+use crate::event::{ChangeEvent, Column, Op, Row, Source};
 use walbrook_protocol::{Lsn, OP_SYMBOLS};
 
 /// One envelope schema version as the registry announced it (docs/protocol.md §5.1).
@@ -150,6 +150,27 @@ impl EventSchema {
     /// The columns of the `before` row (the replica identity, or all under FULL).
     pub fn before_columns(&self) -> &[Column] {
         &self.before_columns
+    }
+
+    /// Decodes a single-object message written with this schema into a [`ChangeEvent`]
+    /// outside any subscription (offline decoding, benchmarks): its subject is empty, its
+    /// stream sequence 0, and acknowledging it does nothing. Fails with [`ErrorKind::Decode`]
+    /// when the message is not this schema's or does not match it.
+    pub fn decode_event(&self, payload: &[u8]) -> Result<ChangeEvent, Error> {
+        let decoded = self.decode(payload)?;
+        Ok(ChangeEvent {
+            op: decoded.op,
+            source: decoded.source,
+            before: decoded.before,
+            after: decoded.after,
+            fingerprint: self.fingerprint,
+            subject: String::new(),
+            stream_sequence: 0,
+            delivered: 0,
+            ack: crate::event::AckHandle::none(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+            headers: None,
+        })
     }
 
     /// Decodes a single-object message written with this schema.

@@ -1,8 +1,85 @@
-"""Walbrook: PostgreSQL change data capture over NATS JetStream.
+"""Walbrook: PostgreSQL change data capture over NATS JetStream — the Python client.
 
-Only the package skeleton exists so far; the client API arrives with issue #6.
+    import walbrook
+
+    client = walbrook.Client.connect("nats://127.0.0.1:4222", "shop")
+    for event in client.subscribe("public.orders", start="new", durable="billing"):
+        print(event.op, event.after)
+        event.ack()
+
+``async for`` works the same way on a subscription from ``await client.subscribe_async(…)``.
+Values are native Python types (``Decimal``, ``uuid.UUID``, aware ``datetime``…); see
+docs/python.md for the full table, the exceptions and the offline :class:`Decoder`.
 """
 
-from walbrook._walbrook import __version__
+from walbrook._errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    DecodeError,
+    NatsError,
+    ProtocolError,
+    SchemaNotFoundError,
+    ServerError,
+    StreamNotFoundError,
+    TimeoutError,
+    UnavailableError,
+    WalbrookError,
+)
+from walbrook._types import (
+    INFINITY,
+    NEG_INFINITY,
+    UNCHANGED,
+    BoundedArray,
+    Infinity,
+    Interval,
+    Lsn,
+    OutOfRange,
+    Range,
+    Unchanged,
+)
+from walbrook._walbrook import (
+    ChangeEvent,
+    Client,
+    Column,
+    Decoder,
+    Schema,
+    Source,
+    Subscription,
+    UndecodedMessage,
+    __version__,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "AuthError",
+    "BoundedArray",
+    "ChangeEvent",
+    "Client",
+    "Column",
+    "ConfigError",
+    "ConnectError",
+    "DecodeError",
+    "Decoder",
+    "INFINITY",
+    "Infinity",
+    "Interval",
+    "Lsn",
+    "NEG_INFINITY",
+    "NatsError",
+    "OutOfRange",
+    "ProtocolError",
+    "Range",
+    "Schema",
+    "SchemaNotFoundError",
+    "ServerError",
+    "Source",
+    "StreamNotFoundError",
+    "Subscription",
+    "TimeoutError",
+    "UNCHANGED",
+    "UnavailableError",
+    "UndecodedMessage",
+    "Unchanged",
+    "WalbrookError",
+    "__version__",
+]

@@ -262,6 +262,24 @@ impl<S: Sink> Runner<S> {
         Ok((replayed, left))
     }
 
+    /// Whether this consumer has never run: no checkpoint in the target and no durable
+    /// consumer in JetStream. Bootstrapping from a snapshot is for that case only; a
+    /// consumer that has run resumes where it stopped.
+    pub async fn needs_bootstrap(&self) -> Result<bool, RunError> {
+        let checkpoint = self
+            .sink
+            .checkpoint(&self.options.consumer)
+            .await
+            .map_err(|error| RunError::Sink {
+                sink: self.sink.name().to_string(),
+                error,
+            })?;
+        if checkpoint.is_some() {
+            return Ok(false);
+        }
+        Ok(self.resume_existing().await?.is_none())
+    }
+
     async fn delete_consumer(&self) -> Result<(), RunError> {
         match self.client.delete_durable(&self.options.consumer).await {
             Ok(_) => Ok(()),
