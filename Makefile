@@ -25,9 +25,10 @@ bench:
 	VIRTUAL_ENV="$$PWD/.venv" .venv/bin/maturin develop --release --quiet -m bindings/Cargo.toml
 	.venv/bin/python bindings/bench/decode_bench.py results/decode | tee results/decode-python.json
 
-## make chaos: the fault-injection suite at full length (30 producer kill cycles; the
-## test command runs it with 10). CHAOS_CYCLES and WALBROOK_CHAOS_SEED override.
+## make chaos: the fault-injection suite at full length (30 producer kill cycles and the
+## 3-node cluster case; the test command runs 10 cycles without the cluster case).
+## CHAOS_CYCLES and WALBROOK_CHAOS_SEED override.
 CHAOS_CYCLES ?= 30
 chaos:
 	bash scripts/setup.sh
-	WALBROOK_CHAOS_CYCLES=$(CHAOS_CYCLES) cargo test -p walbrook-cli --test produce_faults -- --nocapture --test-threads 1
+	WALBROOK_CHAOS_CYCLES=$(CHAOS_CYCLES) cargo test -p walbrook-cli --test produce_faults -- --include-ignored --nocapture --test-threads 1

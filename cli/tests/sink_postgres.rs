@@ -1,6 +1,9 @@
 //! `walbrook sink postgres` as a process: killed with SIGKILL mid-stream and restarted, it
 //! leaves the target equal to the source, row for row, with every change applied once.
 
+mod common;
+
+use common::{Reaper, connect, sigkill, start_producer, table_text, wait_until_streaming};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -8,37 +11,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 use walbrook_harness::{NatsServer, PgServer, TestDb};
-use walbrook_producer::config::RawConfig;
 
 const ROOT: &str = "SINKKILL";
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (sql, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sql
-}
-
-fn start_producer(db: &TestDb<'_>, nats_url: &str, shutdown: CancellationToken) {
-    let mut raw = RawConfig::default();
-    raw.apply_env([
-        ("WALBROOK_PG_URL", db.url()),
-        ("WALBROOK_NATS_URL", nats_url.to_string()),
-        ("WALBROOK_TABLES", "public.load".to_string()),
-        ("WALBROOK_SLOT", db.slot_name()),
-        ("WALBROOK_PUBLICATION", db.publication_name()),
-        ("WALBROOK_ROOT", ROOT.to_string()),
-        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
-    ])
-    .unwrap();
-    let config = raw.validate().unwrap();
-    tokio::spawn(async move {
-        walbrook_producer::pipeline::run(config, shutdown)
-            .await
-            .unwrap()
-    });
-}
 
 fn spawn_sink(
     source: &TestDb<'_>,
@@ -85,31 +59,6 @@ fn spawn_sink_with(
         .unwrap()
 }
 
-/// Kills the sink process if the test ends early (a panic), so none outlives the test.
-struct Reaper(Option<u32>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-fn sigkill(child: &mut Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-    let _ = child.wait();
-}
-
-async fn table_text(sql: &tokio_postgres::Client, query: &str) -> Vec<String> {
-    sql.query(query, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
     let pg = PgServer::shared();
@@ -136,27 +85,15 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    start_producer(&source_db, &nats.url(), shutdown.clone());
+    start_producer(
+        &source_db,
+        &nats.url(),
+        ROOT,
+        "public.load",
+        shutdown.clone(),
+    );
     // Changes committed before the slot exists are not captured: wait for it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: i64 = source
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&source_db.slot_name()],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the producer never streamed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_streaming(&source, &source_db.slot_name()).await;
 
     const TXS: i64 = 120;
     const ROWS: i64 = 10;
@@ -307,26 +244,14 @@ async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    start_producer(&source_db, &nats.url(), shutdown.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: i64 = source
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&source_db.slot_name()],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the producer never streamed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_producer(
+        &source_db,
+        &nats.url(),
+        ROOT,
+        "public.load",
+        shutdown.clone(),
+    );
+    wait_until_streaming(&source, &source_db.slot_name()).await;
     // Writers change old rows, add and delete rows while the sink bootstraps.
     let url = source_db.url();
     let load = tokio::spawn(async move {

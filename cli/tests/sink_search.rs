@@ -2,6 +2,9 @@
 //! the index holds every document of the source (real OpenSearch, or osmem-server without
 //! Java).
 
+mod common;
+
+use common::{Reaper, connect, sigkill, start_producer, wait_until_streaming};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -9,36 +12,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 use walbrook_harness::{NatsServer, PgServer, SearchServer, TestDb};
-use walbrook_producer::config::RawConfig;
 
 const ROOT: &str = "ESKILL";
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (sql, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sql
-}
-
-fn start_producer(db: &TestDb<'_>, nats_url: &str, shutdown: CancellationToken) {
-    let mut raw = RawConfig::default();
-    raw.apply_env([
-        ("WALBROOK_PG_URL", db.url()),
-        ("WALBROOK_NATS_URL", nats_url.to_string()),
-        ("WALBROOK_TABLES", "public.load".to_string()),
-        ("WALBROOK_SLOT", db.slot_name()),
-        ("WALBROOK_PUBLICATION", db.publication_name()),
-        ("WALBROOK_ROOT", ROOT.to_string()),
-        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
-    ])
-    .unwrap();
-    let config = raw.validate().unwrap();
-    tokio::spawn(async move {
-        // Stopped by the test's end; the result does not matter then.
-        let _ = walbrook_producer::pipeline::run(config, shutdown).await;
-    });
-}
 
 fn spawn_sink(source: &TestDb<'_>, url: &str, nats_url: &str, log: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -64,21 +39,6 @@ fn spawn_sink(source: &TestDb<'_>, url: &str, nats_url: &str, log: &std::path::P
         .stderr(log)
         .spawn()
         .unwrap()
-}
-
-struct Reaper(Option<u32>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-fn sigkill(child: &mut Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-    let _ = child.wait();
 }
 
 async fn documents(url: &str) -> std::collections::BTreeMap<i64, String> {
@@ -120,26 +80,8 @@ async fn a_search_sink_killed_mid_stream_leaves_every_document() {
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    start_producer(&db, &nats.url(), shutdown.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: i64 = source
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&db.slot_name()],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the producer never streamed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_producer(&db, &nats.url(), ROOT, "public.load", shutdown.clone());
+    wait_until_streaming(&source, &db.slot_name()).await;
     const ROWS: i64 = 300;
     let url = db.url();
     let load = tokio::spawn(async move {

@@ -1,6 +1,9 @@
 //! `walbrook sink webhook` as a process: killed with SIGKILL mid-stream and restarted, every
 //! event is delivered at least once, always with the same id.
 
+mod common;
+
+use common::{Reaper, connect, sigkill, start_producer, wait_until_streaming};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -9,36 +12,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 use walbrook_harness::{NatsServer, PgServer, TestDb, WebhookReceiver};
-use walbrook_producer::config::RawConfig;
 
 const ROOT: &str = "HOOKKILL";
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (sql, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sql
-}
-
-fn start_producer(db: &TestDb<'_>, nats_url: &str, shutdown: CancellationToken) {
-    let mut raw = RawConfig::default();
-    raw.apply_env([
-        ("WALBROOK_PG_URL", db.url()),
-        ("WALBROOK_NATS_URL", nats_url.to_string()),
-        ("WALBROOK_TABLES", "public.load".to_string()),
-        ("WALBROOK_SLOT", db.slot_name()),
-        ("WALBROOK_PUBLICATION", db.publication_name()),
-        ("WALBROOK_ROOT", ROOT.to_string()),
-        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
-    ])
-    .unwrap();
-    let config = raw.validate().unwrap();
-    tokio::spawn(async move {
-        // Stopped by the test's end; the result does not matter then.
-        let _ = walbrook_producer::pipeline::run(config, shutdown).await;
-    });
-}
 
 fn spawn_sink(source: &TestDb<'_>, url: &str, nats_url: &str, log: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -66,21 +41,6 @@ fn spawn_sink(source: &TestDb<'_>, url: &str, nats_url: &str, log: &std::path::P
         .unwrap()
 }
 
-struct Reaper(Option<u32>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-fn sigkill(child: &mut Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-    let _ = child.wait();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id() {
     let pg = PgServer::shared();
@@ -93,26 +53,8 @@ async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id(
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    start_producer(&db, &nats.url(), shutdown.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: i64 = source
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&db.slot_name()],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the producer never streamed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_producer(&db, &nats.url(), ROOT, "public.load", shutdown.clone());
+    wait_until_streaming(&source, &db.slot_name()).await;
 
     const ROWS: i64 = 400;
     let url = db.url();
