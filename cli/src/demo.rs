@@ -82,7 +82,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     loop {
         let active: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walbrook_demo' AND active",
+                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = 'walbrook_demo'",
                 &[],
             )
             .await?

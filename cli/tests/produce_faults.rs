@@ -246,7 +246,7 @@ async fn wait_for_active_slot(db: &TestDb<'_>) {
     loop {
         let active = db
             .psql(&format!(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
+                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = '{}'",
                 db.slot_name()
             ))
             .unwrap();

@@ -103,7 +103,7 @@ async fn two_instances_share_the_tables_of_one_sink() {
     loop {
         let active: i64 = source
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1",
                 &[&source_db.slot_name()],
             )
             .await

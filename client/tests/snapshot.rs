@@ -73,7 +73,7 @@ impl Setup {
             let active: i64 = setup
                 .sql
                 .query_one(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1",
                     &[&setup.db.slot_name()],
                 )
                 .await

@@ -442,7 +442,7 @@ async fn wait_for_slot(client: &tokio_postgres::Client, slot: &str) {
     loop {
         let row = client
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1",
                 &[&slot],
             )
             .await

@@ -54,7 +54,7 @@ pub async fn wait_until_streaming(sql: &tokio_postgres::Client, slot: &str) {
     loop {
         let active: i64 = sql
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1",
                 &[&slot],
             )
             .await

@@ -90,7 +90,7 @@ impl Setup {
             let row = self
                 .sql
                 .query_one(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1",
                     &[&self.db.slot_name()],
                 )
                 .await

@@ -2,7 +2,7 @@
 //! the same machine in the same run.
 //!
 //! ```text
-//! walbrook-bench [--rows N] [--rows-per-tx M] [--out DIR]
+//! walbrook-bench [--rows N] [--rows-per-tx M] [--out DIR] [--latency-rate R] [--latency-seconds S]
 //! ```
 //!
 //! Backlog drain: fills an N-row backlog behind two logical slots, then times
@@ -16,6 +16,12 @@
 //! request until the producer has stored the `end` message in JetStream (every row
 //! acked), and reports rows/s of both and their ratio (e)/(d) in `DIR/snapshot.json`.
 //!
+//! Latency: (f) `walbrook produce` streams a table written at a steady R changes/s (100
+//! transactions/s of R/100 rows, one connection); a JetStream subscriber in this process
+//! records, for every change, the time from its transaction's COMMIT returning to the
+//! writer until the event arrives (same clock), and reports p50, p99 and max in
+//! `DIR/latency.json` (the first 2 s are warm-up and not counted).
+//!
 //! The `walbrook` binary must sit next to this one (`cargo build --release -p
 //! walbrook-cli -p walbrook-harness`); `make bench` does that.
 
@@ -28,6 +34,8 @@ struct Args {
     rows: u64,
     rows_per_tx: u64,
     out: std::path::PathBuf,
+    latency_rate: u64,
+    latency_seconds: u64,
 }
 
 fn parse_args() -> Args {
@@ -35,6 +43,8 @@ fn parse_args() -> Args {
         rows: 1_000_000,
         rows_per_tx: 1_000,
         out: "results".into(),
+        latency_rate: 5_000,
+        latency_seconds: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +53,10 @@ fn parse_args() -> Args {
             "--rows" => args.rows = value.parse().expect("--rows N"),
             "--rows-per-tx" => args.rows_per_tx = value.parse().expect("--rows-per-tx M"),
             "--out" => args.out = value.into(),
+            "--latency-rate" => args.latency_rate = value.parse().expect("--latency-rate R"),
+            "--latency-seconds" => {
+                args.latency_seconds = value.parse().expect("--latency-seconds S")
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -242,6 +256,167 @@ fn main() {
     );
 
     snapshot_bench(&pg, &db, &nats.url(), &walbrook, args.rows, &args.out);
+    latency_bench(
+        &pg,
+        &nats.url(),
+        &walbrook,
+        args.latency_rate,
+        args.latency_seconds,
+        &args.out,
+    );
+}
+
+/// (f) Commit → receive latency at a steady rate; see the module docs.
+fn latency_bench(
+    pg: &PgServer,
+    nats_url: &str,
+    walbrook: &std::path::Path,
+    rate: u64,
+    seconds: u64,
+    out: &std::path::Path,
+) {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+    use futures::StreamExt;
+
+    let db = pg.fresh_database("latency");
+    db.psql("CREATE TABLE lat (id bigint PRIMARY KEY, note text NOT NULL)")
+        .expect("table");
+    let log = std::fs::File::create(out.join("producer-latency.log")).ok();
+    let mut producer = Command::new(walbrook)
+        .arg("produce")
+        .env("WALBROOK_PG_URL", db.url())
+        .env("WALBROOK_NATS_URL", nats_url)
+        .env("WALBROOK_TABLES", "public.lat")
+        .env("WALBROOK_SLOT", db.slot_name())
+        .env("WALBROOK_PUBLICATION", db.publication_name())
+        .env("WALBROOK_ROOT", "LAT")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, Stdio::from))
+        .spawn()
+        .expect("walbrook produce");
+    let rows_per_tx = (rate / 100).max(1);
+    let result = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let (sql, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            let js = jetstream::new(async_nats::connect(nats_url).await.expect("nats"));
+            let stream_name = format!("LAT_{}_WAL", db.name());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let stream = loop {
+                let active = db
+                    .psql(&format!(
+                        "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = '{}'",
+                        db.slot_name()
+                    ))
+                    .unwrap_or_default();
+                if active.trim() == "1"
+                    && let Ok(stream) = js.get_stream(&stream_name).await
+                {
+                    break stream;
+                }
+                assert!(Instant::now() < deadline, "the producer never started");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    deliver_policy: DeliverPolicy::New,
+                    ..Default::default()
+                })
+                .await
+                .expect("consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            let received: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+            let sink = received.clone();
+            let reader = tokio::spawn(async move {
+                while let Some(Ok(message)) = messages.next().await {
+                    let at = Instant::now();
+                    let body = String::from_utf8_lossy(&message.payload);
+                    if let Some(id) = body
+                        .split("row-")
+                        .nth(1)
+                        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                        .and_then(|d| d.parse().ok())
+                    {
+                        sink.lock().unwrap().push((id, at));
+                    }
+                }
+            });
+            let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+            let mut ticker = tokio::time::interval(Duration::from_millis(10));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let started = Instant::now();
+            let warm_up = Duration::from_secs(2);
+            let mut next_id: i64 = 0;
+            let mut written = 0u64;
+            while started.elapsed() < Duration::from_secs(seconds) + warm_up {
+                ticker.tick().await;
+                let first = next_id;
+                let last = first + rows_per_tx as i64 - 1;
+                sql.execute(
+                    "INSERT INTO lat SELECT g, 'row-' || g FROM generate_series($1::bigint, $2::bigint) g",
+                    &[&first, &last],
+                )
+                .await
+                .expect("insert");
+                let at = Instant::now();
+                if started.elapsed() >= warm_up {
+                    let mut map = committed.lock().unwrap();
+                    for id in first..=last {
+                        map.insert(id, at);
+                    }
+                    written += rows_per_tx;
+                }
+                next_id = last + 1;
+            }
+            let measured = started.elapsed() - warm_up;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            reader.abort();
+            let committed = committed.lock().unwrap();
+            let mut latencies: Vec<Duration> = received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|(id, at)| committed.get(id).map(|c| at.saturating_duration_since(*c)))
+                .collect();
+            latencies.sort();
+            let pick = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
+            assert!(!latencies.is_empty(), "no event arrived");
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            serde_json::json!({
+                "benchmark": "latency",
+                "target_changes_per_second": rate,
+                "achieved_changes_per_second": written as f64 / measured.as_secs_f64(),
+                "rows_per_transaction": rows_per_tx,
+                "seconds": measured.as_secs_f64(),
+                "changes_measured": latencies.len(),
+                "changes_written": written,
+                "p50_ms": ms(pick(50)),
+                "p99_ms": ms(pick(99)),
+                "max_ms": ms(*latencies.last().unwrap()),
+            })
+        });
+    let _ = producer.kill();
+    let _ = producer.wait();
+    let path = out.join("latency.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
+    println!(
+        "latency at {:.0} changes/s (target {rate}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} changes ({})",
+        result["achieved_changes_per_second"]
+            .as_f64()
+            .unwrap_or(0.0),
+        result["p50_ms"].as_f64().unwrap_or(0.0),
+        result["p99_ms"].as_f64().unwrap_or(0.0),
+        result["max_ms"].as_f64().unwrap_or(0.0),
+        result["changes_measured"],
+        path.display()
+    );
 }
 
 /// (d) and (e): COPY of the table versus a Walbrook snapshot of it into JetStream.
