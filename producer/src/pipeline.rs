@@ -532,7 +532,18 @@ impl Pipeline<'_> {
             tracing::info!(slot = %self.config.slot, "replication started");
             // Another producer may have published until a moment ago (after a takeover,
             // or a restart): never publish again what the stream already holds.
-            let stored = streams::last_position(&mut self.wal_stream).await?;
+            let stored = match streams::last_position(&mut self.wal_stream).await {
+                Ok(stored) => stored,
+                // JetStream unavailable for a moment (a cluster electing a leader):
+                // retry from the slot rather than stop.
+                Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, ?backoff, "cannot read the newest stored event; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             self.skip_through = self.skip_through.max(stored);
             self.metrics.set_ready(true);
             let outcome = self.stream_loop(&mut stream, shutdown).await;
