@@ -2,6 +2,9 @@
 //! rejects a row, the sink dead-letters it and goes on; `dlq list` shows it; once the
 //! constraint is dropped, `dlq replay postgres …` applies it and empties the subject.
 
+mod common;
+
+use common::{Reaper, connect, wait_until_streaming};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -12,14 +15,6 @@ use walbrook_harness::{NatsServer, PgServer, TestDb};
 use walbrook_producer::config::RawConfig;
 
 const ROOT: &str = "DLQCLI";
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (sql, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sql
-}
 
 fn walbrook(source: &TestDb<'_>, nats: &str, target: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_walbrook"));
@@ -36,17 +31,6 @@ fn walbrook(source: &TestDb<'_>, nats: &str, target: &str, args: &[&str]) -> Com
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
     command
-}
-
-/// Kills the sink if the test ends early, so no process outlives it.
-struct Reaper(Option<u32>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
 }
 
 async fn run(mut command: Command) -> Output {
@@ -88,25 +72,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
         raw.validate().unwrap(),
         shutdown.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: i64 = source
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1",
-                &[&source_db.slot_name()],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the producer never streamed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_streaming(&source, &source_db.slot_name()).await;
     source
         .batch_execute(
             "BEGIN; INSERT INTO c VALUES (1, 'fine'), (2, 'poison'), (3, 'fine'); COMMIT;
