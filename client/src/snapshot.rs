@@ -6,6 +6,7 @@
 //! message, a row count mismatch or no message for [`SnapshotRequest::stall_timeout`]
 //! is an `Err` as the stream's last item: a snapshot is never silently short.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,13 +17,14 @@ use async_nats::RequestErrorKind;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, Message};
 use futures::{Stream, StreamExt};
+use walbrook_pgtype_avro::fingerprint::split_single_object;
 use walbrook_protocol::headers;
-use walbrook_protocol::snapshot::{ListReply, ListRequest, SnapshotEnd, control};
+use walbrook_protocol::snapshot::{ListReply, ListRequest, SnapshotEnd, batch, control};
 
 pub use walbrook_protocol::snapshot::{FilterOp, RowFilter, SnapshotInfo, SnapshotStatus};
 
-use crate::error::{Error, ErrorKind};
-use crate::event::ChangeEvent;
+use crate::error::{Error, ErrorKind, UndecodedMessage};
+use crate::event::{AckHandle, ChangeEvent};
 use crate::large_payload::PayloadObjects;
 use crate::names::{Lsn, Names, TablePattern};
 use crate::schema::SchemaCache;
@@ -159,6 +161,8 @@ struct Reader {
     id: String,
     received: Arc<AtomicU64>,
     finished: bool,
+    /// Decoded rows of a row batch not handed out yet.
+    pending: VecDeque<ChangeEvent>,
 }
 
 impl Reader {
@@ -166,6 +170,10 @@ impl Reader {
     async fn next(&mut self) -> (Option<Result<ChangeEvent, Error>>, bool) {
         let id = &self.id;
         loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.received.fetch_add(1, Ordering::Relaxed);
+                return (Some(Ok(event)), false);
+            }
             let received = self.received.load(Ordering::Relaxed);
             let message = match tokio::time::timeout(self.stall, self.messages.next()).await {
                 Err(_) => {
@@ -193,7 +201,19 @@ impl Reader {
                 .as_ref()
                 .and_then(|h| h.get(headers::SNAPSHOT_CONTROL))
                 .map(|v| v.as_str().to_string());
+            let batch_rows = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::SNAPSHOT_ROWS))
+                .map(|v| v.as_str().to_string());
             match control_kind.as_deref() {
+                None if batch_rows.is_some() => {
+                    let count = batch_rows.unwrap_or_default();
+                    match decode_batch(&self.cache, message, &count).await {
+                        Ok(events) => self.pending = events,
+                        Err(e) => return (Some(Err(e)), false),
+                    }
+                }
                 None => {
                     let event = decode_message(&self.cache, &self.objects, message, false).await;
                     if event.is_ok() {
@@ -255,6 +275,88 @@ impl Stream for Snapshot {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rows.as_mut().poll_next(cx)
     }
+}
+
+/// Decodes the rows of a row batch (protocol §8.2) announced to hold `count` rows. Any
+/// fault fails the whole message (its rows are then missing from the count at `end`).
+async fn decode_batch(
+    cache: &SchemaCache,
+    message: Message,
+    count: &str,
+) -> Result<VecDeque<ChangeEvent>, Error> {
+    let subject = message.subject.to_string();
+    let (stream_sequence, delivered) = match message.info() {
+        Ok(info) => (
+            info.stream_sequence,
+            u64::try_from(info.delivered).unwrap_or(0),
+        ),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("a delivered message has no JetStream metadata: {e}"),
+            ));
+        }
+    };
+    let payload = message.payload.clone();
+    let headers = message.headers.clone();
+    let undecoded = |e: Error| {
+        e.for_message(UndecodedMessage {
+            subject: subject.clone(),
+            stream_sequence,
+            headers: headers.clone(),
+            payload: payload.clone(),
+            ack: AckHandle::none(),
+        })
+    };
+    let count: u64 = count.parse().map_err(|_| {
+        undecoded(Error::new(
+            ErrorKind::Protocol,
+            format!("bad {} header {count:?}", headers::SNAPSHOT_ROWS),
+        ))
+    })?;
+    let ranges = batch::split(&payload, count).map_err(|e| {
+        undecoded(Error::with_source(
+            ErrorKind::Decode,
+            "malformed snapshot row batch",
+            e,
+        ))
+    })?;
+    let mut events = VecDeque::with_capacity(ranges.len());
+    let mut schema = None;
+    for range in ranges {
+        let row = payload.slice(range);
+        let (fingerprint, _) = split_single_object(&row).map_err(|e| {
+            undecoded(Error::with_source(
+                ErrorKind::Decode,
+                "a batched row is not an Avro single-object message",
+                e,
+            ))
+        })?;
+        let schema = match &schema {
+            Some(schema) => Arc::clone(schema),
+            None => {
+                let found = cache.get(fingerprint).await.map_err(undecoded)?;
+                schema = Some(Arc::clone(&found));
+                found
+            }
+        };
+        // A batch holds one table version; `decode` refuses another fingerprint.
+        let decoded = schema.decode(&row).map_err(undecoded)?;
+        events.push_back(ChangeEvent {
+            op: decoded.op,
+            source: decoded.source,
+            before: decoded.before,
+            after: decoded.after,
+            fingerprint,
+            subject: subject.clone(),
+            stream_sequence,
+            delivered,
+            ack: AckHandle::none(),
+            payload: row,
+            headers: headers.clone(),
+        });
+    }
+    Ok(events)
 }
 
 fn nats_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -399,6 +501,7 @@ pub(crate) async fn read(
         id: info.id.clone(),
         received: Arc::clone(&received),
         finished: false,
+        pending: VecDeque::new(),
     };
     let rows = futures::stream::unfold(reader, |mut reader| async move {
         if reader.finished {

@@ -8,6 +8,10 @@ use common::{ROOT, Setup, events};
 use walbrook_client::{PgValue, Start, Subscription};
 use walbrook_harness::NatsServer;
 
+/// A snapshot message as seen on the wire: control kind, first row, row count, and
+/// whether its body is in the object store.
+type Layout = (Option<String>, Option<String>, Option<String>, bool);
+
 #[tokio::test]
 async fn events_larger_than_max_payload_arrive_whole_through_the_object_store() {
     // 64 KiB max_payload; the big row is ~320 KB of incompressible text.
@@ -91,5 +95,65 @@ async fn events_larger_than_max_payload_arrive_whole_through_the_object_store() 
         .await
         .unwrap();
     assert!(info.size > 300_000, "{info:?}");
+
+    // A snapshot of the same rows: the small ones travel in row batches, the big one
+    // alone through the object store (protocol §8.2), and all three arrive whole.
+    let mut snapshot = client
+        .snapshot(walbrook_client::SnapshotRequest::table("public.docs"))
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    while let Some(event) = futures::StreamExt::next(&mut snapshot).await {
+        let event = event.unwrap();
+        let after = event.after().unwrap();
+        read.push((after.get("id").cloned(), after.get("body").cloned()));
+    }
+    assert_eq!(read.len(), 3);
+    assert_eq!(
+        read[0],
+        (Some(PgValue::Int4(1)), Some(PgValue::Text("small".into())))
+    );
+    assert_eq!(read[1].0, Some(PgValue::Int4(2)));
+    assert!(
+        read[1].1 == Some(PgValue::Text(big.clone())),
+        "the big row, byte for byte"
+    );
+    assert_eq!(
+        read[2],
+        (
+            Some(PgValue::Int4(3)),
+            Some(PgValue::Text("small again".into()))
+        )
+    );
+    let snap = js
+        .get_stream(format!("{ROOT}_{}_SNAP", setup.db.name()))
+        .await
+        .unwrap();
+    let layout: Vec<Layout> =
+        futures::future::join_all((1..=5).map(|sequence| snap.get_raw_message(sequence)))
+            .await
+            .into_iter()
+            .map(|m| {
+                let m = m.unwrap();
+                let header = |name: &str| m.headers.get(name).map(|v| v.to_string());
+                (
+                    header("Walbrook-Snapshot-Control"),
+                    header("Walbrook-Snapshot-Row"),
+                    header("Walbrook-Snapshot-Rows"),
+                    header("Walbrook-Payload-Object").is_some(),
+                )
+            })
+            .collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        layout,
+        vec![
+            (some("begin"), None, None, false),
+            (None, some("1"), some("1"), false),
+            (None, some("2"), None, true),
+            (None, some("3"), some("1"), false),
+            (some("end"), None, None, false),
+        ]
+    );
     setup.stop().await;
 }

@@ -361,7 +361,8 @@ async fn creek_types_data_snapshot_lists_and_rereads() {
         .await
         .unwrap();
     let state = stream.info().await.unwrap().state.clone();
-    assert_eq!(state.messages, 1002, "begin + 1000 rows + end");
+    // Rows travel in batches (protocol §8.2): one message per chunk of 128 here.
+    assert_eq!(state.messages, 2 + 8, "begin + 8 row batches + end");
     let begin = stream.get_raw_message(state.first_sequence).await.unwrap();
     let end = stream.get_raw_message(state.last_sequence).await.unwrap();
     assert_eq!(
@@ -381,17 +382,38 @@ async fn creek_types_data_snapshot_lists_and_rereads() {
     );
     let end_body: serde_json::Value = serde_json::from_slice(&end.payload).unwrap();
     assert_eq!(end_body["rows"], 1000);
-    let row = stream
-        .get_raw_message(state.first_sequence + 1)
-        .await
-        .unwrap();
-    assert_eq!(row.headers.get("Walbrook-Op").unwrap().as_str(), "read");
-    assert_eq!(
-        row.headers.get("Walbrook-Snapshot-Row").unwrap().as_str(),
-        "1"
-    );
-    assert!(row.headers.get("Walbrook-Snapshot-Control").is_none());
+    let mut next_row = 1u64;
+    for sequence in state.first_sequence + 1..state.last_sequence {
+        let batch = stream.get_raw_message(sequence).await.unwrap();
+        let header = |name: &str| batch.headers.get(name).map(|v| v.as_str().to_string());
+        assert_eq!(header("Walbrook-Op").as_deref(), Some("read"));
+        assert!(header("Walbrook-Snapshot-Control").is_none());
+        assert_eq!(header("Walbrook-Snapshot-Row"), Some(next_row.to_string()));
+        assert_eq!(
+            header("Nats-Msg-Id"),
+            Some(format!("snap-{}-{next_row}", info.id))
+        );
+        let count: u64 = header("Walbrook-Snapshot-Rows").unwrap().parse().unwrap();
+        assert_eq!(count, if next_row <= 7 * 128 { 128 } else { 104 });
+        let rows =
+            walbrook_protocol::snapshot::batch::split(&batch.payload, count).expect("framing");
+        for range in rows {
+            // Each framed row is a single-object message of the table's schema.
+            assert_eq!(&batch.payload[range.start..range.start + 2], &[0xC3, 0x01]);
+            assert_eq!(
+                hex(&batch.payload[range.start + 2..range.start + 10]),
+                info.fingerprint
+            );
+        }
+        next_row += count;
+    }
+    assert_eq!(next_row, 1001);
     setup.stop().await;
+}
+
+/// The fingerprint text of the 8 header bytes (protocol §3.3: their hex, in order).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sends a raw request; returns (error code, message) or the accepted document.

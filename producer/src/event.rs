@@ -190,27 +190,41 @@ impl TableEncoder {
         after: Option<&pgoutput::Tuple>,
     ) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(64 + source.table.len() * 2);
+        self.encode_into(op, source, before, after, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`TableEncoder::encode`] appending to `out` (a buffer reused across events). On an
+    /// error `out` holds a partial event.
+    pub fn encode_into(
+        &self,
+        op: Op,
+        source: &Source,
+        before: Option<&pgoutput::Tuple>,
+        after: Option<&pgoutput::Tuple>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         out.extend_from_slice(&walbrook_pgtype_avro::fingerprint::SINGLE_OBJECT_MAGIC);
         out.extend_from_slice(&self.fingerprint.to_bytes());
-        write_long(i64::try_from(op.index()).expect("six symbols"), &mut out);
-        write_string(&source.database, &mut out);
-        write_string(&source.schema, &mut out);
-        write_string(&source.table, &mut out);
-        write_long(source.xid, &mut out);
-        write_long(lsn_long(source.commit_lsn), &mut out);
-        write_long(lsn_long(source.lsn), &mut out);
-        write_long(source.commit_ts_micros, &mut out);
-        write_long(i64::try_from(source.ordinal).unwrap_or(i64::MAX), &mut out);
+        write_long(i64::try_from(op.index()).expect("six symbols"), out);
+        write_string(&source.database, out);
+        write_string(&source.schema, out);
+        write_string(&source.table, out);
+        write_long(source.xid, out);
+        write_long(lsn_long(source.commit_lsn), out);
+        write_long(lsn_long(source.lsn), out);
+        write_long(source.commit_ts_micros, out);
+        write_long(i64::try_from(source.ordinal).unwrap_or(i64::MAX), out);
         out.push(u8::from(source.last));
-        write_long(source.sent_at_micros, &mut out);
+        write_long(source.sent_at_micros, out);
         for (schema, tuple) in [(&self.before, before), (&self.after, after)] {
             match tuple {
-                None => write_long(0, &mut out),
+                None => write_long(0, out),
                 Some(tuple) => {
-                    write_long(1, &mut out);
+                    write_long(1, out);
                     let values = self.text_values(tuple)?;
                     schema
-                        .write_text_body(&values, &mut out)
+                        .write_text_body(&values, out)
                         .map_err(|e| EncodeError::Value {
                             table: self.table(),
                             detail: describe_error(&e),
@@ -218,7 +232,7 @@ impl TableEncoder {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The same event built as Avro values and encoded by apache-avro: the reference

@@ -103,6 +103,12 @@ impl LargePayloads {
         body_len + header_len + HEADER_MARGIN <= self.max_payload()
     }
 
+    /// The largest body a message with a few short headers (under 1 KiB) may carry on the
+    /// connected server.
+    pub fn max_body(&self) -> usize {
+        self.max_payload().saturating_sub(1024 + HEADER_MARGIN)
+    }
+
     fn max_payload(&self) -> usize {
         let (max, read_at) = self.max_payload.get();
         if read_at.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) {

@@ -125,8 +125,12 @@ pub mod headers {
     pub const PAYLOAD_OBJECT: &str = "Walbrook-Payload-Object";
     /// On snapshot control messages: `begin`, `end` or `failed` (docs/protocol.md §8).
     pub const SNAPSHOT_CONTROL: &str = "Walbrook-Snapshot-Control";
-    /// On snapshot rows: the row's 1-based number within the snapshot.
+    /// On snapshot rows: the 1-based number within the snapshot of the message's (first)
+    /// row.
     pub const SNAPSHOT_ROW: &str = "Walbrook-Snapshot-Row";
+    /// On a snapshot row batch: how many rows its body holds (docs/protocol.md §8.2; the
+    /// body is then framed by [`crate::snapshot::batch`]). Absent: the body is one row.
+    pub const SNAPSHOT_ROWS: &str = "Walbrook-Snapshot-Rows";
     /// On every snapshot message: the snapshot id.
     pub const SNAPSHOT_ID: &str = "Walbrook-Snapshot-Id";
 }

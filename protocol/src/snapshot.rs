@@ -13,6 +13,115 @@ pub mod control {
     pub const FAILED: &str = "failed";
 }
 
+/// Framing of a snapshot row batch (docs/protocol.md §8.2): several rows in one message.
+///
+/// The body is a sequence of Avro `bytes` values — each a zig-zag varint length followed
+/// by that many bytes — and each value is one row as an Avro single-object message (§3).
+/// Any Avro library can read it; a reader knows how many values to expect from the
+/// [`crate::headers::SNAPSHOT_ROWS`] header and MUST refuse a body that holds another
+/// count or trailing bytes.
+pub mod batch {
+    /// Why a batch body is malformed.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum BatchError {
+        /// A length prefix is cut off, negative or longer than 10 bytes.
+        #[error("row {row}: bad length prefix")]
+        BadLength {
+            /// 1-based row within the batch.
+            row: u64,
+        },
+        /// A row is shorter than its length prefix says.
+        #[error("row {row}: {missing} bytes missing")]
+        Truncated {
+            /// 1-based row within the batch.
+            row: u64,
+            /// How many bytes the body lacks.
+            missing: usize,
+        },
+        /// The body holds more or fewer rows than announced.
+        #[error("the batch announces {announced} rows but holds {found}")]
+        Count {
+            /// The header's count.
+            announced: u64,
+            /// Rows found (up to the first one too many).
+            found: u64,
+        },
+    }
+
+    /// The framed size of a row of `len` bytes.
+    pub fn framed_len(len: usize) -> usize {
+        let mut z = (len as u64) << 1;
+        let mut n = 1;
+        while z >= 0x80 {
+            z >>= 7;
+            n += 1;
+        }
+        n + len
+    }
+
+    /// Appends one row (a single-object message) to a batch body.
+    pub fn push(body: &mut Vec<u8>, row: &[u8]) {
+        let mut z = (row.len() as u64) << 1; // zig-zag of a non-negative long
+        while z >= 0x80 {
+            body.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+        body.push(z as u8);
+        body.extend_from_slice(row);
+    }
+
+    /// Splits a batch body announced to hold `count` rows into the rows' byte ranges.
+    pub fn split(body: &[u8], count: u64) -> Result<Vec<std::ops::Range<usize>>, BatchError> {
+        let mut rows = Vec::with_capacity(usize::try_from(count.min(1 << 16)).unwrap_or(0));
+        let mut at = 0;
+        while at < body.len() {
+            let row = rows.len() as u64 + 1;
+            if row > count {
+                return Err(BatchError::Count {
+                    announced: count,
+                    found: row,
+                });
+            }
+            let mut z: u64 = 0;
+            let mut shift = 0;
+            loop {
+                let Some(&b) = body.get(at) else {
+                    return Err(BatchError::BadLength { row });
+                };
+                at += 1;
+                z |= u64::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+                if shift >= 63 {
+                    return Err(BatchError::BadLength { row });
+                }
+            }
+            if z & 1 == 1 {
+                return Err(BatchError::BadLength { row });
+            }
+            let len = usize::try_from(z >> 1).map_err(|_| BatchError::BadLength { row })?;
+            let end = at.checked_add(len).ok_or(BatchError::BadLength { row })?;
+            if end > body.len() {
+                return Err(BatchError::Truncated {
+                    row,
+                    missing: end - body.len(),
+                });
+            }
+            rows.push(at..end);
+            at = end;
+        }
+        if rows.len() as u64 != count {
+            return Err(BatchError::Count {
+                announced: count,
+                found: rows.len() as u64,
+            });
+        }
+        Ok(rows)
+    }
+}
+
 /// A request on `<root>.<db>.rpc.snapshot`. Unknown fields are an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,6 +335,60 @@ pub struct RpcError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_batches_round_trip_and_refuse_bad_framing() {
+        let rows: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0xC3, 1, 2],
+            vec![7; 63],
+            vec![9; 64],
+            vec![1; 300],
+        ];
+        let mut body = Vec::new();
+        for row in &rows {
+            let before = body.len();
+            batch::push(&mut body, row);
+            assert_eq!(body.len() - before, batch::framed_len(row.len()));
+        }
+        let ranges = batch::split(&body, rows.len() as u64).unwrap();
+        let back: Vec<Vec<u8>> = ranges.into_iter().map(|r| body[r].to_vec()).collect();
+        assert_eq!(back, rows);
+        // 64 is the first length needing two bytes (zig-zag 128).
+        assert_eq!(batch::framed_len(63), 64);
+        assert_eq!(batch::framed_len(64), 66);
+        assert_eq!(
+            batch::split(&body, 4),
+            Err(batch::BatchError::Count {
+                announced: 4,
+                found: 5
+            })
+        );
+        assert_eq!(
+            batch::split(&body, 6),
+            Err(batch::BatchError::Count {
+                announced: 6,
+                found: 5
+            })
+        );
+        assert_eq!(
+            batch::split(&body[..body.len() - 1], 5),
+            Err(batch::BatchError::Truncated { row: 5, missing: 1 })
+        );
+        assert_eq!(
+            batch::split(&[0x80], 1),
+            Err(batch::BatchError::BadLength { row: 1 })
+        );
+        assert_eq!(
+            batch::split(&[0x01], 1),
+            Err(batch::BatchError::BadLength { row: 1 })
+        );
+        assert_eq!(
+            batch::split(&[0xff; 12], 1),
+            Err(batch::BatchError::BadLength { row: 1 })
+        );
+        assert_eq!(batch::split(&[], 0), Ok(vec![]));
+    }
 
     #[test]
     fn requests_reject_unknown_fields_and_parse_filters() {

@@ -32,6 +32,7 @@ use walbrook_protocol::{StreamKind, Subjects};
 
 use crate::config::{ProducerConfig, StreamConfig};
 use crate::event::TableEncoder;
+use crate::large_payload::LargePayloads;
 use crate::metrics::{KindLabels, Metrics};
 use crate::pipeline::{ProducerError, connect_sql};
 use crate::registry::{self, Registry};
@@ -84,6 +85,8 @@ struct Shared {
     retention: Duration,
     max_inflight: usize,
     ack_timeout: Duration,
+    /// Settings of the large payload bucket (shared with the change stream).
+    large_settings: StreamConfig,
     permits: Arc<Semaphore>,
     max_concurrent: usize,
     cancel: CancellationToken,
@@ -141,6 +144,7 @@ impl Service {
             retention: config.snapshot.retention,
             max_inflight: config.nats.max_inflight,
             ack_timeout: config.nats.ack_timeout,
+            large_settings: config.stream.clone(),
             permits: Arc::new(Semaphore::new(config.snapshot.max_concurrent)),
             max_concurrent: config.snapshot.max_concurrent,
             cancel: CancellationToken::new(),
@@ -386,6 +390,12 @@ async fn accept(shared: &Arc<Shared>, payload: &[u8]) -> Result<run::Run, RpcFai
         sql,
         pg_url: shared.pg_url.clone(),
         nats: shared.nats.clone(),
+        large: LargePayloads::new(
+            shared.nats.clone(),
+            shared.js.clone(),
+            shared.subjects.large_payload_bucket(),
+            shared.large_settings.clone(),
+        ),
         max_inflight: shared.max_inflight,
         ack_timeout: shared.ack_timeout,
         metrics: shared.metrics.clone(),

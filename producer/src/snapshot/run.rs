@@ -19,9 +19,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use walbrook_protocol::headers;
-use walbrook_protocol::snapshot::{SnapshotEnd, SnapshotInfo, SnapshotStatus, control};
+use walbrook_protocol::snapshot::{SnapshotEnd, SnapshotInfo, SnapshotStatus, batch, control};
 
 use crate::event::{Op, Source};
+use crate::large_payload::LargePayloads;
 use crate::lsn::Lsn;
 use crate::metrics::{KindLabels, Metrics, TableLabels};
 use crate::pgoutput::{ColumnValue, Tuple};
@@ -44,6 +45,8 @@ pub(super) struct Run {
     pub sql: Client,
     pub pg_url: String,
     pub nats: async_nats::Client,
+    /// Where rows larger than the server's `max_payload` go.
+    pub large: LargePayloads,
     pub max_inflight: usize,
     pub ack_timeout: Duration,
     pub metrics: Metrics,
@@ -63,6 +66,7 @@ impl Run {
             sql,
             pg_url,
             nats,
+            mut large,
             max_inflight,
             ack_timeout,
             metrics,
@@ -71,10 +75,12 @@ impl Run {
             permit,
         } = self;
         metrics.snapshots_running.inc();
-        let js = context_for(nats.clone(), max_inflight, ack_timeout);
+        // The window counts messages, and row batches are large: bound it in bytes too.
+        let window = max_inflight.min(BATCH_WINDOW);
+        let js = context_for(nats.clone(), window, ack_timeout);
         let mut publisher = Publisher::new(
             js.clone(),
-            max_inflight,
+            window,
             RetryPolicy {
                 give_up_after: Some(Duration::from_secs(60)),
                 ..RetryPolicy::default()
@@ -93,6 +99,7 @@ impl Run {
             &sql,
             &pg_url,
             &mut publisher,
+            &mut large,
             &mut progress,
             &cancel,
             started_micros,
@@ -169,6 +176,7 @@ async fn publish_all(
     sql: &Client,
     pg_url: &str,
     publisher: &mut Publisher,
+    large: &mut LargePayloads,
     progress: &mut Progress,
     cancel: &CancellationToken,
     started_micros: i64,
@@ -205,8 +213,27 @@ async fn publish_all(
     ));
     let _abort_reader = AbortOnDrop(reader);
     let desc = table.encoder.desc();
-    let subject = info.subject.clone();
-    let fingerprint = table.encoder.fingerprint().to_string();
+    let mut batch = RowBatch {
+        subject: info.subject.clone(),
+        snapshot: info.id.clone(),
+        fingerprint: table.encoder.fingerprint().to_string(),
+        body: Vec::new(),
+        rows: 0,
+        first: 1,
+    };
+    let mut source = Source {
+        database: info.database.clone(),
+        schema: desc.schema.clone(),
+        table: desc.table.clone(),
+        xid: 0,
+        commit_lsn: point.position,
+        lsn: point.position,
+        commit_ts_micros: started_micros,
+        ordinal: 0,
+        last: false,
+        sent_at_micros: 0,
+    };
+    let mut scratch = Vec::with_capacity(1024);
     let mut rows: u64 = 0;
     loop {
         let chunk = tokio::select! {
@@ -216,39 +243,37 @@ async fn publish_all(
         };
         let Some(chunk) = chunk else { break };
         let chunk = chunk?;
+        let limit = large.max_body().min(BATCH_BYTES);
+        let sent_at = now_micros();
         for tuple in chunk {
             rows += 1;
-            let source = Source {
-                database: info.database.clone(),
-                schema: desc.schema.clone(),
-                table: desc.table.clone(),
-                xid: 0,
-                commit_lsn: point.position,
-                lsn: point.position,
-                commit_ts_micros: started_micros,
-                ordinal: rows - 1,
-                last: false,
-                sent_at_micros: now_micros(),
-            };
-            let payload = table
+            source.ordinal = rows - 1;
+            source.sent_at_micros = sent_at;
+            scratch.clear();
+            table
                 .encoder
-                .encode(Op::Read, &source, None, Some(&tuple))
+                .encode_into(Op::Read, &source, None, Some(&tuple), &mut scratch)
                 .map_err(|e| format!("cannot encode row {rows}: {e}"))?;
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("snap-{}-{rows}", info.id).as_str());
-            headers.insert(headers::FINGERPRINT, fingerprint.as_str());
-            headers.insert(headers::OP, Op::Read.as_str());
-            headers.insert(headers::SNAPSHOT_ID, info.id.as_str());
-            headers.insert(headers::SNAPSHOT_ROW, rows.to_string().as_str());
-            publisher
-                .push(OutMessage {
-                    subject: subject.clone(),
-                    headers,
-                    payload: Bytes::from(payload),
-                    chained: false,
-                })
-                .await
-                .map_err(publish_err)?;
+            let framed = batch::framed_len(scratch.len());
+            if batch.rows > 0 && batch.body.len() + framed > limit {
+                batch.publish(publisher).await.map_err(publish_err)?;
+            }
+            if framed > limit {
+                // Too large to share a message: on its own, claim-checked if it exceeds
+                // max_payload (protocol §3.5).
+                publish_single(&batch, rows, scratch.clone(), publisher, large).await?;
+                batch.first = rows + 1;
+                continue;
+            }
+            if batch.rows == 0 {
+                batch.first = rows;
+                batch.body.reserve(limit);
+            }
+            batch::push(&mut batch.body, &scratch);
+            batch.rows += 1;
+        }
+        if batch.rows > 0 {
+            batch.publish(publisher).await.map_err(publish_err)?;
         }
         // Rows are counted as acked in order: a confirm marker per chunk.
         publisher.push_confirm(Lsn(rows));
@@ -257,6 +282,7 @@ async fn publish_all(
             .await
             .map_err(|e| format!("recording progress: {e}"))?;
     }
+    let subject = batch.subject.clone();
     publisher.flush().await.map_err(publish_err)?;
     progress.update(publisher.confirmed());
     let end = SnapshotEnd {
@@ -275,6 +301,91 @@ async fn publish_all(
         .map_err(publish_err)?;
     publisher.flush().await.map_err(publish_err)?;
     Ok(rows)
+}
+
+/// Upper bound of a row batch's body; the server's `max_payload` may lower it.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Most row batches awaiting their ack: with [`BATCH_BYTES`], 16 MiB in flight.
+const BATCH_WINDOW: usize = 64;
+
+/// Rows waiting to go out as one message (protocol §8.2).
+struct RowBatch {
+    subject: String,
+    snapshot: String,
+    fingerprint: String,
+    /// Framed rows ([`batch`]).
+    body: Vec<u8>,
+    rows: u64,
+    /// 1-based number of the first row.
+    first: u64,
+}
+
+impl RowBatch {
+    fn headers(&self, first: u64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("snap-{}-{first}", self.snapshot).as_str(),
+        );
+        headers.insert(headers::FINGERPRINT, self.fingerprint.as_str());
+        headers.insert(headers::OP, Op::Read.as_str());
+        headers.insert(headers::SNAPSHOT_ID, self.snapshot.as_str());
+        headers.insert(headers::SNAPSHOT_ROW, first.to_string().as_str());
+        headers
+    }
+
+    /// Publishes the rows gathered so far as one message and starts a new batch.
+    async fn publish(
+        &mut self,
+        publisher: &mut Publisher,
+    ) -> Result<(), crate::publish::PublishFailure> {
+        let mut headers = self.headers(self.first);
+        headers.insert(headers::SNAPSHOT_ROWS, self.rows.to_string().as_str());
+        let body = std::mem::take(&mut self.body);
+        self.first += self.rows;
+        self.rows = 0;
+        publisher
+            .push(OutMessage {
+                subject: self.subject.clone(),
+                headers,
+                payload: Bytes::from(body),
+                chained: false,
+            })
+            .await
+    }
+}
+
+/// Publishes row `row` alone: a plain single-object body, or a reference to the object
+/// store when it exceeds the server's `max_payload`.
+async fn publish_single(
+    batch: &RowBatch,
+    row: u64,
+    payload: Vec<u8>,
+    publisher: &mut Publisher,
+    large: &mut LargePayloads,
+) -> Result<(), String> {
+    let mut headers = batch.headers(row);
+    let payload = if large.fits(&headers, payload.len()) {
+        Bytes::from(payload)
+    } else {
+        let object = format!("snap-{}-{row}", batch.snapshot);
+        let reference = large
+            .store(&object, payload.into())
+            .await
+            .map_err(|e| e.to_string())?;
+        headers.insert(headers::PAYLOAD_OBJECT, reference.as_str());
+        Bytes::new()
+    };
+    publisher
+        .push(OutMessage {
+            subject: batch.subject.clone(),
+            headers,
+            payload,
+            chained: false,
+        })
+        .await
+        .map_err(|e| format!("publishing to NATS: {e}"))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

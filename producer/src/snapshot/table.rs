@@ -355,22 +355,43 @@ impl SnapshotTable {
 }
 
 /// The rows of a simple-protocol result, as text values exactly as the types' output
-/// functions write them (the same form pgoutput sends).
+/// functions write them (the same form pgoutput sends). All values share one buffer
+/// (one allocation per chunk instead of one per value: this is a snapshot's hot path).
 pub fn text_rows(messages: Vec<SimpleQueryMessage>) -> Vec<pgoutput::Tuple> {
-    messages
+    let rows: Vec<_> = messages
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(pgoutput::Tuple(
-                (0..row.len())
-                    .map(|i| match row.get(i) {
-                        Some(text) => pgoutput::ColumnValue::Text(bytes::Bytes::copy_from_slice(
-                            text.as_bytes(),
-                        )),
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .collect();
+    // Each value is read (and UTF-8 checked by the library) once; the buffer grows by
+    // doubling, a few allocations per chunk.
+    let mut buffer = bytes::BytesMut::with_capacity(64 * rows.len());
+    let mut spans = Vec::with_capacity(rows.iter().map(|row| row.len()).sum());
+    for row in &rows {
+        for i in 0..row.len() {
+            spans.push(row.get(i).map(|text| {
+                let start = buffer.len();
+                buffer.extend_from_slice(text.as_bytes());
+                start..buffer.len()
+            }));
+        }
+    }
+    let buffer = buffer.freeze();
+    let mut spans = spans.into_iter();
+    rows.iter()
+        .map(|row| {
+            pgoutput::Tuple(
+                spans
+                    .by_ref()
+                    .take(row.len())
+                    .map(|span| match span {
+                        Some(span) => pgoutput::ColumnValue::Text(buffer.slice(span)),
                         None => pgoutput::ColumnValue::Null,
                     })
                     .collect(),
-            )),
-            _ => None,
+            )
         })
         .collect()
 }
