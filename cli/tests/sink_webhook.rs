@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Reaper, connect, sigkill, start_producer, wait_until_streaming};
+use common::{Reaper, connect, sigkill, start_producer, start_producer_with, wait_until_streaming};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -347,6 +347,95 @@ async fn a_new_webhook_sink_bootstraps_from_a_snapshot_then_follows_the_changes(
         "no second bootstrap:\n{text}"
     );
     assert!(text.contains("resuming, no snapshot"), "{text}");
+    sigkill(&mut sink);
+    reaper.0 = None;
+    shutdown.cancel();
+}
+
+/// `walbrook sink` authenticates with an NKey seed (`WALBROOK_NATS_NKEY`/`--nats-nkey`): with
+/// the seed of a user the server knows it delivers the changes; with another it stops with an
+/// authentication error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_authenticates_with_an_nkey_seed() {
+    let producer_user = nkeys::KeyPair::new_user();
+    let sink_user = nkeys::KeyPair::new_user();
+    let nats = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }} ] }}",
+        producer_user.public_key(),
+        sink_user.public_key()
+    ))
+    .unwrap();
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("hooknkey");
+    let receiver = WebhookReceiver::start().unwrap();
+    let source = connect(&db.url()).await;
+    source
+        .batch_execute("CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL)")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer_seed = producer_user.seed().unwrap();
+    start_producer_with(
+        &db,
+        &nats.url(),
+        ROOT,
+        "public.load",
+        &[("WALBROOK_NATS_NKEY", producer_seed.as_str())],
+        shutdown.clone(),
+    );
+    wait_until_streaming(&source, &db.slot_name()).await;
+    source
+        .batch_execute("INSERT INTO load VALUES (1, 'signed in')")
+        .await
+        .unwrap();
+
+    let log = std::env::temp_dir().join(format!("{}-hooknkey.log", db.name()));
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    let mut refused = spawn_sink_with(
+        &db,
+        &receiver.url(),
+        &nats.url(),
+        &log,
+        &[("WALBROOK_NATS_NKEY", stranger.as_str())],
+    );
+    let mut reaper = Reaper(Some(refused.id()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a sink with an unknown NKey did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "an unknown NKey is refused");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.to_lowercase().contains("auth"),
+        "the error names authentication:\n{text}"
+    );
+
+    let sink_seed = sink_user.seed().unwrap();
+    let mut sink = spawn_sink_with(
+        &db,
+        &receiver.url(),
+        &nats.url(),
+        &log,
+        &[("WALBROOK_NATS_NKEY", sink_seed.as_str())],
+    );
+    reaper.0 = Some(sink.id());
+    let requests = tokio::task::spawn_blocking(move || {
+        let r = receiver.wait_for_requests(1, Duration::from_secs(30));
+        (receiver, r)
+    })
+    .await
+    .unwrap()
+    .1
+    .expect("the sink delivered the row");
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(body["after"]["note"], "signed in", "{body}");
     sigkill(&mut sink);
     reaper.0 = None;
     shutdown.cancel();
