@@ -106,8 +106,14 @@ async fn a_delivery_taken_from_the_consumer_is_detected_and_applied_anyway() {
                 else {
                     continue;
                 };
+                let mut got = false;
                 while let Some(Ok(message)) = batch.next().await {
                     stolen.push(message.info().unwrap().stream_sequence);
+                    got = true;
+                }
+                if got {
+                    // Spread the thefts over the run: several holes, several recreations.
+                    tokio::time::sleep(Duration::from_millis(600)).await;
                 }
             }
             stolen
@@ -175,6 +181,10 @@ async fn a_delivery_taken_from_the_consumer_is_detected_and_applied_anyway() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    println!(
+        "stolen stream sequences {stolen:?}; gaps detected {}",
+        metrics.delivery_gaps_total()
+    );
     assert!(
         metrics.delivery_gaps_total() >= 1,
         "{} deliveries stolen, no gap counted",
