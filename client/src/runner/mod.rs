@@ -335,10 +335,15 @@ impl<S: Sink> Runner<S> {
             .get_stream(self.client.names().wal_stream())
             .await
             .map_err(|e| {
-                Error::new(
-                    ErrorKind::StreamNotFound,
-                    format!("getting the change stream (has the producer run?): {e}"),
-                )
+                use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+                let missing = matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
+                let kind = if missing {
+                    ErrorKind::StreamNotFound
+                } else {
+                    ErrorKind::Nats
+                };
+                Error::with_source(kind, "getting the change stream (has the producer run?)", e)
             })?;
         let info = stream
             .info()
