@@ -28,6 +28,9 @@ pub struct CommonArgs {
     /// NATS credentials file.
     #[arg(long, env = "WALBROOK_NATS_CREDS")]
     nats_creds: Option<std::path::PathBuf>,
+    /// NATS NKey seed (`SU…`).
+    #[arg(long, env = "WALBROOK_NATS_NKEY", hide_env_values = true)]
+    nats_nkey: Option<String>,
     /// CA certificate for TLS to NATS.
     #[arg(long, env = "WALBROOK_NATS_TLS_CA")]
     nats_tls_ca: Option<std::path::PathBuf>,
@@ -100,15 +103,19 @@ impl CommonArgs {
             &self.nats_password,
             &self.nats_token,
             &self.nats_creds,
+            &self.nats_nkey,
         ) {
-            (Some(user), Some(password), None, None) => Credentials::UserPassword {
+            (Some(user), Some(password), None, None, None) => Credentials::UserPassword {
                 user: user.clone(),
                 password: password.clone(),
             },
-            (None, None, Some(token), None) => Credentials::Token(token.clone()),
-            (None, None, None, Some(path)) => Credentials::CredsFile(path.clone()),
-            (None, None, None, None) => Credentials::None,
-            _ => bail!("give one NATS authentication: user+password, token or creds file"),
+            (None, None, Some(token), None, None) => Credentials::Token(token.clone()),
+            (None, None, None, Some(path), None) => Credentials::CredsFile(path.clone()),
+            (None, None, None, None, Some(seed)) => Credentials::NKey(seed.clone()),
+            (None, None, None, None, None) => Credentials::None,
+            _ => {
+                bail!("give one NATS authentication: user+password, token, creds file or NKey seed")
+            }
         };
         options = options.credentials(credentials);
         if let Some(ca) = &self.nats_tls_ca {

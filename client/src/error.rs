@@ -204,6 +204,7 @@ pub struct UndecodedMessage {
     pub subject: String,
     /// Its JetStream stream sequence.
     pub stream_sequence: u64,
+    pub(crate) consumer_sequence: u64,
     /// Its headers.
     pub headers: Option<HeaderMap>,
     /// Its payload, as stored.
@@ -212,6 +213,12 @@ pub struct UndecodedMessage {
 }
 
 impl UndecodedMessage {
+    /// The consumer's delivery sequence of this delivery (see
+    /// [`ChangeEvent::consumer_sequence`](crate::ChangeEvent::consumer_sequence)).
+    pub fn consumer_sequence(&self) -> u64 {
+        self.consumer_sequence
+    }
+
     /// Acknowledges the message on a durable consumer, so it is not delivered again (for
     /// example after storing it elsewhere). A no-op on an ephemeral subscription.
     ///

@@ -196,6 +196,8 @@ pub struct ChangeEvent {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) subject: String,
     pub(crate) stream_sequence: u64,
+    /// The consumer's delivery sequence (0 when not delivered by a consumer).
+    pub(crate) consumer_sequence: u64,
     pub(crate) delivered: u64,
     pub(crate) ack: AckHandle,
     /// The message as stored (for dead letters).
@@ -249,6 +251,14 @@ impl ChangeEvent {
     /// The JetStream stream sequence.
     pub fn stream_sequence(&self) -> u64 {
         self.stream_sequence
+    }
+
+    /// The JetStream consumer's delivery sequence of this delivery: it grows by one with
+    /// every message the consumer delivers (redeliveries included), so a jump means a
+    /// delivery never reached this subscriber. 0 for an event not delivered by a consumer (a
+    /// replayed dead letter).
+    pub fn consumer_sequence(&self) -> u64 {
+        self.consumer_sequence
     }
 
     /// How many times JetStream delivered this message (1 the first time; more after a

@@ -166,6 +166,7 @@ impl EventSchema {
             fingerprint: self.fingerprint,
             subject: String::new(),
             stream_sequence: 0,
+            consumer_sequence: 0,
             delivered: 0,
             ack: crate::event::AckHandle::none(),
             payload: bytes::Bytes::copy_from_slice(payload),

@@ -479,6 +479,7 @@ pub(crate) async fn decode_stored(
         fingerprint,
         subject,
         stream_sequence,
+        consumer_sequence: 0,
         delivered: 1,
         ack: AckHandle::none(),
         payload,
@@ -492,9 +493,10 @@ pub(crate) async fn decode_message(
     message: Message,
     durable: bool,
 ) -> Result<ChangeEvent, Error> {
-    let (stream_sequence, delivered) = match message.info() {
+    let (stream_sequence, consumer_sequence, delivered) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
+            info.consumer_sequence,
             u64::try_from(info.delivered).unwrap_or(0),
         ),
         Err(e) => {
@@ -516,6 +518,7 @@ pub(crate) async fn decode_message(
         e.for_message(UndecodedMessage {
             subject: subject.clone(),
             stream_sequence,
+            consumer_sequence,
             headers: headers.clone(),
             payload: payload.clone(),
             ack: ack.clone(),
@@ -547,6 +550,7 @@ pub(crate) async fn decode_message(
         fingerprint,
         subject,
         stream_sequence,
+        consumer_sequence,
         delivered,
         ack,
         payload,

@@ -7,7 +7,7 @@
 //!   (`sha256=<hex HMAC-SHA256 of the body with the configured secret>`), `Content-Type:
 //!   application/json`.
 //! * 2xx is delivered. 5xx, 429, timeouts and connection errors are retried with exponential
-//!   backoff, honouring `Retry-After` (seconds); after `max_attempts` the event goes to the
+//!   backoff, honouring `Retry-After` (seconds or an HTTP-date); after `max_attempts` the event goes to the
 //!   dead-letter subject. Any other status (400, 404, 422…) is a refusal: dead letter at once.
 //! * Delivery is at least once: a redelivery after a crash carries the same id, so receivers
 //!   deduplicate on `Walbrook-Event-Id`. Events of one key are delivered in order (the runner
@@ -127,8 +127,7 @@ impl WebhookSink {
                         .headers()
                         .get("Retry-After")
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                        .and_then(|v| retry_after(v, std::time::SystemTime::now()));
                     if !(status.is_server_error()
                         || status.as_u16() == 429
                         || status.as_u16() == 408)
@@ -149,6 +148,17 @@ impl WebhookSink {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// The wait a `Retry-After` value asks for (RFC 9110 §10.2.3): delay-seconds, or an
+/// HTTP-date (a date already past: no wait). `None` for a value that is neither.
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn event_json(event: &ChangeEvent) -> Result<serde_json::Value, SinkError> {
@@ -212,5 +222,32 @@ mod tests {
             signature(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        use std::time::UNIX_EPOCH;
+        // Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example).
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now),
+            Some(Duration::from_secs(120))
+        );
+        // The obsolete forms an HTTP/1.1 recipient must accept too.
+        assert_eq!(
+            retry_after("Sunday, 06-Nov-94 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            retry_after("Sun Nov  6 08:49:57 1994", now),
+            Some(Duration::from_secs(20))
+        );
+        // A date already past: retry at once.
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
     }
 }

@@ -319,3 +319,48 @@ async fn a_stop_cancels_a_waiting_delivery_and_the_event_comes_again() {
     task.await.unwrap();
     setup.stop().await;
 }
+
+/// `Retry-After` as an HTTP-date is honoured: a receiver asking to come back in five
+/// minutes gets no retry within the next seconds (the backoff alone would retry after
+/// ~200 ms), and a stop cancels the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_http_date_is_honoured() {
+    let mut setup = Setup::start(
+        "hook_date",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "public.t",
+    )
+    .await;
+    let receiver = WebhookReceiver::start().unwrap();
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(300));
+    receiver.push_response(503, &[("Retry-After", later.as_str())]);
+    let client = setup.client().await;
+    let sink = WebhookSink::new(WebhookOptions::new(receiver.url())).unwrap();
+    let mut runner = Runner::new(client, sink, RunnerOptions::new("date", ["public.t"]));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    setup.exec(&["INSERT INTO t VALUES (1)"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no delivery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests = receiver.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "retried before the date in Retry-After ({later}): {:?}",
+        requests
+            .iter()
+            .map(|r| r.header("Walbrook-Attempt"))
+            .collect::<Vec<_>>()
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the runner stops without waiting for Retry-After")
+        .unwrap();
+    setup.stop().await;
+}

@@ -29,6 +29,18 @@ pub fn start_producer(
     tables: &str,
     shutdown: CancellationToken,
 ) {
+    start_producer_with(db, nats_url, root, tables, &[], shutdown);
+}
+
+/// [`start_producer`] with more producer settings (`WALBROOK_*` names and values).
+pub fn start_producer_with(
+    db: &TestDb<'_>,
+    nats_url: &str,
+    root: &str,
+    tables: &str,
+    extra_env: &[(&str, &str)],
+    shutdown: CancellationToken,
+) {
     let mut raw = RawConfig::default();
     raw.apply_env([
         ("WALBROOK_PG_URL", db.url()),
@@ -40,6 +52,8 @@ pub fn start_producer(
         ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
     ])
     .unwrap();
+    raw.apply_env(extra_env.iter().map(|(k, v)| (*k, v.to_string())))
+        .unwrap();
     let config = raw.validate().unwrap();
     tokio::spawn(async move {
         // Stopped by the test's end; the result does not matter then.

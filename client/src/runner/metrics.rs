@@ -19,6 +19,7 @@ pub struct RunnerMetrics {
     dead_letters: Counter,
     retries: Counter,
     batches: Counter,
+    delivery_gaps: Counter,
     batch_seconds: Histogram,
     lag_seconds: Gauge<f64, AtomicU64>,
     position: Gauge,
@@ -26,6 +27,7 @@ pub struct RunnerMetrics {
     applied_total: AtomicU64,
     dead_letters_total: AtomicU64,
     retries_total: AtomicU64,
+    delivery_gaps_total: AtomicU64,
 }
 
 impl RunnerMetrics {
@@ -44,6 +46,7 @@ impl RunnerMetrics {
         let dead_letters = Counter::default();
         let retries = Counter::default();
         let batches = Counter::default();
+        let delivery_gaps = Counter::default();
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
         let position = Gauge::default();
@@ -64,6 +67,12 @@ impl RunnerMetrics {
         );
         registry.register("retries", "Retried batch attempts", retries.clone());
         registry.register("batches", "Batches applied", batches.clone());
+        registry.register(
+            "delivery_gaps",
+            "Holes in the durable consumer's delivery sequence (the consumer was recreated after \
+             the last applied event)",
+            delivery_gaps.clone(),
+        );
         registry.register(
             "batch_seconds",
             "Time to apply a batch durably, retries included",
@@ -86,6 +95,7 @@ impl RunnerMetrics {
             dead_letters,
             retries,
             batches,
+            delivery_gaps,
             batch_seconds,
             lag_seconds,
             position,
@@ -93,6 +103,7 @@ impl RunnerMetrics {
             applied_total: AtomicU64::new(0),
             dead_letters_total: AtomicU64::new(0),
             retries_total: AtomicU64::new(0),
+            delivery_gaps_total: AtomicU64::new(0),
         }
     }
 
@@ -118,6 +129,11 @@ impl RunnerMetrics {
     pub(crate) fn retried(&self) {
         self.retries.inc();
         self.retries_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn delivery_gap(&self) {
+        self.delivery_gaps.inc();
+        self.delivery_gaps_total.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn batch(&self, took: Duration) {
@@ -147,6 +163,11 @@ impl RunnerMetrics {
     /// Retried attempts so far.
     pub fn retries_total(&self) -> u64 {
         self.retries_total.load(Ordering::Relaxed)
+    }
+
+    /// Delivery-sequence gaps detected so far (each made the runner recreate its consumer).
+    pub fn delivery_gaps_total(&self) -> u64 {
+        self.delivery_gaps_total.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition.

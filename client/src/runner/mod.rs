@@ -23,6 +23,7 @@
 //!    acknowledged; a fatal error stops the runner with nothing acknowledged.
 
 mod dead_letter;
+mod delivery;
 mod metrics;
 pub mod partition;
 mod retry;
@@ -127,6 +128,8 @@ pub struct Runner<S: Sink> {
     processed: u64,
     /// An item read past the end of the previous batch (the next transaction's first).
     carry: Option<Result<ChangeEvent, Error>>,
+    /// Continuity of the current subscription's delivery sequence.
+    deliveries: delivery::DeliverySequence,
 }
 
 impl<S: Sink> std::fmt::Debug for Runner<S> {
@@ -157,6 +160,7 @@ impl<S: Sink> Runner<S> {
             checkpoint: None,
             processed: 0,
             carry: None,
+            deliveries: delivery::DeliverySequence::default(),
         }
     }
 
@@ -323,6 +327,31 @@ impl<S: Sink> Runner<S> {
         }
     }
 
+    /// The sequence the change stream's next message will get.
+    async fn next_stream_sequence(&self) -> Result<u64, Error> {
+        let mut stream = self
+            .client
+            .js()
+            .get_stream(self.client.names().wal_stream())
+            .await
+            .map_err(|e| {
+                use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+                let missing = matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
+                let kind = if missing {
+                    ErrorKind::StreamNotFound
+                } else {
+                    ErrorKind::Nats
+                };
+                Error::with_source(kind, "getting the change stream (has the producer run?)", e)
+            })?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, "reading the change stream", e))?;
+        Ok(info.state.last_sequence + 1)
+    }
+
     async fn subscribe(&mut self, first: bool) -> Result<ChangeStream, Error> {
         let start = if self.processed > 0 {
             Start::Sequence(self.processed + 1)
@@ -332,6 +361,12 @@ impl<S: Sink> Runner<S> {
             start
         } else {
             self.options.start
+        };
+        // `New` is pinned to a sequence, so that a consumer recreated before it delivered
+        // anything (a delivery gap, a NATS error) resumes there instead of at a later "new".
+        let start = match start {
+            Start::New => Start::Sequence(self.next_stream_sequence().await?),
+            other => other,
         };
         match self.client.delete_durable(&self.options.consumer).await {
             Ok(_) => {}
@@ -387,6 +422,7 @@ impl<S: Sink> Runner<S> {
             first = false;
             attempt = 0;
             self.carry = None;
+            self.deliveries.reset();
             self.metrics.set_healthy(true);
             loop {
                 let items = tokio::select! {
@@ -486,6 +522,33 @@ impl<S: Sink> Runner<S> {
         let mut pending: Vec<ChangeEvent> = Vec::new();
         tracing::debug!(items = items.len(), "collected");
         for item in items {
+            let delivery = match &item {
+                Ok(event) => event.consumer_sequence(),
+                Err(error) => error.message().map_or(0, |m| m.consumer_sequence()),
+            };
+            if let delivery::Continuity::Gap { expected, got } = self.deliveries.observe(delivery) {
+                // Deliveries went missing: apply what came before them, then recreate the
+                // consumer after the last applied event, so the missing ones come again.
+                if !pending.is_empty() {
+                    match self
+                        .apply_batch(std::mem::take(&mut pending), shutdown, true)
+                        .await?
+                    {
+                        Flow::Continue => {}
+                        other => return Ok(other),
+                    }
+                }
+                self.metrics.delivery_gap();
+                tracing::warn!(
+                    consumer = %self.options.consumer,
+                    expected,
+                    got,
+                    after_stream_sequence = self.processed,
+                    "consumer deliveries {expected}..{got} never arrived: recreating the \
+                     consumer after the last applied event"
+                );
+                return Ok(Flow::Resubscribe);
+            }
             match item {
                 Ok(event) => {
                     if event.stream_sequence() <= self.processed

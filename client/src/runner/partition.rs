@@ -187,6 +187,7 @@ mod lane_tests {
             fingerprint: walbrook_pgtype_avro::Fingerprint::from_bytes([0; 8]),
             subject: "s".into(),
             stream_sequence: ordinal + 1,
+            consumer_sequence: ordinal + 1,
             delivered: 1,
             ack: AckHandle::none(),
             payload: bytes::Bytes::new(),

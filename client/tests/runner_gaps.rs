@@ -1,0 +1,206 @@
+//! The runner checks the durable consumer's delivery sequence: a delivery that never reaches
+//! it (here: taken by another client pulling from the same durable consumer, which is what a
+//! pull response lost on the way looks like to the runner) is detected as a gap, counted, and
+//! recovered by recreating the consumer after the last applied event — nothing is lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{ROOT, Setup};
+use tokio_util::sync::CancellationToken;
+use walbrook_client::runner::{Applied, Position, Runner, RunnerOptions, Sink, SinkError};
+use walbrook_client::{ChangeEvent, Op};
+
+/// An idempotent in-memory target: id → note.
+#[derive(Clone, Default)]
+struct MapSink {
+    rows: Arc<Mutex<BTreeMap<i64, String>>>,
+}
+
+impl Sink for MapSink {
+    fn name(&self) -> &str {
+        "map"
+    }
+
+    async fn checkpoint(&self, _consumer: &str) -> Result<Option<Position>, SinkError> {
+        Ok(None)
+    }
+
+    async fn apply(&self, _consumer: &str, events: &[ChangeEvent]) -> Result<Applied, SinkError> {
+        let mut rows = self.rows.lock().unwrap();
+        for event in events {
+            let image = |row: Option<&walbrook_client::Row>| {
+                let json = row.expect("a row image").to_json();
+                (
+                    json["id"].as_i64().unwrap(),
+                    json["note"].as_str().unwrap_or_default().to_owned(),
+                )
+            };
+            match event.op() {
+                Op::Insert | Op::Update | Op::Read => {
+                    let (id, note) = image(event.after());
+                    rows.insert(id, note);
+                }
+                Op::Delete => {
+                    rows.remove(&image(event.before()).0);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        Ok(Applied::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_taken_from_the_consumer_is_detected_and_applied_anyway() {
+    let setup = Setup::start(
+        "rungaps",
+        "CREATE TABLE t (id bigint PRIMARY KEY, note text NOT NULL)",
+        "public.t",
+    )
+    .await;
+    let client = setup.client().await;
+    let sink = MapSink::default();
+    let mut options = RunnerOptions::new("gaps", ["public.t"]);
+    options.max_batch_events = 10;
+    let mut runner = Runner::new(client, sink.clone(), options);
+    let metrics = runner.metrics();
+    let shutdown = CancellationToken::new();
+    let run = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { runner.run(shutdown).await })
+    };
+
+    // A thief pulls single messages from the same durable consumer and never acknowledges
+    // them: each one it gets is a delivery the runner never sees.
+    let nats = async_nats::connect(setup.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let stream_name = format!("{ROOT}_{}_WAL", setup.db.name());
+    let stop_thief = CancellationToken::new();
+    let thief = {
+        let stop = stop_thief.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut stolen = Vec::new();
+            while !stop.is_cancelled() && stolen.len() < 5 {
+                let consumer = match js.get_stream(&stream_name).await {
+                    Ok(s) => s
+                        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("gaps")
+                        .await
+                        .ok(),
+                    Err(_) => None,
+                };
+                let Some(consumer) = consumer else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let Ok(mut batch) = consumer
+                    .fetch()
+                    .max_messages(1)
+                    .expires(Duration::from_millis(500))
+                    .messages()
+                    .await
+                else {
+                    continue;
+                };
+                let mut got = false;
+                while let Some(Ok(message)) = batch.next().await {
+                    stolen.push(message.info().unwrap().stream_sequence);
+                    got = true;
+                }
+                if got {
+                    // Spread the thefts over the run: several holes, several recreations.
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                }
+            }
+            stolen
+        })
+    };
+
+    const ROWS: i64 = 400;
+    for id in 0..ROWS {
+        setup
+            .sql
+            .execute("INSERT INTO t VALUES ($1, 'v0')", &[&id])
+            .await
+            .unwrap();
+        if id % 3 == 0 {
+            setup
+                .sql
+                .execute("UPDATE t SET note = 'v1' WHERE id = $1", &[&(id / 2)])
+                .await
+                .unwrap();
+        }
+        if id % 7 == 0 {
+            setup
+                .sql
+                .execute("DELETE FROM t WHERE id = $1", &[&(id / 3)])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_thief.cancel();
+    let stolen = thief.await.unwrap();
+    assert!(
+        !stolen.is_empty(),
+        "the thief never got a delivery: the test provoked no gap"
+    );
+
+    let expected: BTreeMap<i64, String> = setup
+        .sql
+        .query("SELECT id, note FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Well within the consumer's ack_wait (5 min): the stolen deliveries are not simply
+    // redelivered by JetStream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = sink.rows.lock().unwrap().clone();
+        if rows == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the target differs after stealing stream sequences {stolen:?}: {} rows, source {}; \
+             missing {:?}; gaps detected: {}",
+            rows.len(),
+            expected.len(),
+            expected
+                .iter()
+                .filter(|(k, v)| rows.get(*k) != Some(*v))
+                .take(10)
+                .collect::<Vec<_>>(),
+            metrics.delivery_gaps_total()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "stolen stream sequences {stolen:?}; gaps detected {}",
+        metrics.delivery_gaps_total()
+    );
+    assert!(
+        metrics.delivery_gaps_total() >= 1,
+        "{} deliveries stolen, no gap counted",
+        stolen.len()
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("walbrook_sink_delivery_gaps_total"),
+        "{}",
+        metrics.render()
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the runner stops")
+        .unwrap()
+        .unwrap();
+}
