@@ -285,9 +285,10 @@ async fn decode_batch(
     count: &str,
 ) -> Result<VecDeque<ChangeEvent>, Error> {
     let subject = message.subject.to_string();
-    let (stream_sequence, delivered) = match message.info() {
+    let (stream_sequence, consumer_sequence, delivered) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
+            info.consumer_sequence,
             u64::try_from(info.delivered).unwrap_or(0),
         ),
         Err(e) => {
@@ -303,6 +304,7 @@ async fn decode_batch(
         e.for_message(UndecodedMessage {
             subject: subject.clone(),
             stream_sequence,
+            consumer_sequence,
             headers: headers.clone(),
             payload: payload.clone(),
             ack: AckHandle::none(),
@@ -350,6 +352,7 @@ async fn decode_batch(
             fingerprint,
             subject: subject.clone(),
             stream_sequence,
+            consumer_sequence,
             delivered,
             ack: AckHandle::none(),
             payload: row,
