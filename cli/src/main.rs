@@ -68,6 +68,10 @@ fn init_logging(default_level: &str) {
     }
 }
 
+/// Allocator of the whole binary (see cli/Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
