@@ -157,6 +157,7 @@ fn subscription(
     durable: Option<String>,
     prefetch: usize,
     ack_wait: f64,
+    dead_letter: Option<String>,
 ) -> PyResult<RustSubscription> {
     let patterns: Vec<String> = if let Ok(one) = tables.cast::<PyString>() {
         vec![one.to_cow()?.to_string()]
@@ -175,6 +176,9 @@ fn subscription(
         );
     if let Some(name) = durable {
         sub = sub.durable(name);
+    }
+    if let Some(name) = dead_letter {
+        sub = sub.dead_letter(name);
     }
     Ok(sub)
 }
@@ -290,9 +294,12 @@ impl Client {
     /// commit LSN is at least it). `durable`: a consumer name for explicit acknowledgements
     /// and resuming (its `start` applies only when it is created). `prefetch`: the most
     /// messages buffered ahead. `ack_wait`: seconds before an unacknowledged event of a
-    /// durable subscription is delivered again.
+    /// durable subscription is delivered again. `dead_letter`: a name; messages that cannot
+    /// be decoded (a definite error) are then stored on `<root>.<db>.dlq.<name>` with
+    /// diagnostic headers and acknowledged instead of raising (docs/python.md).
     #[pyo3(signature = (tables, *, start=None,
-        durable=None, prefetch=256, ack_wait=30.0))]
+        durable=None, prefetch=256, ack_wait=30.0, dead_letter=None))]
+    #[allow(clippy::too_many_arguments)]
     fn subscribe(
         &self,
         py: Python<'_>,
@@ -301,8 +308,17 @@ impl Client {
         durable: Option<String>,
         prefetch: usize,
         ack_wait: f64,
+        dead_letter: Option<String>,
     ) -> PyResult<Subscription> {
-        let sub = subscription(py, tables, start.as_ref(), durable, prefetch, ack_wait)?;
+        let sub = subscription(
+            py,
+            tables,
+            start.as_ref(),
+            durable,
+            prefetch,
+            ack_wait,
+            dead_letter,
+        )?;
         let client = self.inner.clone();
         let stream = runtime::block_on(py, async move { client.subscribe(sub).await })?
             .map_err(|e| to_py(py, e))?;
@@ -311,7 +327,8 @@ impl Client {
 
     /// `subscribe()` as a coroutine.
     #[pyo3(signature = (tables, *, start=None,
-        durable=None, prefetch=256, ack_wait=30.0))]
+        durable=None, prefetch=256, ack_wait=30.0, dead_letter=None))]
+    #[allow(clippy::too_many_arguments)]
     fn subscribe_async<'py>(
         &self,
         py: Python<'py>,
@@ -320,8 +337,17 @@ impl Client {
         durable: Option<String>,
         prefetch: usize,
         ack_wait: f64,
+        dead_letter: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let sub = subscription(py, tables, start.as_ref(), durable, prefetch, ack_wait)?;
+        let sub = subscription(
+            py,
+            tables,
+            start.as_ref(),
+            durable,
+            prefetch,
+            ack_wait,
+            dead_letter,
+        )?;
         let client = self.inner.clone();
         runtime::spawn_async(
             py,

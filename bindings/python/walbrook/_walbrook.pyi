@@ -236,6 +236,7 @@ class Client:
         durable: Optional[str] = None,
         prefetch: int = 256,
         ack_wait: float = 30.0,
+        dead_letter: Optional[str] = None,
     ) -> Subscription: ...
     def subscribe_async(
         self,
@@ -245,6 +246,7 @@ class Client:
         durable: Optional[str] = None,
         prefetch: int = 256,
         ack_wait: float = 30.0,
+        dead_letter: Optional[str] = None,
     ) -> Awaitable[Subscription]: ...
     def schema(self, fingerprint_text: str) -> Schema: ...
     def schema_async(self, fingerprint_text: str) -> Awaitable[Schema]: ...
