@@ -118,6 +118,10 @@ impl Client {
         if options.database.is_empty() {
             return Err(Error::new(ErrorKind::Config, "no database given"));
         }
+        // rustls needs a process-wide crypto provider; when an application's dependency
+        // graph enables both ring and aws-lc-rs it cannot pick one and TLS connects panic.
+        // async-nats uses ring: make it the default unless the application chose one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut connect = async_nats::ConnectOptions::new()
             .name(&options.name)
             .connection_timeout(options.connect_timeout)
