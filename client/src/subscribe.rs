@@ -141,7 +141,7 @@ impl Subscription {
     /// the next message. If the dead letter cannot be stored, the stream yields a retryable
     /// [`ErrorKind::Nats`] error that carries the message (a durable consumer delivers it
     /// again after `ack_wait`). Retryable errors (a schema lookup timing out…) are still
-    /// returned. `walbrook dlq list <name>` shows the dead letters. `name`: letters, digits,
+    /// returned. `walbrook dlq list --consumer <name>` shows the dead letters. `name`: letters, digits,
     /// `_` and `-`.
     pub fn dead_letter(mut self, name: impl Into<String>) -> Subscription {
         self.dead_letter = Some(name.into());
