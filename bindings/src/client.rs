@@ -13,6 +13,7 @@ use walbrook_client::{
 use crate::errors::{new_error, to_py};
 use crate::event::Schema;
 use crate::runtime;
+use crate::snapshot::{Snapshot, SnapshotInfo};
 use crate::subscription::Subscription;
 use crate::values::classes;
 
@@ -156,6 +157,7 @@ fn subscription(
     durable: Option<String>,
     prefetch: usize,
     ack_wait: f64,
+    dead_letter: Option<String>,
 ) -> PyResult<RustSubscription> {
     let patterns: Vec<String> = if let Ok(one) = tables.cast::<PyString>() {
         vec![one.to_cow()?.to_string()]
@@ -174,6 +176,9 @@ fn subscription(
         );
     if let Some(name) = durable {
         sub = sub.durable(name);
+    }
+    if let Some(name) = dead_letter {
+        sub = sub.dead_letter(name);
     }
     Ok(sub)
 }
@@ -289,9 +294,12 @@ impl Client {
     /// commit LSN is at least it). `durable`: a consumer name for explicit acknowledgements
     /// and resuming (its `start` applies only when it is created). `prefetch`: the most
     /// messages buffered ahead. `ack_wait`: seconds before an unacknowledged event of a
-    /// durable subscription is delivered again.
+    /// durable subscription is delivered again. `dead_letter`: a name; messages that cannot
+    /// be decoded (a definite error) are then stored on `<root>.<db>.dlq.<name>` with
+    /// diagnostic headers and acknowledged instead of raising (docs/python.md).
     #[pyo3(signature = (tables, *, start=None,
-        durable=None, prefetch=256, ack_wait=30.0))]
+        durable=None, prefetch=256, ack_wait=30.0, dead_letter=None))]
+    #[allow(clippy::too_many_arguments)]
     fn subscribe(
         &self,
         py: Python<'_>,
@@ -300,8 +308,17 @@ impl Client {
         durable: Option<String>,
         prefetch: usize,
         ack_wait: f64,
+        dead_letter: Option<String>,
     ) -> PyResult<Subscription> {
-        let sub = subscription(py, tables, start.as_ref(), durable, prefetch, ack_wait)?;
+        let sub = subscription(
+            py,
+            tables,
+            start.as_ref(),
+            durable,
+            prefetch,
+            ack_wait,
+            dead_letter,
+        )?;
         let client = self.inner.clone();
         let stream = runtime::block_on(py, async move { client.subscribe(sub).await })?
             .map_err(|e| to_py(py, e))?;
@@ -310,7 +327,8 @@ impl Client {
 
     /// `subscribe()` as a coroutine.
     #[pyo3(signature = (tables, *, start=None,
-        durable=None, prefetch=256, ack_wait=30.0))]
+        durable=None, prefetch=256, ack_wait=30.0, dead_letter=None))]
+    #[allow(clippy::too_many_arguments)]
     fn subscribe_async<'py>(
         &self,
         py: Python<'py>,
@@ -319,8 +337,17 @@ impl Client {
         durable: Option<String>,
         prefetch: usize,
         ack_wait: f64,
+        dead_letter: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let sub = subscription(py, tables, start.as_ref(), durable, prefetch, ack_wait)?;
+        let sub = subscription(
+            py,
+            tables,
+            start.as_ref(),
+            durable,
+            prefetch,
+            ack_wait,
+            dead_letter,
+        )?;
         let client = self.inner.clone();
         runtime::spawn_async(
             py,
@@ -387,13 +414,119 @@ impl Client {
         )
     }
 
-    // ---- SNAPSHOTS: reserved place (issue #5) -------------------------------------------
-    // Snapshot requests, listing and reading (`snapshot(...)`, `snapshots()`, iterating a
-    // snapshot's `read` events with `for`/`async for`) are being built in the producer and
-    // the Rust SDK by the snapshots work. They are not in the Python bindings yet; when the
-    // SDK has them they go here, next to `subscribe`, returning a `Subscription`-like
-    // iterator (docs/python.md, "Not yet").
-    // --------------------------------------------------------------------------------------
+    /// Requests a snapshot of one table (`"schema.table"`) and starts reading it: iterate
+    /// the returned `Snapshot` with `for` (or use `snapshot_async` and `async for`).
+    ///
+    /// `filter`: `(column, operator, value)` or `(column, "is_null")` — operators `=`,
+    /// `<>`, `<`, `<=`, `>`, `>=`, `is_null`, `is_not_null`; the value in PostgreSQL's text
+    /// form (`str`, `int`, `float`, `bool`). `chunk_size`: rows per chunk (1 to 100,000).
+    /// `stall_timeout`: seconds without a message before reading fails with `TimeoutError`.
+    /// Raises `RejectedError` (unknown or unpublished table, bad filter), `BusyError` (too
+    /// many snapshots running), `UnavailableError` (no producer).
+    #[pyo3(signature = (table, *, filter=None, chunk_size=None, stall_timeout=60.0))]
+    fn snapshot(
+        &self,
+        py: Python<'_>,
+        table: String,
+        filter: Option<Bound<'_, PyAny>>,
+        chunk_size: Option<u32>,
+        stall_timeout: f64,
+    ) -> PyResult<Snapshot> {
+        let request =
+            crate::snapshot::request(py, table, filter.as_ref(), chunk_size, stall_timeout)?;
+        let client = self.inner.clone();
+        let snapshot = runtime::block_on(py, async move { client.snapshot(request).await })?
+            .map_err(|e| to_py(py, e))?;
+        Snapshot::new(py, snapshot)
+    }
+
+    /// `snapshot()` as a coroutine.
+    #[pyo3(signature = (table, *, filter=None, chunk_size=None, stall_timeout=60.0))]
+    fn snapshot_async<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        filter: Option<Bound<'py, PyAny>>,
+        chunk_size: Option<u32>,
+        stall_timeout: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request =
+            crate::snapshot::request(py, table, filter.as_ref(), chunk_size, stall_timeout)?;
+        let client = self.inner.clone();
+        runtime::spawn_async(
+            py,
+            async move { client.snapshot(request).await },
+            |py, result| match result {
+                Ok(snapshot) => Ok(Py::new(py, Snapshot::new(py, snapshot)?)?.into_any()),
+                Err(e) => Err(to_py(py, e)),
+            },
+            |_| {},
+        )
+    }
+
+    /// The retained snapshots of `table` (`"schema.table"`, `"schema.*"` or `"*"`), oldest
+    /// first, as `SnapshotInfo`s.
+    #[pyo3(signature = (table="*".to_string()))]
+    fn snapshots(&self, py: Python<'_>, table: String) -> PyResult<Vec<SnapshotInfo>> {
+        let client = self.inner.clone();
+        let list = runtime::block_on(py, async move { client.snapshots(&table).await })?
+            .map_err(|e| to_py(py, e))?;
+        Ok(list.into_iter().map(SnapshotInfo::new).collect())
+    }
+
+    /// `snapshots()` as a coroutine.
+    #[pyo3(signature = (table="*".to_string()))]
+    fn snapshots_async<'py>(&self, py: Python<'py>, table: String) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.inner.clone();
+        runtime::spawn_async(
+            py,
+            async move { client.snapshots(&table).await },
+            |py, result| match result {
+                Ok(list) => {
+                    let infos = list
+                        .into_iter()
+                        .map(|info| Py::new(py, SnapshotInfo::new(info)))
+                        .collect::<PyResult<Vec<_>>>()?;
+                    Ok(infos.into_pyobject(py)?.into_any().unbind())
+                }
+                Err(e) => Err(to_py(py, e)),
+            },
+            |_| {},
+        )
+    }
+
+    /// Reads a retained snapshot again from its first row (`id` as in `SnapshotInfo.id`).
+    /// Raises `RejectedError` when no such snapshot is retained.
+    #[pyo3(signature = (id, *, stall_timeout=60.0))]
+    fn read_snapshot(&self, py: Python<'_>, id: String, stall_timeout: f64) -> PyResult<Snapshot> {
+        let stall = crate::snapshot::stall(py, stall_timeout)?;
+        let client = self.inner.clone();
+        let snapshot =
+            runtime::block_on(py, async move { client.read_snapshot(&id, stall).await })?
+                .map_err(|e| to_py(py, e))?;
+        Snapshot::new(py, snapshot)
+    }
+
+    /// `read_snapshot()` as a coroutine.
+    #[pyo3(signature = (id, *, stall_timeout=60.0))]
+    fn read_snapshot_async<'py>(
+        &self,
+        py: Python<'py>,
+        id: String,
+        stall_timeout: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let stall = crate::snapshot::stall(py, stall_timeout)?;
+        let client = self.inner.clone();
+        runtime::spawn_async(
+            py,
+            async move { client.read_snapshot(&id, stall).await },
+            |py, result| match result {
+                Ok(snapshot) => Ok(Py::new(py, Snapshot::new(py, snapshot)?)?.into_any()),
+                Err(e) => Err(to_py(py, e)),
+            },
+            |_| {},
+        )
+    }
 
     /// The source database this client reads.
     #[getter]

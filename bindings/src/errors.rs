@@ -25,6 +25,9 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Server => "server",
         ErrorKind::StreamNotFound => "stream_not_found",
+        ErrorKind::Rejected => "rejected",
+        ErrorKind::Busy => "busy",
+        ErrorKind::SnapshotFailed => "snapshot_failed",
         _ => "unknown",
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! * [`client::Client`] connects and subscribes; [`subscription::Subscription`] is iterated
 //!   with `for` (blocking, GIL released while waiting) or `async for` (asyncio).
+//! * [`snapshot::Snapshot`] reads a snapshot's rows the same two ways.
 //! * [`event::ChangeEvent`] carries native Python values ([`values`]), converted in Rust.
 //! * Errors are Python exceptions mirroring `walbrook_client::ErrorKind` ([`errors`]).
 //! * [`decoder::Decoder`] decodes payloads offline (the decode benchmark uses it).
@@ -15,6 +16,7 @@ pub mod decoder;
 pub mod errors;
 pub mod event;
 pub mod runtime;
+pub mod snapshot;
 pub mod subscription;
 pub mod values;
 
@@ -27,6 +29,8 @@ fn _walbrook(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", VERSION)?;
     module.add_class::<client::Client>()?;
     module.add_class::<subscription::Subscription>()?;
+    module.add_class::<snapshot::Snapshot>()?;
+    module.add_class::<snapshot::SnapshotInfo>()?;
     module.add_class::<event::ChangeEvent>()?;
     module.add_class::<event::Source>()?;
     module.add_class::<event::Schema>()?;

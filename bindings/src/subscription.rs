@@ -14,10 +14,14 @@ use crate::errors::to_py;
 use crate::event::{ChangeEvent, Names};
 use crate::runtime;
 
-type Item = Result<RustEvent, Error>;
+/// What a subscription or a snapshot yields.
+pub(crate) type Item = Result<RustEvent, Error>;
+
+/// The stream behind a subscription or a snapshot.
+pub(crate) type Events = std::pin::Pin<Box<dyn futures::Stream<Item = Item> + Send>>;
 
 /// What a wait for the next item ended with.
-enum Next {
+pub(crate) enum Next {
     Item(Box<Item>),
     /// The subscription ended or was closed.
     Ended,
@@ -26,7 +30,7 @@ enum Next {
 }
 
 pub(crate) struct Shared {
-    stream: tokio::sync::Mutex<Option<ChangeStream>>,
+    stream: tokio::sync::Mutex<Option<Events>>,
     /// Items taken from the stream but not handed out (an asyncio wait cancelled after the
     /// item arrived, an error held back behind a batch): handed out first, in order.
     held: Mutex<VecDeque<Item>>,
@@ -34,6 +38,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Shared state around a stream of events.
+    pub(crate) fn new(stream: Events) -> Shared {
+        Shared {
+            stream: tokio::sync::Mutex::new(Some(stream)),
+            held: Mutex::new(VecDeque::new()),
+            names: Mutex::new(Names::default()),
+        }
+    }
+
+    /// Drops the stream: the next waits end at once.
+    pub(crate) async fn close(&self) {
+        self.stream.lock().await.take();
+    }
+
     fn hold_front(&self, item: Item) {
         if let Ok(mut held) = self.held.lock() {
             held.push_front(item);
@@ -44,7 +62,7 @@ impl Shared {
         self.held.lock().ok().and_then(|mut h| h.pop_front())
     }
 
-    async fn next(&self, timeout: Option<Duration>) -> Next {
+    pub(crate) async fn next(&self, timeout: Option<Duration>) -> Next {
         if let Some(item) = self.take_held() {
             return Next::Item(Box::new(item));
         }
@@ -64,11 +82,15 @@ impl Shared {
         };
         match item {
             Some(item) => Next::Item(Box::new(item)),
-            None => Next::Ended,
+            None => {
+                // Ended: never poll it again.
+                guard.take();
+                Next::Ended
+            }
         }
     }
 
-    fn convert(&self, py: Python<'_>, item: Item) -> PyResult<ChangeEvent> {
+    pub(crate) fn convert(&self, py: Python<'_>, item: Item) -> PyResult<ChangeEvent> {
         match item {
             Ok(event) => {
                 let mut names = self
@@ -98,16 +120,12 @@ impl Subscription {
         Subscription {
             consumer: stream.consumer_name().to_string(),
             durable: stream.is_durable(),
-            shared: Arc::new(Shared {
-                stream: tokio::sync::Mutex::new(Some(stream)),
-                held: Mutex::new(VecDeque::new()),
-                names: Mutex::new(Names::default()),
-            }),
+            shared: Arc::new(Shared::new(Box::pin(stream))),
         }
     }
 }
 
-fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+pub(crate) fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     timeout
         .map(|t| {
             Duration::try_from_secs_f64(t)
@@ -214,7 +232,7 @@ impl Subscription {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let shared = self.shared.clone();
         runtime::block_on(py, async move {
-            shared.stream.lock().await.take();
+            shared.close().await;
         })
     }
 
@@ -249,7 +267,7 @@ impl Subscription {
         runtime::spawn_async(
             py,
             async move {
-                shared.stream.lock().await.take();
+                shared.close().await;
             },
             |py, ()| Ok(false.into_pyobject(py)?.to_owned().into_any().unbind()),
             |_| {},
@@ -272,23 +290,34 @@ impl Subscription {
         timeout: Option<Duration>,
         iteration: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let shared = self.shared.clone();
-        let for_convert = self.shared.clone();
-        let for_cancel = self.shared.clone();
-        runtime::spawn_async(
-            py,
-            async move { shared.next(timeout).await },
-            move |py, next| match next {
-                Next::Item(item) => Ok(Py::new(py, for_convert.convert(py, *item)?)?.into_any()),
-                Next::Ended if iteration => Err(PyStopAsyncIteration::new_err(())),
-                Next::Ended | Next::TimedOut => Ok(py.None()),
-            },
-            // Cancelled after the item arrived: keep it for the next call.
-            move |next| {
-                if let Next::Item(item) = next {
-                    for_cancel.hold_front(*item);
-                }
-            },
-        )
+        next_async(py, &self.shared, timeout, iteration)
     }
+}
+
+/// The next event of `shared` as an asyncio future: `StopAsyncIteration` at the end when
+/// `iteration`, else `None` at the end or after `timeout`.
+pub(crate) fn next_async<'py>(
+    py: Python<'py>,
+    shared: &Arc<Shared>,
+    timeout: Option<Duration>,
+    iteration: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let for_convert = shared.clone();
+    let for_cancel = shared.clone();
+    let shared = shared.clone();
+    runtime::spawn_async(
+        py,
+        async move { shared.next(timeout).await },
+        move |py, next| match next {
+            Next::Item(item) => Ok(Py::new(py, for_convert.convert(py, *item)?)?.into_any()),
+            Next::Ended if iteration => Err(PyStopAsyncIteration::new_err(())),
+            Next::Ended | Next::TimedOut => Ok(py.None()),
+        },
+        // Cancelled after the item arrived: keep it for the next call.
+        move |next| {
+            if let Next::Item(item) = next {
+                for_cancel.hold_front(*item);
+            }
+        },
+    )
 }

@@ -208,9 +208,14 @@ CREATE TABLE aio (id int PRIMARY KEY, v text);
 CREATE TABLE garbage (id int PRIMARY KEY, v text);
 CREATE TABLE batchy (id int PRIMARY KEY);
 CREATE TABLE dec (id int PRIMARY KEY, v text);
+CREATE TABLE snap (id int PRIMARY KEY, n numeric(12,2), t text, ts timestamptz, u uuid,
+  j jsonb, b bytea);
+CREATE TABLE snap_wait (id int PRIMARY KEY);
+CREATE TABLE dlq (id int PRIMARY KEY, v text);
 """
 TABLES = ["public.types", "public.ops", "public.durable", "public.aio", "public.garbage",
-          "public.batchy", "public.dec"]
+          "public.batchy", "public.dec", "public.snap", "public.snap_wait",
+          "public.dlq"]
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,15 @@
 """Sync iteration, operations, start positions, durable resume and error kinds."""
 
 import datetime as dt
+import json
+import os
+import subprocess
 import time
 
 import pytest
 
 import walbrook
-from conftest import nats_publish, take
+from conftest import SUBJECT_ROOT, binary, nats_publish, take
 
 
 def test_operations_arrive_in_order_with_rows(db):
@@ -175,3 +178,34 @@ def test_connection_and_subscription_errors_have_kinds(db, servers):
     # Mirrors the builtin too.
     assert issubclass(walbrook.TimeoutError, TimeoutError)
     assert walbrook.NatsError.retryable and not walbrook.DecodeError.retryable
+
+
+def test_dead_letter_option_stores_undecodable_messages_and_goes_on(db):
+    client = db.client()
+    client.delete_durable("py-dlq")
+    with pytest.raises(walbrook.ConfigError):
+        client.subscribe("public.dlq", dead_letter="bad name")
+    sub = client.subscribe("public.dlq", durable="py-dlq", dead_letter="py-dlq", ack_wait=1.0)
+    subject = db.wal_subject("public", "dlq")
+    nats_publish(db.servers.nats_url, subject, b"\x00garbage\xff")
+    db.sql("INSERT INTO dlq VALUES (1, 'after')")
+    event = take(sub, 1)[0]  # the garbage is not raised
+    assert event.after == {"id": 1, "v": "after"}
+    event.ack()
+    assert sub.next(timeout=1.5) is None  # and not redelivered: it was acknowledged
+    sub.close()
+
+    # `walbrook dlq list` (the runner's listing) shows the dead letter.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALBROOK_")}
+    env.update(WALBROOK_NATS_URL=db.servers.nats_url, WALBROOK_ROOT=SUBJECT_ROOT,
+               WALBROOK_SINK_SOURCE_DB=db.name, WALBROOK_SINK_CONSUMER="py-dlq")
+    out = subprocess.run([binary("walbrook"), "dlq", "list"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    letters = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(letters) == 1, letters
+    assert letters[0]["subject"] == subject
+    assert letters[0]["sink"] == "decode"
+    assert letters[0]["stream_sequence"] == event.stream_sequence - 1
+    assert "not an Avro single-object message" in letters[0]["error"]
+    client.delete_durable("py-dlq")

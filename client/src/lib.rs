@@ -11,7 +11,8 @@
 //!   [`Subscription::prefetch`] messages are buffered ahead of the caller.
 //! * Every message is decoded with its writer schema, looked up by fingerprint through the
 //!   producer's schema RPC once and cached (concurrent lookups of one fingerprint share one
-//!   request). [`ChangeEvent`] carries the op, the source metadata and the `before`/`after`
+//!   request), or taken from the schema announcements received while connected (a new
+//!   table version is announced before its first event). [`ChangeEvent`] carries the op, the source metadata and the `before`/`after`
 //!   rows as typed [`PgValue`]s with name-based access; unchanged TOAST values are
 //!   [`PgValue::Unchanged`]. Events serialise with serde (JSON: see [`value_to_json`]).
 //! * Nothing is skipped: a message that cannot be decoded is an [`Error`] of kind
@@ -117,6 +118,10 @@ impl Client {
         if options.database.is_empty() {
             return Err(Error::new(ErrorKind::Config, "no database given"));
         }
+        // rustls needs a process-wide crypto provider; when an application's dependency
+        // graph enables both ring and aws-lc-rs it cannot pick one and TLS connects panic.
+        // async-nats uses ring: make it the default unless the application chose one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut connect = async_nats::ConnectOptions::new()
             .name(&options.name)
             .connection_timeout(options.connect_timeout)
@@ -164,6 +169,16 @@ impl Client {
             names.schema_rpc(),
             options.request_timeout,
         ));
+        if options.schema_feed {
+            let feed = nats.subscribe(names.schema_all()).await.map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Nats,
+                    "subscribing to the schema announcements",
+                    e,
+                )
+            })?;
+            cache.set_feed(feed);
+        }
         Ok(Client {
             inner: Arc::new(Inner {
                 js: jetstream::new(nats.clone()),
@@ -201,6 +216,12 @@ impl Client {
     /// Cancel safe: a lookup in flight goes on for the other callers and fills the cache.
     pub async fn schema(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
         self.inner.cache.get(fingerprint).await
+    }
+
+    /// The decoder of a schema version if it is cached (from an earlier lookup or a schema
+    /// announcement received since connecting), without any request.
+    pub fn cached_schema(&self, fingerprint: Fingerprint) -> Option<Arc<EventSchema>> {
+        self.inner.cache.cached(fingerprint)
     }
 
     /// Deletes a durable consumer (its position is lost). Returns whether it existed.

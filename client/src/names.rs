@@ -59,6 +59,11 @@ impl Names {
         self.subjects.stream_subjects(StreamKind::Wal)
     }
 
+    /// `<root>.<db>.schema.>`: every schema announcement.
+    pub(crate) fn schema_all(&self) -> String {
+        self.subjects.stream_subjects(StreamKind::Schema)
+    }
+
     /// `<root>.<db>.rpc.schema`
     pub(crate) fn schema_rpc(&self) -> String {
         self.subjects.schema_rpc()

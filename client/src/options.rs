@@ -70,6 +70,10 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long connecting may take (default 10 s).
     pub connect_timeout: Duration,
+    /// Feed the schema cache with the producer's schema announcements
+    /// (`<root>.<db>.schema.>`) received while connected, so that the first event of a new
+    /// table version needs no lookup (default `true`).
+    pub schema_feed: bool,
 }
 
 impl ClientOptions {
@@ -85,6 +89,7 @@ impl ClientOptions {
             name: "walbrook-client".into(),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            schema_feed: true,
         }
     }
 
@@ -110,6 +115,12 @@ impl ClientOptions {
     /// Sets the subject root.
     pub fn root(mut self, root: impl Into<String>) -> ClientOptions {
         self.root = root.into();
+        self
+    }
+
+    /// Whether the schema cache is fed by the schema announcements (default `true`).
+    pub fn schema_feed(mut self, on: bool) -> ClientOptions {
+        self.schema_feed = on;
         self
     }
 

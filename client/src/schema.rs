@@ -3,7 +3,10 @@
 //! A message's fingerprint (docs/protocol.md §3.1) is resolved through the lookup RPC
 //! (`<root>.<db>.rpc.schema`, §5.2) once per fingerprint and process-lifetime client; the
 //! resulting [`EventSchema`] decodes every later message of that table version without I/O.
-//! Concurrent lookups of one fingerprint share one request.
+//! Concurrent lookups of one fingerprint share one request. The cache is also fed by the
+//! schema announcements (`<root>.<db>.schema.>`, §5.1) the client receives while connected:
+//! the producer announces a new table version before its first event, so that event's
+//! schema is already known and needs no lookup.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -296,10 +299,17 @@ enum Slot {
     InFlight(u64, Lookup),
 }
 
-/// Fingerprint → decoder, fed by the lookup RPC.
+/// Fingerprint → decoder, fed by the lookup RPC and the schema announcements.
 pub(crate) struct SchemaCache {
     rpc: Arc<Rpc>,
     slots: Mutex<(u64, HashMap<Fingerprint, Slot>)>,
+    /// A core NATS subscription to the schema announcements, drained (without waiting)
+    /// before every lookup: an announcement is received before the first event of its
+    /// version (the producer publishes it first; one connection delivers in order), so a
+    /// new version found in the feed needs no request. Bounded by the subscription's
+    /// channel; announcements beyond it are dropped by the client library, and their
+    /// schemas are then looked up as before.
+    feed: Mutex<Option<async_nats::Subscriber>>,
 }
 
 struct Rpc {
@@ -317,6 +327,58 @@ impl SchemaCache {
                 timeout,
             }),
             slots: Mutex::new((0, HashMap::new())),
+            feed: Mutex::new(None),
+        }
+    }
+
+    /// Feeds the cache with the announcements `subscriber` receives.
+    pub(crate) fn set_feed(&self, subscriber: async_nats::Subscriber) {
+        *self.feed.lock().unwrap_or_else(|p| p.into_inner()) = Some(subscriber);
+    }
+
+    /// Takes in every announcement received so far (never waits).
+    fn drain_feed(&self) {
+        let mut feed = self.feed.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(subscriber) = feed.as_mut() else {
+            return;
+        };
+        loop {
+            match futures::StreamExt::next(subscriber).now_or_never() {
+                None => return,
+                Some(None) => {
+                    // The connection is closed for good: lookups report it.
+                    *feed = None;
+                    return;
+                }
+                Some(Some(message)) => match announced(&message.payload) {
+                    Ok(schema) => self.insert(schema),
+                    // Not fatal: the RPC still answers for this fingerprint.
+                    Err(e) => {
+                        tracing::warn!(subject = %message.subject, "ignoring a schema announcement: {e}")
+                    }
+                },
+            }
+        }
+    }
+
+    /// Adds a schema (from an announcement); a cached one is kept. A lookup in flight for it
+    /// still completes for its callers.
+    fn insert(&self, schema: Arc<EventSchema>) {
+        let mut guard = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = &mut guard.1;
+        if !matches!(slots.get(&schema.fingerprint), Some(Slot::Ready(_))) {
+            slots.insert(schema.fingerprint, Slot::Ready(schema));
+        }
+    }
+
+    /// The cached decoder of `fingerprint`, if any (no request; announcements received so
+    /// far are taken in first).
+    pub(crate) fn cached(&self, fingerprint: Fingerprint) -> Option<Arc<EventSchema>> {
+        self.drain_feed();
+        let guard = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.1.get(&fingerprint) {
+            Some(Slot::Ready(schema)) => Some(schema.clone()),
+            _ => None,
         }
     }
 
@@ -328,6 +390,14 @@ impl SchemaCache {
     /// Cancel safe: the lookup goes on for the other callers, and its result is cached for
     /// later ones.
     pub(crate) async fn get(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
+        {
+            let guard = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(Slot::Ready(schema)) = guard.1.get(&fingerprint) {
+                return Ok(schema.clone());
+            }
+        }
+        // Not cached: maybe announced meanwhile.
+        self.drain_feed();
         let (id, lookup) = {
             let mut guard = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let (next_id, slots) = &mut *guard;
@@ -360,6 +430,32 @@ impl SchemaCache {
         }
         result
     }
+}
+
+/// The schema of an announcement (a registry document, §5.1), checked: its schema must have
+/// the fingerprint it names.
+fn announced(payload: &[u8]) -> Result<Arc<EventSchema>, Error> {
+    let protocol = |what: String| Error::new(ErrorKind::Protocol, what);
+    let document: Json = serde_json::from_slice(payload)
+        .map_err(|e| protocol(format!("announcement is not JSON: {e}")))?;
+    let named: Fingerprint = document["fingerprint"]
+        .as_str()
+        .ok_or_else(|| protocol("announcement has no fingerprint".into()))?
+        .parse()
+        .map_err(|e| protocol(format!("announcement fingerprint: {e}")))?;
+    let schema_json = document["schema"]
+        .as_str()
+        .ok_or_else(|| protocol("announcement has no schema".into()))?;
+    let actual = Fingerprint::of_json_str(schema_json)
+        .map_err(|e| protocol(format!("announced schema does not parse: {e}")))?;
+    if actual != named {
+        return Err(protocol(format!(
+            "announcement names {named} but its schema is {actual}"
+        )));
+    }
+    let mut schema = EventSchema::from_json(named, schema_json)?;
+    schema.database = document["database"].as_str().unwrap_or_default().to_owned();
+    Ok(Arc::new(schema))
 }
 
 impl Rpc {

@@ -516,7 +516,8 @@ pub(crate) async fn read(
     });
     Ok(Snapshot {
         info,
-        rows: Box::pin(rows),
+        // Fused: polling again after the end keeps answering `None`.
+        rows: Box::pin(rows.fuse()),
         received,
     })
 }

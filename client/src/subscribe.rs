@@ -58,6 +58,7 @@ pub struct Subscription {
     durable: Option<String>,
     prefetch: usize,
     ack_wait: Duration,
+    dead_letter: Option<String>,
 }
 
 impl Subscription {
@@ -79,6 +80,7 @@ impl Subscription {
             durable: None,
             prefetch: 256,
             ack_wait: Duration::from_secs(30),
+            dead_letter: None,
         }
     }
 
@@ -120,6 +122,29 @@ impl Subscription {
     /// again (default 30 s). Used when the consumer is created.
     pub fn ack_wait(mut self, wait: Duration) -> Subscription {
         self.ack_wait = wait;
+        self
+    }
+
+    /// Sends messages that cannot be decoded to a dead-letter subject instead of returning
+    /// them as errors (the default, without this option).
+    ///
+    /// A message whose error is definite ([`ErrorKind::Decode`],
+    /// [`ErrorKind::SchemaNotFound`], [`ErrorKind::Protocol`]: not [`Error::is_retryable`]) is
+    /// published unchanged, byte for byte with its original headers, to
+    /// `<root>.<db>.dlq.<name>` in the stream `<root>_<db>_DLQ` (created when missing; the
+    /// consumer runner's dead letters, docs/protocol.md §2), with the headers of
+    /// [`runner::dead_letter_headers`](crate::runner::dead_letter_headers): `Walbrook-Dlq-Error`
+    /// (the error), `Walbrook-Dlq-Sink` (`decode`), `Walbrook-Dlq-Consumer` (`name`),
+    /// `Walbrook-Dlq-Subject` (the original subject), `Walbrook-Dlq-Sequence` (its stream
+    /// sequence) and `Walbrook-Dlq-Time`. Only once JetStream has stored the dead letter is
+    /// the original acknowledged (durable subscriptions), and the subscription goes on with
+    /// the next message. If the dead letter cannot be stored, the stream yields a retryable
+    /// [`ErrorKind::Nats`] error that carries the message (a durable consumer delivers it
+    /// again after `ack_wait`). Retryable errors (a schema lookup timing out…) are still
+    /// returned. `walbrook dlq list --consumer <name>` shows the dead letters. `name`: letters, digits,
+    /// `_` and `-`.
+    pub fn dead_letter(mut self, name: impl Into<String>) -> Subscription {
+        self.dead_letter = Some(name.into());
         self
     }
 
@@ -249,6 +274,14 @@ pub(crate) async fn subscribe(
 ) -> Result<ChangeStream, Error> {
     let patterns = subscription.parsed()?;
     let filters: Vec<String> = patterns.iter().map(|p| names.wal_filter(p)).collect();
+    if let Some(name) = &subscription.dead_letter
+        && !valid_consumer_name(name)
+    {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("dead-letter name {name:?}: use letters, digits, '_' and '-'"),
+        ));
+    }
     let stream_name = names.wal_stream();
     let stream = js.get_stream(&stream_name).await.map_err(|e| {
         let not_found = matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
@@ -350,13 +383,31 @@ pub(crate) async fn subscribe(
         }
     };
     let objects = Arc::new(PayloadObjects::new(js.clone()));
-    let events = messages.then(move |item| {
+    let dead_letters = match subscription.dead_letter {
+        Some(name) => {
+            crate::runner::dead_letter::ensure_stream_on(js, names).await?;
+            Some(Arc::new(DeadLetters {
+                js: js.clone(),
+                names: names.clone(),
+                name,
+            }))
+        }
+        None => None,
+    };
+    let events = messages.filter_map(move |item| {
         let cache = cache.clone();
         let objects = objects.clone();
+        let dead_letters = dead_letters.clone();
         async move {
-            match item {
+            let decoded = match item {
                 Ok(message) => decode_message(&cache, &objects, message, durable).await,
                 Err(e) => Err(e),
+            };
+            match (decoded, dead_letters) {
+                (Err(error), Some(dead_letters)) if !error.is_retryable() => {
+                    dead_letters.store(error).await
+                }
+                (decoded, _) => Some(decoded),
             }
         }
     });
@@ -365,6 +416,67 @@ pub(crate) async fn subscribe(
         consumer,
         durable,
     })
+}
+
+/// Where a subscription with [`Subscription::dead_letter`] sends undecodable messages.
+struct DeadLetters {
+    js: jetstream::Context,
+    names: Names,
+    name: String,
+}
+
+impl DeadLetters {
+    /// Stores the message of a definite error as a dead letter, then acknowledges it:
+    /// `None` when done (the caller never sees it); the error otherwise.
+    async fn store(&self, error: Error) -> Option<Result<ChangeEvent, Error>> {
+        let Some(message) = error.message().cloned() else {
+            return Some(Err(error));
+        };
+        let letter = crate::runner::DeadLetter {
+            subject: message.subject.clone(),
+            stream_sequence: message.stream_sequence,
+            headers: message.headers.clone(),
+            payload: message.payload.clone(),
+            error: error.to_string(),
+            sink: "decode".to_owned(),
+        };
+        let mut attempt = 0u32;
+        let stored = loop {
+            match crate::runner::dead_letter::publish_on(&self.js, &self.names, &self.name, &letter)
+                .await
+            {
+                Ok(()) => break Ok(()),
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "storing a dead letter failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = stored {
+            return Some(Err(Error::new(
+                ErrorKind::Nats,
+                format!(
+                    "could not store message {} as a dead letter ({e}); it was not decoded: {error}",
+                    message.stream_sequence
+                ),
+            )
+            .for_message(message)));
+        }
+        if let Err(e) = message.ack().await {
+            // Stored but not acknowledged: it comes again and is stored again under the same
+            // Nats-Msg-Id (deduplicated within the stream's duplicate window).
+            return Some(Err(e.for_message(message)));
+        }
+        tracing::warn!(
+            subject = %message.subject,
+            stream_sequence = message.stream_sequence,
+            dead_letter = %self.name,
+            "undecodable message sent to the dead-letter subject: {error}"
+        );
+        None
+    }
 }
 
 async fn deliver_policy(

@@ -1,5 +1,6 @@
-//! `examples/tail.rs` against a real producer: it prints events as JSON lines and, with a
-//! durable name, acknowledges them.
+//! The examples against a real producer: `tail` prints events as JSON lines and, with a
+//! durable name, acknowledges them; `resume` continues after the saved commit position;
+//! `snapshot_then_stream` prints a snapshot's rows and then the changes from its position.
 
 mod common;
 
@@ -12,7 +13,7 @@ use common::{ROOT, Setup};
 
 /// Builds the example (a no-op after `cargo test --workspace`, which builds examples with the
 /// same workspace-wide features) and returns its path.
-fn tail_example() -> std::path::PathBuf {
+fn example(name: &str) -> std::path::PathBuf {
     // Test binaries live in <target>/<profile>/deps, examples in <target>/<profile>/examples.
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
@@ -24,7 +25,7 @@ fn tail_example() -> std::path::PathBuf {
             "--quiet",
             "--workspace",
             "--example",
-            "tail",
+            name,
             "--manifest-path",
         ])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"));
@@ -33,16 +34,16 @@ fn tail_example() -> std::path::PathBuf {
     }
     assert!(
         build.status().unwrap().success(),
-        "building the tail example"
+        "building the {name} example"
     );
-    let path = profile_dir.join("examples/tail");
+    let path = profile_dir.join("examples").join(name);
     assert!(path.is_file(), "{} not built", path.display());
     path
 }
 
 #[tokio::test]
 async fn the_tail_example_prints_json_lines_and_acks() {
-    let tail = tail_example();
+    let tail = example("tail");
     let mut setup = Setup::start(
         "client_example",
         "CREATE TABLE t (id int PRIMARY KEY, v text)",
@@ -100,6 +101,169 @@ async fn the_tail_example_prints_json_lines_and_acks() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    child.kill().await.unwrap();
+    setup.stop().await;
+}
+
+/// Starts an example with `args`, its stdout as lines.
+fn spawn(
+    path: &std::path::Path,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = tokio::process::Command::new(path)
+        .args(args)
+        .env("WALBROOK_ROOT", ROOT)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// The next JSON line, failing after 20 s.
+async fn json_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a line within 20 s")
+        .unwrap()
+        .expect("the example keeps running");
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Asserts that no line comes for `wait`.
+async fn no_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    wait: Duration,
+) {
+    if let Ok(line) = tokio::time::timeout(wait, lines.next_line()).await {
+        panic!("unexpected output: {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_resume_example_continues_after_the_saved_position() {
+    let resume = example("resume");
+    let mut setup = Setup::start(
+        "client_resume",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "public.t",
+    )
+    .await;
+    setup
+        .exec(&[
+            "INSERT INTO t VALUES (1)",
+            "BEGIN; INSERT INTO t VALUES (2); INSERT INTO t VALUES (3); COMMIT",
+        ])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let position = dir.path().join("t.pos");
+    let args = [
+        setup.nats.url(),
+        setup.db.name().to_string(),
+        "public.t".to_string(),
+        position.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let (mut child, mut lines) = spawn(&resume, &args);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(json_line(&mut lines).await);
+    }
+    let ids: Vec<i64> = seen
+        .iter()
+        .map(|e| e["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let last_commit = seen[2]["source"]["commit_lsn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        seen[1]["source"]["commit_lsn"],
+        seen[2]["source"]["commit_lsn"]
+    );
+    // The position of the last complete transaction is saved.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&position)
+        .unwrap_or_default()
+        .trim()
+        != last_commit
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "position never saved"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().await.unwrap();
+
+    // Started again: only what came after.
+    setup.exec(&["INSERT INTO t VALUES (4)"]).await;
+    let (mut child, mut lines) = spawn(&resume, &args);
+    let next = json_line(&mut lines).await;
+    assert_eq!(next["after"]["id"], 4);
+    no_line(&mut lines, Duration::from_secs(1)).await;
+    child.kill().await.unwrap();
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn the_snapshot_then_stream_example_prints_rows_then_changes_from_the_position() {
+    let example = example("snapshot_then_stream");
+    let mut setup = Setup::start(
+        "client_snapshot_example",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3) g;",
+        "public.t",
+    )
+    .await;
+    // Changes before the snapshot are in the rows, not again in the stream.
+    setup
+        .exec(&["UPDATE t SET v = 'changed' WHERE id = 2"])
+        .await;
+    let args = [
+        setup.nats.url(),
+        setup.db.name().to_string(),
+        "public.t".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, mut lines) = spawn(&example, &args);
+    let mut rows = Vec::new();
+    for _ in 0..3 {
+        let row = json_line(&mut lines).await;
+        assert_eq!(row["op"], "read", "{row}");
+        rows.push(row["after"].clone());
+    }
+    rows.sort_by_key(|r| r["id"].as_i64());
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({"id": 1, "v": "v1"}),
+            serde_json::json!({"id": 2, "v": "changed"}),
+            serde_json::json!({"id": 3, "v": "v3"}),
+        ]
+    );
+    no_line(&mut lines, Duration::from_millis(500)).await;
+    setup
+        .exec(&[
+            "INSERT INTO t VALUES (4, 'after')",
+            "DELETE FROM t WHERE id = 1",
+        ])
+        .await;
+    let insert = json_line(&mut lines).await;
+    assert_eq!(insert["op"], "insert");
+    assert_eq!(insert["after"], serde_json::json!({"id": 4, "v": "after"}));
+    let delete = json_line(&mut lines).await;
+    assert_eq!(delete["op"], "delete");
+    assert_eq!(delete["before"]["id"], 1);
+    no_line(&mut lines, Duration::from_millis(500)).await;
     child.kill().await.unwrap();
     setup.stop().await;
 }

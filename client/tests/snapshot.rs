@@ -689,11 +689,18 @@ async fn concurrency_limit_and_open_transactions() {
         .unwrap()
         .unwrap();
     assert_eq!(event.after().unwrap().get("id"), Some(&PgValue::Int4(1000)));
-    // The permit is back.
-    let mut second = client
-        .snapshot(SnapshotRequest::table("public.t"))
-        .await
-        .unwrap();
+    // The permit is back (the producer releases it just after the `end` message and the
+    // state row are stored, so a reader may see `Busy` for a moment).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut second = loop {
+        match client.snapshot(SnapshotRequest::table("public.t")).await {
+            Ok(snapshot) => break snapshot,
+            Err(e) if e.kind() == ErrorKind::Busy && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the permit never came back: {e}"),
+        }
+    };
     assert_eq!(all_rows(&mut second).await.len(), 51);
     setup.stop().await;
 }

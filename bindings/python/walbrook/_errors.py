@@ -104,6 +104,27 @@ class StreamNotFoundError(WalbrookError):
     retryable = True
 
 
+class RejectedError(WalbrookError):
+    """An RPC refused the request as invalid: malformed, unknown or unpublished table, bad
+    snapshot filter, no such snapshot (400/403/404). Fix the call."""
+
+    kind = "rejected"
+
+
+class BusyError(WalbrookError):
+    """The producer runs as many snapshots as it may (429). Retryable."""
+
+    kind = "busy"
+    retryable = True
+
+
+class SnapshotFailedError(WalbrookError):
+    """A snapshot ended with the producer's ``failed`` message (or was aborted): request a
+    new one."""
+
+    kind = "snapshot_failed"
+
+
 KINDS = {
     cls.kind: cls
     for cls in (
@@ -118,5 +139,8 @@ KINDS = {
         UnavailableError,
         ServerError,
         StreamNotFoundError,
+        RejectedError,
+        BusyError,
+        SnapshotFailedError,
     )
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::Client;
 use crate::error::{Error, ErrorKind};
 use crate::event::ChangeEvent;
+use crate::names::Names;
 
 /// Header names of a dead letter.
 pub mod headers {
@@ -60,17 +61,19 @@ impl DeadLetter {
 
 /// Creates the DLQ stream when missing.
 pub(crate) async fn ensure_stream(client: &Client) -> Result<(), Error> {
-    let names = client.names();
-    client
-        .js()
-        .get_or_create_stream(stream::Config {
-            name: names.dlq_stream(),
-            subjects: vec![names.dlq_all()],
-            description: Some("Walbrook dead letters".into()),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Nats, "creating the dead-letter stream", e))?;
+    ensure_stream_on(client.js(), client.names()).await
+}
+
+/// [`ensure_stream`] with the parts of a client (a subscription has no `Client`).
+pub(crate) async fn ensure_stream_on(js: &jetstream::Context, names: &Names) -> Result<(), Error> {
+    js.get_or_create_stream(stream::Config {
+        name: names.dlq_stream(),
+        subjects: vec![names.dlq_all()],
+        description: Some("Walbrook dead letters".into()),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::with_source(ErrorKind::Nats, "creating the dead-letter stream", e))?;
     Ok(())
 }
 
@@ -78,6 +81,16 @@ pub(crate) async fn ensure_stream(client: &Client) -> Result<(), Error> {
 /// not store it twice (its `Nats-Msg-Id` is `<consumer>-<sequence>`).
 pub(crate) async fn publish(
     client: &Client,
+    consumer: &str,
+    letter: &DeadLetter,
+) -> Result<(), Error> {
+    publish_on(client.js(), client.names(), consumer, letter).await
+}
+
+/// [`publish`] with the parts of a client (a subscription has no `Client`).
+pub(crate) async fn publish_on(
+    js: &jetstream::Context,
+    names: &Names,
     consumer: &str,
     letter: &DeadLetter,
 ) -> Result<(), Error> {
@@ -114,13 +127,8 @@ pub(crate) async fn publish(
         "Nats-Msg-Id",
         format!("{consumer}-{}", letter.stream_sequence).as_str(),
     );
-    let ack = client
-        .js()
-        .publish_with_headers(
-            client.names().dlq_subject(consumer),
-            headers,
-            letter.payload.clone(),
-        )
+    let ack = js
+        .publish_with_headers(names.dlq_subject(consumer), headers, letter.payload.clone())
         .await
         .map_err(|e| Error::with_source(ErrorKind::Nats, "publishing a dead letter", e))?;
     ack.await

@@ -22,7 +22,7 @@
 //!    events and undecodable messages go to the dead-letter subject before being
 //!    acknowledged; a fatal error stops the runner with nothing acknowledged.
 
-mod dead_letter;
+pub(crate) mod dead_letter;
 mod delivery;
 mod metrics;
 pub mod partition;
