@@ -395,6 +395,21 @@ fn rpc_cases() -> Vec<RpcCase> {
             snap_filter("note", "<>", Some("\\'\\\\".into())),
             Accepted("\"status\""),
         ),
+        (
+            "snapshot: filter value of 900 kB",
+            Snapshot,
+            snap_filter("note", "=", Some(huge.clone().into())),
+            Error(
+                400,
+                "filter: the value has 900000 bytes, at most 65536 are allowed",
+            ),
+        ),
+        (
+            "snapshot: filter value of 64 KiB (a plain value)",
+            Snapshot,
+            snap_filter("note", "=", Some("z".repeat(65_536).into())),
+            Accepted("\"status\""),
+        ),
         // Snapshot listings: empty, or JSON with optional id/schema/table.
         ("listing: empty", Listing, vec![], Accepted("\"snapshots\"")),
         (
@@ -993,5 +1008,6 @@ fn bad_input_corpus_has_at_least_50_cases() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), total, "case names are distinct");
+    println!("bad-input corpus: {total} cases");
     assert!(total >= 50, "only {total} cases");
 }

@@ -190,10 +190,16 @@ pub fn literal(text: &str) -> String {
     out
 }
 
+/// The longest filter value, in bytes. The accepted request's answer and its `_walbrook`
+/// record repeat the value, so a value near NATS' `max_payload` would make the answer too
+/// big to send.
+pub const MAX_FILTER_VALUE: usize = 64 * 1024;
+
 /// The text of a filter's value, as PostgreSQL will read it (through [`literal`] and a cast
 /// to the column's type): `None` for an operator without a value (`is_null`,
 /// `is_not_null`). A 400 failure when the operator needs a value and has none, takes none
-/// and has one, the value is not a string, number or boolean, or its text contains NUL.
+/// and has one, the value is not a string, number or boolean, or its text contains NUL or
+/// is longer than [`MAX_FILTER_VALUE`].
 pub fn filter_value_text(filter: &RowFilter) -> Result<Option<String>, RpcFailure> {
     if !filter.op.takes_value() {
         if filter.value.is_some() {
@@ -223,6 +229,15 @@ pub fn filter_value_text(filter: &RowFilter) -> Result<Option<String>, RpcFailur
     };
     if text.contains('\0') {
         return Err(RpcFailure::new(400, "filter: value contains a NUL byte"));
+    }
+    if text.len() > MAX_FILTER_VALUE {
+        return Err(RpcFailure::new(
+            400,
+            format!(
+                "filter: the value has {} bytes, at most {MAX_FILTER_VALUE} are allowed",
+                text.len()
+            ),
+        ));
     }
     Ok(Some(text))
 }
