@@ -26,9 +26,14 @@ bench:
 	.venv/bin/python bindings/bench/decode_bench.py results/decode | tee results/decode-python.json
 
 ## make chaos: the fault-injection suite at full length (30 producer kill cycles and the
-## 3-node cluster case; the test command runs 10 cycles without the cluster case).
-## CHAOS_CYCLES and WALBROOK_CHAOS_SEED override.
+## 3-node cluster case; the test command runs 10 cycles without the cluster case), then the
+## sinks (postgres, webhook, search) each killed with SIGKILL 20 times under load (the test
+## command: 4-5 times), then the bad-input corpus (cli/tests/bad_input.rs).
+## CHAOS_CYCLES, SINK_CHAOS_CYCLES and WALBROOK_CHAOS_SEED override.
 CHAOS_CYCLES ?= 30
+SINK_CHAOS_CYCLES ?= 20
 chaos:
 	bash scripts/setup.sh
 	WALBROOK_CHAOS_CYCLES=$(CHAOS_CYCLES) cargo test -p walbrook-cli --test produce_faults -- --include-ignored --nocapture --test-threads 1
+	WALBROOK_SINK_CHAOS_CYCLES=$(SINK_CHAOS_CYCLES) cargo test -p walbrook-cli --test sink_postgres --test sink_webhook --test sink_search -- --nocapture --test-threads 1 killed_mid_stream
+	cargo test -p walbrook-cli --test bad_input

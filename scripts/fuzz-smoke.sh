@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Builds Walbrook's cargo-fuzz targets (fuzz/, see docs/fuzzing.md) and runs each one for a
 # while on a copy of its committed seed corpus. `make test` runs it with the defaults (a smoke
-# run of 15 s per target); the same script runs long campaigns.
+# run of 10 s per target); the same script runs long campaigns.
 #
-#   scripts/fuzz-smoke.sh                          every target, 15 s each
+#   scripts/fuzz-smoke.sh                          every target, 10 s each
 #   scripts/fuzz-smoke.sh -t 600                   every target, 10 minutes each
 #   scripts/fuzz-smoke.sh -t 3600 -k ~/fuzz-corpora text_parsers
 #                                                  one target for an hour, keeping what it found
 #
 # Options:
-#   -t SECONDS   fuzzing time per target (default: $WALBROOK_FUZZ_SECONDS, else 15)
+#   -t SECONDS   fuzzing time per target (default: $WALBROOK_FUZZ_SECONDS, else 10)
 #   -k DIR       keep each grown corpus in DIR/<target> (and resume from it next time)
 #   -s SANITIZER address (default) or none (faster, finds fewer memory bugs)
 #   TARGET...    only these targets (default: every target in fuzz/Cargo.toml)
@@ -26,7 +26,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 CARGO_FUZZ_VERSION=0.13.1
-SECONDS_PER_TARGET="${WALBROOK_FUZZ_SECONDS:-15}"
+SECONDS_PER_TARGET="${WALBROOK_FUZZ_SECONDS:-10}"
 KEEP=""
 SANITIZER=address
 while getopts "t:k:s:h" opt; do

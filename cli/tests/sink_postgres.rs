@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{Reaper, connect, sigkill, start_producer, table_text, wait_until_streaming};
+use common::{
+    Reaper, connect, sigkill, sink_kill_cycles, start_producer, table_text, wait_until_streaming,
+};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -95,12 +97,14 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
     // Changes committed before the slot exists are not captured: wait for it.
     wait_until_streaming(&source, &source_db.slot_name()).await;
 
-    const TXS: i64 = 120;
+    // 5 kill cycles in the test command, more in `make chaos`; the load lasts as long.
+    let cycles = sink_kill_cycles(5);
+    let txs = 24 * cycles as i64;
     const ROWS: i64 = 10;
     let url = source_db.url();
     let load = tokio::spawn(async move {
         let sql = connect(&url).await;
-        for t in 0..TXS {
+        for t in 0..txs {
             let first = t * ROWS;
             // One transaction: ROWS inserts, then an update of each earlier-inserted row.
             sql.batch_execute(&format!(
@@ -126,7 +130,7 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
     let log = std::env::temp_dir().join(format!("{}-sink.log", target_db.name()));
     let mut sink = spawn_sink(&source_db, &target_db.url(), &nats.url(), &log);
     let mut reaper = Reaper(Some(sink.id()));
-    for _ in 0..5 {
+    for _ in 0..cycles {
         tokio::time::sleep(Duration::from_millis(700)).await;
         sigkill(&mut sink);
         sink = spawn_sink(&source_db, &target_db.url(), &nats.url(), &log);
@@ -175,8 +179,8 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
         .await
         .unwrap()
         .get(0);
-    // TXS*ROWS inserts, and (TXS-1)*ROWS updates (the first transaction updates nothing).
-    assert_eq!(total, TXS * ROWS + (TXS - 1) * ROWS);
+    // txs*ROWS inserts, and (txs-1)*ROWS updates (the first transaction updates nothing).
+    assert_eq!(total, txs * ROWS + (txs - 1) * ROWS);
     let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || sink.wait())
         .await

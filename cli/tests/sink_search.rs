@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Reaper, connect, sigkill, start_producer, wait_until_streaming};
+use common::{Reaper, connect, sigkill, sink_kill_cycles, start_producer, wait_until_streaming};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -93,11 +93,13 @@ async fn a_search_sink_killed_mid_stream_leaves_every_document() {
     let shutdown = CancellationToken::new();
     start_producer(&db, &nats.url(), ROOT, "public.load", shutdown.clone());
     wait_until_streaming(&source, &db.slot_name()).await;
-    const ROWS: i64 = 300;
+    // 4 kill cycles in the test command, more in `make chaos`; the load lasts as long.
+    let cycles = sink_kill_cycles(4);
+    let rows = 75 * cycles as i64;
     let url = db.url();
     let load = tokio::spawn(async move {
         let sql = connect(&url).await;
-        for id in 0..ROWS {
+        for id in 0..rows {
             sql.batch_execute(&format!(
                 "INSERT INTO load VALUES ({id}, 'v0'); UPDATE load SET note = 'v1' WHERE id = {id};"
             ))
@@ -116,7 +118,7 @@ async fn a_search_sink_killed_mid_stream_leaves_every_document() {
     let log = std::env::temp_dir().join(format!("{}-es.log", db.name()));
     let mut sink = spawn_sink(&db, search.url(), &nats.url(), &log);
     let mut reaper = Reaper(Some(sink.id()));
-    for _ in 0..4 {
+    for _ in 0..cycles {
         tokio::time::sleep(Duration::from_millis(800)).await;
         sigkill(&mut sink);
         sink = spawn_sink(&db, search.url(), &nats.url(), &log);

@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{Reaper, connect, sigkill, start_producer, start_producer_with, wait_until_streaming};
+use common::{
+    Reaper, connect, sigkill, sink_kill_cycles, start_producer, start_producer_with,
+    wait_until_streaming,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -67,11 +70,13 @@ async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id(
     start_producer(&db, &nats.url(), ROOT, "public.load", shutdown.clone());
     wait_until_streaming(&source, &db.slot_name()).await;
 
-    const ROWS: i64 = 400;
+    // 4 kill cycles in the test command, more in `make chaos`; the load lasts as long.
+    let cycles = sink_kill_cycles(4);
+    let rows = 100 * cycles as i64;
     let url = db.url();
     let load = tokio::spawn(async move {
         let sql = connect(&url).await;
-        for id in 0..ROWS {
+        for id in 0..rows {
             sql.execute("INSERT INTO load VALUES ($1, 'row')", &[&id])
                 .await
                 .unwrap();
@@ -83,7 +88,7 @@ async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id(
     let log = std::env::temp_dir().join(format!("{}-hook.log", db.name()));
     let mut sink = spawn_sink(&db, &receiver.url(), &nats.url(), &log);
     let mut reaper = Reaper(Some(sink.id()));
-    for _ in 0..4 {
+    for _ in 0..cycles {
         tokio::time::sleep(Duration::from_millis(600)).await;
         sigkill(&mut sink);
         sink = spawn_sink(&db, &receiver.url(), &nats.url(), &log);
@@ -110,12 +115,12 @@ async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id(
             by_row.entry(row).or_default().insert(id.clone());
             bodies.insert(id, body);
         }
-        if by_row.len() as i64 == ROWS || tokio::time::Instant::now() > deadline {
+        if by_row.len() as i64 == rows || tokio::time::Instant::now() > deadline {
             break (by_row, requests.len());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let missing: Vec<i64> = (0..ROWS)
+    let missing: Vec<i64> = (0..rows)
         .filter(|r| !by_row.contains_key(r))
         .take(10)
         .collect();
@@ -129,7 +134,7 @@ async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id(
         unstable.is_empty(),
         "an event got several ids: {unstable:?}"
     );
-    assert!(deliveries as i64 >= ROWS);
+    assert!(deliveries as i64 >= rows);
     let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || sink.wait())
         .await

@@ -6,6 +6,7 @@
 //! * [`schemas`]: the fixed tables the `single_object` target decodes against.
 //! * [`text`]: the type chosen by the first byte of a `text_parsers` input.
 //! * [`same`]: value equality that treats NaN as equal to itself.
+//! * [`rpc`]: what the RPC targets (`schema_lookup`, `snapshot_rpc`) check of an answer.
 
 use walbrook_pgtype_avro::PgValue;
 
@@ -409,5 +410,82 @@ pub mod text {
             ("bytea_array", b(1001), -1),
             ("composite", composite, -1),
         ]
+    }
+}
+
+pub mod rpc {
+    //! Checks shared by the RPC request targets: the error answer a refused request gets,
+    //! and readers of the SQL quoting the snapshot filter uses.
+
+    use walbrook_producer::registry::error_reply;
+    use walbrook_producer::snapshot::RpcFailure;
+    use walbrook_protocol::snapshot::RpcErrorBody;
+
+    /// Builds the error answer of `failure` as the producer sends it and checks it: a 400,
+    /// the code and message in the `Nats-Service-Error*` headers, and a JSON body that
+    /// parses back to the same code and message.
+    pub fn check_refusal(failure: &RpcFailure) {
+        assert_eq!(
+            failure.code, 400,
+            "a malformed request is a 400: {failure:?}"
+        );
+        assert!(!failure.message.is_empty(), "an error without a message");
+        let (headers, body) = error_reply(failure.code, &failure.message);
+        assert_eq!(
+            headers.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+            Some("400")
+        );
+        assert!(headers.get("Nats-Service-Error").is_some());
+        let parsed: RpcErrorBody = serde_json::from_slice(&body).expect("the error body is JSON");
+        assert_eq!(parsed.error.code, failure.code);
+        assert_eq!(parsed.error.message, failure.message);
+    }
+
+    /// Reads back a literal made by `walbrook_producer::snapshot::table::literal` the way
+    /// PostgreSQL reads an `E'…'` string: `None` when it is not exactly one such literal
+    /// (an unescaped quote before the end, a backslash escape other than `\\`, text after it).
+    pub fn read_literal(sql: &str) -> Option<String> {
+        let body = sql.strip_prefix("E'")?;
+        let mut out = String::new();
+        let mut chars = body.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    '\\' => out.push('\\'),
+                    _ => return None,
+                },
+                '\'' => {
+                    if chars.peek() == Some(&'\'') {
+                        chars.next();
+                        out.push('\'');
+                    } else {
+                        return chars.next().is_none().then_some(out);
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        None
+    }
+
+    /// Reads back an identifier quoted by `walbrook_producer::config::quote_ident`: `None`
+    /// when it is not exactly one quoted identifier.
+    pub fn read_ident(sql: &str) -> Option<String> {
+        let body = sql.strip_prefix('"')?;
+        let mut out = String::new();
+        let mut chars = body.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    out.push('"');
+                } else {
+                    return chars.next().is_none().then_some(out);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None
     }
 }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use walbrook_pgtype_avro::Fingerprint;
 
+use crate::snapshot::RpcFailure;
+
 /// A schema document: what the schema subject carries and the lookup RPC returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaDoc {
@@ -127,10 +129,28 @@ pub async fn load(
     }))
 }
 
-/// An RPC error answer: NATS service error headers plus a JSON body.
-pub(crate) fn error_reply(code: u16, message: &str) -> (async_nats::HeaderMap, bytes::Bytes) {
+/// The longest error message an RPC answer carries (bytes); longer ones are cut.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// An RPC error answer: NATS service error headers plus a JSON body. The message is cut to
+/// [`MAX_ERROR_MESSAGE`] bytes (it may quote a huge request), and in the header line breaks
+/// become spaces (a NATS header value cannot hold them; the body keeps them).
+pub fn error_reply(code: u16, message: &str) -> (async_nats::HeaderMap, bytes::Bytes) {
+    let message = if message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &message[..end])
+    } else {
+        message.to_string()
+    };
+    let header: String = message
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Service-Error", message);
+    headers.insert("Nats-Service-Error", header.as_str());
     headers.insert("Nats-Service-Error-Code", code.to_string().as_str());
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     (headers, body.into())
@@ -174,17 +194,15 @@ pub async fn serve_lookups(
     Ok(())
 }
 
-async fn answer_lookup(
-    payload: &[u8],
-    registry: &Registry,
-    db: Option<&Client>,
-    database: &str,
-) -> Result<SchemaDoc, (u16, String)> {
+/// Parses a schema lookup request (the payload of `<root>.<db>.rpc.schema`): a fingerprint
+/// as 16 lowercase hex digits, surrounding whitespace allowed. Anything else is a 400
+/// failure whose message quotes at most the first 40 characters of the request.
+pub fn parse_lookup(payload: &[u8]) -> Result<Fingerprint, RpcFailure> {
     let text = std::str::from_utf8(payload)
         .map_err(|_| {
-            (
+            RpcFailure::new(
                 400,
-                "the request must be a fingerprint: 16 lowercase hex digits".to_string(),
+                "the request must be a fingerprint: 16 lowercase hex digits",
             )
         })?
         .trim();
@@ -193,7 +211,7 @@ async fn answer_lookup(
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
-        return Err((
+        return Err(RpcFailure::new(
             400,
             format!(
                 "malformed fingerprint {:?}: expected 16 lowercase hex digits",
@@ -201,9 +219,17 @@ async fn answer_lookup(
             ),
         ));
     }
-    let fingerprint: Fingerprint = text
-        .parse()
-        .map_err(|_| (400, format!("malformed fingerprint {text:?}")))?;
+    text.parse()
+        .map_err(|_| RpcFailure::new(400, format!("malformed fingerprint {text:?}")))
+}
+
+async fn answer_lookup(
+    payload: &[u8],
+    registry: &Registry,
+    db: Option<&Client>,
+    database: &str,
+) -> Result<SchemaDoc, (u16, String)> {
+    let fingerprint = parse_lookup(payload).map_err(|f| (f.code, f.message))?;
     if let Some(doc) = registry.get(fingerprint) {
         return Ok(doc);
     }
@@ -218,7 +244,46 @@ async fn answer_lookup(
             registry.insert(fingerprint, doc.clone());
             Ok(doc)
         }
-        Ok(None) => Err((404, format!("unknown fingerprint {text}"))),
+        Ok(None) => Err((404, format!("unknown fingerprint {fingerprint}"))),
         Err(e) => Err((500, format!("schema store unavailable: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_survive_line_breaks_and_huge_messages() {
+        let (headers, body) = error_reply(400, "unknown field `a\r\nb`");
+        assert_eq!(
+            headers.get("Nats-Service-Error").unwrap().as_str(),
+            "unknown field `a  b`"
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["error"]["message"], "unknown field `a\r\nb`");
+        let huge = "é".repeat(10_000);
+        let (headers, body) = error_reply(404, &huge);
+        let header = headers.get("Nats-Service-Error").unwrap().as_str();
+        assert!(header.len() <= MAX_ERROR_MESSAGE + 3 && header.ends_with('…'));
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["error"]["message"].as_str(), Some(header));
+    }
+
+    #[test]
+    fn lookups_parse_fingerprints_only() {
+        assert_eq!(
+            parse_lookup(b" 0123456789abcdef\n").unwrap().to_string(),
+            "0123456789abcdef"
+        );
+        for bad in [
+            &b""[..],
+            b"0123456789ABCDEF",
+            b"0123456789abcde",
+            b"\xff",
+            b"'; DROP",
+        ] {
+            assert_eq!(parse_lookup(bad).unwrap_err().code, 400);
+        }
     }
 }

@@ -268,15 +268,7 @@ async fn reply(
 
 async fn answer_listing(shared: &Shared, sql: &Client, request: async_nats::Message) {
     let answer = async {
-        let wanted: ListRequest = if request.payload.iter().all(u8::is_ascii_whitespace) {
-            ListRequest::default()
-        } else {
-            serde_json::from_slice(&request.payload)
-                .map_err(|e| RpcFailure::new(400, format!("malformed listing request: {e}")))?
-        };
-        if wanted.table.is_some() && wanted.schema.is_none() {
-            return Err(RpcFailure::new(400, "a table needs its schema"));
-        }
+        let wanted = parse_listing(&request.payload)?;
         let snapshots = store::list(
             sql,
             wanted.id.as_deref(),
@@ -308,8 +300,15 @@ async fn answer_snapshot(shared: Arc<Shared>, request: async_nats::Message) {
     }
 }
 
-/// Validates a request and prepares the snapshot: the answer is its `Run` or an error.
-async fn accept(shared: &Arc<Shared>, payload: &[u8]) -> Result<run::Run, RpcFailure> {
+/// Parses an `rpc.snapshot` request payload (JSON, unknown fields refused) and resolves its
+/// chunk size (`default_chunk` when absent). Checks everything that needs no database: the
+/// schema and table are not empty, and the chunk size is within 1..=`MAX_CHUNK_SIZE`. Every
+/// failure is a 400. (The filter is checked against the table later:
+/// [`table::filter_value_text`] for its value, then PostgreSQL for its column and type.)
+pub fn parse_request(
+    payload: &[u8],
+    default_chunk: u32,
+) -> Result<(SnapshotRequest, u32), RpcFailure> {
     let request: SnapshotRequest = serde_json::from_slice(payload).map_err(|e| {
         RpcFailure::new(
             400,
@@ -321,7 +320,10 @@ async fn accept(shared: &Arc<Shared>, payload: &[u8]) -> Result<run::Run, RpcFai
     if request.schema.is_empty() || request.table.is_empty() {
         return Err(RpcFailure::new(400, "schema and table must not be empty"));
     }
-    let chunk_size = request.chunk_size.unwrap_or(shared.default_chunk);
+    for name in [&request.schema, &request.table] {
+        check_name(name)?;
+    }
+    let chunk_size = request.chunk_size.unwrap_or(default_chunk);
     if !(1..=crate::config::MAX_CHUNK_SIZE).contains(&chunk_size) {
         return Err(RpcFailure::new(
             400,
@@ -331,6 +333,61 @@ async fn accept(shared: &Arc<Shared>, payload: &[u8]) -> Result<run::Run, RpcFai
             ),
         ));
     }
+    Ok((request, chunk_size))
+}
+
+/// Parses an `rpc.snapshots` (listing) request payload: empty or whitespace for every
+/// snapshot, else JSON with optional `id`, `schema` and `table` (unknown fields refused; a
+/// table needs its schema). Every failure is a 400.
+pub fn parse_listing(payload: &[u8]) -> Result<ListRequest, RpcFailure> {
+    let wanted: ListRequest = if payload.iter().all(u8::is_ascii_whitespace) {
+        ListRequest::default()
+    } else {
+        serde_json::from_slice(payload)
+            .map_err(|e| RpcFailure::new(400, format!("malformed listing request: {e}")))?
+    };
+    if wanted.table.is_some() && wanted.schema.is_none() {
+        return Err(RpcFailure::new(400, "a table needs its schema"));
+    }
+    for text in [&wanted.id, &wanted.schema, &wanted.table]
+        .into_iter()
+        .flatten()
+    {
+        if text.contains('\0') {
+            return Err(RpcFailure::new(400, "the request contains a NUL character"));
+        }
+    }
+    Ok(wanted)
+}
+
+/// The longest PostgreSQL name, in bytes (`NAMEDATALEN` - 1).
+const MAX_NAME_BYTES: usize = 63;
+
+/// Refuses (400) a schema or table name PostgreSQL cannot have: one with a NUL character
+/// or longer than 63 bytes (such requests used to reach the catalog query and answer 500).
+fn check_name(name: &str) -> Result<(), RpcFailure> {
+    if name.contains('\0') {
+        return Err(RpcFailure::new(
+            400,
+            "schema and table names cannot contain a NUL character",
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(RpcFailure::new(
+            400,
+            format!(
+                "{}…: PostgreSQL names are at most {MAX_NAME_BYTES} bytes, this one has {}",
+                name.chars().take(20).collect::<String>(),
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a request and prepares the snapshot: the answer is its `Run` or an error.
+async fn accept(shared: &Arc<Shared>, payload: &[u8]) -> Result<run::Run, RpcFailure> {
+    let (request, chunk_size) = parse_request(payload, shared.default_chunk)?;
     let permit = Arc::clone(&shared.permits)
         .try_acquire_owned()
         .map_err(|_| {

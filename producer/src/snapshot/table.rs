@@ -190,6 +190,58 @@ pub fn literal(text: &str) -> String {
     out
 }
 
+/// The longest filter value, in bytes. The accepted request's answer and its `_walbrook`
+/// record repeat the value, so a value near NATS' `max_payload` would make the answer too
+/// big to send.
+pub const MAX_FILTER_VALUE: usize = 64 * 1024;
+
+/// The text of a filter's value, as PostgreSQL will read it (through [`literal`] and a cast
+/// to the column's type): `None` for an operator without a value (`is_null`,
+/// `is_not_null`). A 400 failure when the operator needs a value and has none, takes none
+/// and has one, the value is not a string, number or boolean, or its text contains NUL or
+/// is longer than [`MAX_FILTER_VALUE`].
+pub fn filter_value_text(filter: &RowFilter) -> Result<Option<String>, RpcFailure> {
+    if !filter.op.takes_value() {
+        if filter.value.is_some() {
+            return Err(RpcFailure::new(
+                400,
+                format!("filter: {} takes no value", filter.op.sql()),
+            ));
+        }
+        return Ok(None);
+    }
+    let text = match &filter.value {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(serde_json::Value::Bool(b)) => b.to_string(),
+        Some(_) => {
+            return Err(RpcFailure::new(
+                400,
+                "filter: value must be a string, number or boolean",
+            ));
+        }
+        None => {
+            return Err(RpcFailure::new(
+                400,
+                format!("filter: {} needs a value", filter.op.sql()),
+            ));
+        }
+    };
+    if text.contains('\0') {
+        return Err(RpcFailure::new(400, "filter: value contains a NUL byte"));
+    }
+    if text.len() > MAX_FILTER_VALUE {
+        return Err(RpcFailure::new(
+            400,
+            format!(
+                "filter: the value has {} bytes, at most {MAX_FILTER_VALUE} are allowed",
+                text.len()
+            ),
+        ));
+    }
+    Ok(Some(text))
+}
+
 /// The SQL condition of a validated filter (`None`: no filter).
 #[derive(Debug, Clone, Default)]
 pub struct FilterSql(pub Option<String>);
@@ -230,35 +282,9 @@ impl SnapshotTable {
                 )
             })?;
         let target = quote_ident(&column.name);
-        if !filter.op.takes_value() {
-            if filter.value.is_some() {
-                return Err(RpcFailure::new(
-                    400,
-                    format!("filter: {} takes no value", filter.op.sql()),
-                ));
-            }
+        let Some(text) = filter_value_text(filter)? else {
             return Ok(FilterSql(Some(format!("{target} {}", filter.op.sql()))));
-        }
-        let text = match &filter.value {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            Some(serde_json::Value::Bool(b)) => b.to_string(),
-            Some(_) => {
-                return Err(RpcFailure::new(
-                    400,
-                    "filter: value must be a string, number or boolean",
-                ));
-            }
-            None => {
-                return Err(RpcFailure::new(
-                    400,
-                    format!("filter: {} needs a value", filter.op.sql()),
-                ));
-            }
         };
-        if text.contains('\0') {
-            return Err(RpcFailure::new(400, "filter: value contains a NUL byte"));
-        }
         let value = format!("{}::{}", literal(&text), column.type_name);
         // Parse the value (and check the operator exists for the type) without reading
         // any row.
