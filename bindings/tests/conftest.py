@@ -135,9 +135,12 @@ class Database:
             )
         deadline = time.monotonic() + 60
         while True:
+            # A walsender streaming from the slot, not just an active slot: creating
+            # the slot marks it active too, and a write in that window is not captured.
             active = self.sql(
-                "SELECT count(*) FROM pg_replication_slots "
-                f"WHERE slot_name = '{self.name}_slot' AND active"
+                "SELECT count(*) FROM pg_replication_slots s "
+                "JOIN pg_stat_replication r ON r.pid = s.active_pid "
+                f"WHERE s.slot_name = '{self.name}_slot'"
             )
             if active == "1":
                 break
