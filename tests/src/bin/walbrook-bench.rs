@@ -127,6 +127,226 @@ fn main() {
     if args.runs("memory") {
         memory_bench(&pg, &nats.url(), &walbrook, args.memory_rows, &args.out);
     }
+    summarize(&args.out);
+}
+
+/// A ratio of the summary: result file, field, label, and the issue's target when set.
+const RATIOS: &[(&str, &str, &str, Option<f64>)] = &[
+    (
+        "backlog",
+        "ratio_walbrook_to_pg_recvlogical",
+        "produce / pg_recvlogical",
+        Some(0.8),
+    ),
+    (
+        "backlog",
+        "ratio_walbrook_to_raw_jetstream",
+        "produce / raw JetStream",
+        None,
+    ),
+    (
+        "snapshot",
+        "ratio_snapshot_to_copy",
+        "snapshot / COPY",
+        None,
+    ),
+    (
+        "apply",
+        "ratio_walbrook_to_native",
+        "sink postgres / native sub.",
+        Some(1.5),
+    ),
+];
+
+/// Writes `summary.json` (every result file of `out`, with its run metadata), `summary.txt`
+/// (one line per result) and `chart.png` (the ratios, with the issues' targets).
+fn summarize(out: &std::path::Path) {
+    let mut all = serde_json::Map::new();
+    let mut text = String::new();
+    for name in ["backlog", "snapshot", "latency", "apply", "memory"] {
+        let Ok(body) = std::fs::read_to_string(out.join(format!("{name}.json"))) else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        text.push_str(&summary_line(name, &value));
+        text.push('\n');
+        all.insert(name.into(), value);
+    }
+    if let Some(run) = RUN.get() {
+        text.push_str(&format!(
+            "machine: {} cores, {}, {} memory, load at start {}; walbrook {}{}, PostgreSQL {}, \
+             nats-server {}, {}\n",
+            run["cores"],
+            run["cpu_model"].as_str().unwrap_or("?"),
+            run["memory_total"].as_str().unwrap_or("?"),
+            run["load_average_at_start"].as_str().unwrap_or("?"),
+            run["walbrook_git_rev"].as_str().unwrap_or("?"),
+            if run["walbrook_tree_modified"] == true {
+                " (modified)"
+            } else {
+                ""
+            },
+            run["postgres"].as_str().unwrap_or("?"),
+            run["nats_server"].as_str().unwrap_or("?"),
+            run["rustc"].as_str().unwrap_or("?"),
+        ));
+    }
+    let summary = serde_json::json!({ "current_run": RUN.get(), "results": all });
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary).unwrap(),
+    )
+    .expect("write summary");
+    std::fs::write(out.join("summary.txt"), &text).expect("write summary");
+    let bars: Vec<(String, f64, Option<f64>)> = RATIOS
+        .iter()
+        .filter_map(|(file, field, label, target)| {
+            let v = all.get(*file)?.get(*field)?.as_f64()?;
+            Some((label.to_string(), v, *target))
+        })
+        .collect();
+    let chart = out.join("chart.png");
+    match draw_chart(&chart, &bars) {
+        Ok(()) => println!(
+            "summary: {}, {}",
+            out.join("summary.txt").display(),
+            chart.display()
+        ),
+        Err(e) => eprintln!("no chart: {e}"),
+    }
+    print!("{text}");
+}
+
+fn summary_line(name: &str, v: &serde_json::Value) -> String {
+    let f = |field: &str| v[field].as_f64().unwrap_or(f64::NAN);
+    match name {
+        "backlog" => format!(
+            "backlog drain, {} rows: produce {:.0} rows/s, pg_recvlogical {:.0} rows/s, ratio {:.2} \
+             (target 0.8); producer peak RSS {:.0} MiB",
+            v["rows"],
+            f("walbrook_rows_per_second"),
+            f("pg_recvlogical_rows_per_second"),
+            f("ratio_walbrook_to_pg_recvlogical"),
+            f("walbrook_peak_rss_mib")
+        ),
+        "snapshot" => format!(
+            "snapshot, {} rows: {:.0} rows/s, COPY {:.0} rows/s, ratio {:.2}",
+            v["rows"],
+            f("snapshot_rows_per_second"),
+            f("copy_rows_per_second"),
+            f("ratio_snapshot_to_copy")
+        ),
+        "latency" => format!(
+            "latency at {:.0} changes/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            f("achieved_changes_per_second"),
+            f("p50_ms"),
+            f("p99_ms"),
+            f("max_ms")
+        ),
+        "apply" => format!(
+            "apply, {} changes: sink postgres {:.0} changes/s, native subscription {:.0} changes/s, \
+             ratio {:.2} (target 1.5)",
+            v["changes"],
+            f("walbrook_sink_changes_per_second"),
+            f("native_subscription_changes_per_second"),
+            f("ratio_walbrook_to_native")
+        ),
+        "memory" => format!(
+            "memory, one {}-row transaction: producer peak RSS {:.0} MiB (target 100), \
+             sink postgres peak RSS {:.0} MiB",
+            v["rows_in_one_transaction"],
+            f("producer_peak_rss_mib"),
+            f("sink_postgres_peak_rss_mib")
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Fonts tried for the chart's text; without one the chart has bars and lines only.
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Bars of `(label, ratio, target)`; a target is a red line across its bar, 1.0 a grey one.
+fn draw_chart(
+    path: &std::path::Path,
+    bars: &[(String, f64, Option<f64>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    if bars.is_empty() {
+        return Err("no ratios to draw".into());
+    }
+    let labels = FONTS
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .is_some_and(|bytes| {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        });
+    let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = bars
+        .iter()
+        .map(|(_, v, t)| v.max(t.unwrap_or(0.0)))
+        .fold(1.0, f64::max)
+        * 1.25;
+    let n = bars.len() as f64;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(24);
+    if labels {
+        builder
+            .caption(
+                "Walbrook / reference, same run (red: target)",
+                ("sans-serif", 24),
+            )
+            .y_label_area_size(48);
+    }
+    let mut chart = builder.build_cartesian_2d(0.0..n, 0.0..top)?;
+    if labels {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc("ratio")
+            .draw()?;
+    }
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (n, 1.0)],
+        RGBColor(150, 150, 150).stroke_width(1),
+    )))?;
+    for (i, (label, value, target)) in bars.iter().enumerate() {
+        let x = i as f64;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x + 0.15, 0.0), (x + 0.85, *value)],
+            RGBColor(60, 110, 180).filled(),
+        )))?;
+        if let Some(t) = target {
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x + 0.05, *t), (x + 0.95, *t)],
+                RED.stroke_width(3),
+            )))?;
+        }
+        if labels {
+            let style = ("sans-serif", 16).into_font().color(&BLACK).pos(
+                plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Bottom,
+                ),
+            );
+            chart.draw_series(std::iter::once(Text::new(
+                format!("{label}: {value:.2}"),
+                (x + 0.5, value + top * 0.02),
+                style,
+            )))?;
+        }
+    }
+    root.present()?;
+    Ok(())
 }
 
 /// (a)–(e): backlog drain versus pg_recvlogical and raw JetStream, then the snapshot
