@@ -222,9 +222,23 @@ fn has_unchanged(row: &Row) -> bool {
 /// to find the event to blame.
 const REGROUP: usize = usize::MAX;
 
-/// Consecutive inserts into one table with the same columns and distinct keys, written as
-/// one multi-row statement.
-struct InsertGroup<'a> {
+/// What a multi-row statement does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupKind {
+    /// `INSERT … ON CONFLICT (key) DO UPDATE`: inserts, snapshot rows, and updates that keep
+    /// the key and carry every value (an update of a missing row inserts it, as the
+    /// one-statement form does).
+    Upsert,
+    /// `DELETE … WHERE (key) IN (VALUES …)`.
+    Delete,
+}
+
+/// Consecutive events of one kind on one table with the same columns, written as one
+/// multi-row statement. An upsert group holds distinct keys (a repeated key starts the
+/// next group, so the later change lands after the earlier one); a delete group may repeat
+/// a key (deleting twice deletes once).
+struct Group<'a> {
+    kind: GroupKind,
     table: TableName,
     target: Vec<String>,
     signature: Vec<String>,
@@ -235,12 +249,18 @@ struct InsertGroup<'a> {
 /// The most rows of one multi-row statement (and at most 65,535 parameters).
 const GROUP_ROWS: usize = 1000;
 
-fn groupable(event: &ChangeEvent) -> Option<&Row> {
+/// The group kind and row of an event that can join a multi-row statement.
+fn groupable(event: &ChangeEvent) -> Option<(GroupKind, &Row)> {
     match event.op() {
-        Op::Insert | Op::Read => event
+        Op::Insert | Op::Read | Op::Update => event
             .after()
-            .filter(|row| has_key(row) && !has_unchanged(row)),
-        _ => None,
+            .filter(|row| has_key(row) && !has_unchanged(row))
+            .map(|row| (GroupKind::Upsert, row)),
+        Op::Delete => event
+            .before()
+            .filter(|row| has_key(row))
+            .map(|row| (GroupKind::Delete, row)),
+        Op::UpdateKey | Op::Truncate => None,
     }
 }
 
@@ -252,15 +272,45 @@ fn key_text(row: &Row) -> String {
         .join("\u{0}")
 }
 
+/// One `DELETE FROM t WHERE (k1, k2) IN (VALUES ($1::t1, $2::t2), …)` of several rows'
+/// keys.
+fn delete_rows(table: &TableName, rows: &[&Row]) -> Result<Statement, String> {
+    let mut s = Statement::new();
+    let names: Vec<String> = rows[0]
+        .columns()
+        .iter()
+        .filter(|c| c.is_key)
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let mut tuples = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut values = Vec::new();
+        for (c, v) in r.iter().filter(|(c, _)| c.is_key) {
+            values.push(s.param(c, v)?);
+        }
+        tuples.push(format!("({})", values.join(", ")));
+    }
+    s.sql = format!(
+        "DELETE FROM {} WHERE ({}) IN (VALUES {})",
+        table.quoted(),
+        names.join(", "),
+        tuples.join(", ")
+    );
+    Ok(s)
+}
+
 async fn flush(
-    group: &mut Option<InsertGroup<'_>>,
+    group: &mut Option<Group<'_>>,
     tx: &mut Transaction<'static, Postgres>,
 ) -> Result<(), SinkError> {
     let Some(g) = group.take() else { return Ok(()) };
     let rows: Vec<&Row> = g.rows.iter().map(|(_, r)| *r).collect();
     let first = g.rows[0].0;
-    let statement = upsert_rows(&g.table, &rows, &g.target)
-        .map_err(|m| SinkError::rejected(first, format!("{}: {m}", g.table)))?;
+    let statement = match g.kind {
+        GroupKind::Upsert => upsert_rows(&g.table, &rows, &g.target),
+        GroupKind::Delete => delete_rows(&g.table, &rows),
+    }
+    .map_err(|m| SinkError::rejected(first, format!("{}: {m}", g.table)))?;
     match statement.execute(tx, first, &g.table).await {
         Ok(_) => Ok(()),
         Err(e)
@@ -290,7 +340,7 @@ async fn apply_with(
     grouped: bool,
 ) -> Result<Applied, SinkError> {
     let options = &sink.options;
-    let mut group: Option<InsertGroup<'_>> = None;
+    let mut group: Option<Group<'_>> = None;
     // One apply at a time (the runner never overlaps them for this sink); the lock also
     // guards the table cache.
     let mut known = sink.known.lock().await;
@@ -308,14 +358,15 @@ async fn apply_with(
         let mut entry = changed.get(&table).or_else(|| known.get(&table)).cloned();
         let fingerprint = event.fingerprint();
         let candidate = if grouped { groupable(event) } else { None };
-        // Anything but the next row of the pending group writes it first (DDL included).
-        let joins = group.as_ref().is_some_and(|g| {
-            candidate.is_some()
-                && g.table == table
-                && entry
-                    .as_ref()
-                    .is_some_and(|e| e.seen.contains(&fingerprint))
-        });
+        // A new schema to reconcile (DDL) writes the pending group first; so does anything
+        // that cannot join it (checked below).
+        let reconciles = event.after().is_some()
+            && !entry
+                .as_ref()
+                .is_some_and(|e| e.seen.contains(&fingerprint));
+        let joins = group
+            .as_ref()
+            .is_some_and(|g| candidate.is_some() && g.table == table && !reconciles);
         if !joins {
             flush(&mut group, &mut tx).await?;
         }
@@ -362,21 +413,31 @@ async fn apply_with(
         if columns.is_empty() {
             continue;
         }
-        if let Some(row) = candidate {
-            let signature: Vec<String> = set_values(row, &columns, true)
-                .map(|(c, _)| c.name.clone())
-                .collect();
+        if let Some((kind, row)) = candidate {
+            let signature: Vec<String> = match kind {
+                GroupKind::Upsert => set_values(row, &columns, true)
+                    .map(|(c, _)| c.name.clone())
+                    .collect(),
+                GroupKind::Delete => row
+                    .columns()
+                    .iter()
+                    .filter(|c| c.is_key)
+                    .map(|c| c.name.clone())
+                    .collect(),
+            };
             let key = key_text(row);
             let fits = group.as_ref().is_some_and(|g| {
-                g.table == table
+                g.kind == kind
+                    && g.table == table
                     && g.signature == signature
-                    && !g.keys.contains(&key)
+                    && (kind == GroupKind::Delete || !g.keys.contains(&key))
                     && g.rows.len() < GROUP_ROWS.min(60_000 / signature.len().max(1))
             });
             if !fits {
                 flush(&mut group, &mut tx).await?;
             }
-            let g = group.get_or_insert_with(|| InsertGroup {
+            let g = group.get_or_insert_with(|| Group {
+                kind,
                 table: table.clone(),
                 target: columns.clone(),
                 signature,

@@ -36,6 +36,16 @@ struct Args {
     out: std::path::PathBuf,
     latency_rate: u64,
     latency_seconds: u64,
+    only: Vec<String>,
+    apply_changes: u64,
+    memory_rows: u64,
+}
+
+impl Args {
+    /// Whether the benchmark `part` runs (`--only` lists the parts; default all).
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 fn parse_args() -> Args {
@@ -45,6 +55,9 @@ fn parse_args() -> Args {
         out: "results".into(),
         latency_rate: 5_000,
         latency_seconds: 20,
+        only: Vec::new(),
+        apply_changes: 200_000,
+        memory_rows: 1_000_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +70,17 @@ fn parse_args() -> Args {
             "--latency-seconds" => {
                 args.latency_seconds = value.parse().expect("--latency-seconds S")
             }
+            "--only" => {
+                args.only = value.split(',').map(|p| p.trim().to_string()).collect();
+                for part in &args.only {
+                    assert!(
+                        PARTS.contains(&part.as_str()),
+                        "--only takes {PARTS:?}, not {part:?}"
+                    );
+                }
+            }
+            "--apply-changes" => args.apply_changes = value.parse().expect("--apply-changes N"),
+            "--memory-rows" => args.memory_rows = value.parse().expect("--memory-rows N"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -71,10 +95,263 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// The benchmark parts `--only` selects from (`backlog` includes the snapshot benchmark,
+/// which reads the backlog's table).
+const PARTS: &[&str] = &["backlog", "latency", "apply", "memory"];
+
 fn main() {
     let args = parse_args();
     let pg = PgServer::start_with(&[("synchronous_commit", "off")]).expect("PostgreSQL");
     let nats = NatsServer::start().expect("nats-server");
+    let walbrook = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("walbrook");
+    std::fs::create_dir_all(&args.out).expect("results dir");
+    let _ = RUN.set(run_metadata(&pg, &nats));
+    if args.runs("backlog") {
+        backlog_bench(&pg, &nats, &walbrook, &args);
+    }
+    if args.runs("latency") {
+        latency_bench(
+            &pg,
+            &nats.url(),
+            &walbrook,
+            args.latency_rate,
+            args.latency_seconds,
+            &args.out,
+        );
+    }
+    if args.runs("apply") {
+        apply_bench(&pg, &nats.url(), &walbrook, args.apply_changes, &args.out);
+    }
+    if args.runs("memory") {
+        memory_bench(&pg, &nats.url(), &walbrook, args.memory_rows, &args.out);
+    }
+    summarize(&args.out);
+}
+
+/// A ratio of the summary: result file, field, label, and the issue's target when set.
+const RATIOS: &[(&str, &str, &str, Option<f64>)] = &[
+    (
+        "backlog",
+        "ratio_walbrook_to_pg_recvlogical",
+        "produce / pg_recvlogical",
+        Some(0.8),
+    ),
+    (
+        "backlog",
+        "ratio_walbrook_to_raw_jetstream",
+        "produce / raw JetStream",
+        None,
+    ),
+    (
+        "snapshot",
+        "ratio_snapshot_to_copy",
+        "snapshot / COPY",
+        None,
+    ),
+    (
+        "apply",
+        "ratio_walbrook_to_native",
+        "sink postgres / native sub.",
+        Some(1.5),
+    ),
+];
+
+/// Writes `summary.json` (every result file of `out`, with its run metadata), `summary.txt`
+/// (one line per result) and `chart.png` (the ratios, with the issues' targets).
+fn summarize(out: &std::path::Path) {
+    let mut all = serde_json::Map::new();
+    let mut text = String::new();
+    for name in ["backlog", "snapshot", "latency", "apply", "memory"] {
+        let Ok(body) = std::fs::read_to_string(out.join(format!("{name}.json"))) else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        text.push_str(&summary_line(name, &value));
+        text.push('\n');
+        all.insert(name.into(), value);
+    }
+    if let Some(run) = RUN.get() {
+        text.push_str(&format!(
+            "machine: {} cores, {}, {} memory, load at start {}; walbrook {}{}, PostgreSQL {}, \
+             nats-server {}, {}\n",
+            run["cores"],
+            run["cpu_model"].as_str().unwrap_or("?"),
+            run["memory_total"].as_str().unwrap_or("?"),
+            run["load_average_at_start"].as_str().unwrap_or("?"),
+            run["walbrook_git_rev"].as_str().unwrap_or("?"),
+            if run["walbrook_tree_modified"] == true {
+                " (modified)"
+            } else {
+                ""
+            },
+            run["postgres"].as_str().unwrap_or("?"),
+            run["nats_server"].as_str().unwrap_or("?"),
+            run["rustc"].as_str().unwrap_or("?"),
+        ));
+    }
+    let summary = serde_json::json!({ "current_run": RUN.get(), "results": all });
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary).unwrap(),
+    )
+    .expect("write summary");
+    std::fs::write(out.join("summary.txt"), &text).expect("write summary");
+    let bars: Vec<(String, f64, Option<f64>)> = RATIOS
+        .iter()
+        .filter_map(|(file, field, label, target)| {
+            let v = all.get(*file)?.get(*field)?.as_f64()?;
+            Some((label.to_string(), v, *target))
+        })
+        .collect();
+    let chart = out.join("chart.png");
+    match draw_chart(&chart, &bars) {
+        Ok(()) => println!(
+            "summary: {}, {}",
+            out.join("summary.txt").display(),
+            chart.display()
+        ),
+        Err(e) => eprintln!("no chart: {e}"),
+    }
+    print!("{text}");
+}
+
+fn summary_line(name: &str, v: &serde_json::Value) -> String {
+    let f = |field: &str| v[field].as_f64().unwrap_or(f64::NAN);
+    match name {
+        "backlog" => format!(
+            "backlog drain, {} rows: produce {:.0} rows/s, pg_recvlogical {:.0} rows/s, ratio {:.2} \
+             (target 0.8); producer peak RSS {:.0} MiB",
+            v["rows"],
+            f("walbrook_rows_per_second"),
+            f("pg_recvlogical_rows_per_second"),
+            f("ratio_walbrook_to_pg_recvlogical"),
+            f("walbrook_peak_rss_mib")
+        ),
+        "snapshot" => format!(
+            "snapshot, {} rows: {:.0} rows/s, COPY {:.0} rows/s, ratio {:.2}",
+            v["rows"],
+            f("snapshot_rows_per_second"),
+            f("copy_rows_per_second"),
+            f("ratio_snapshot_to_copy")
+        ),
+        "latency" => format!(
+            "latency at {:.0} changes/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            f("achieved_changes_per_second"),
+            f("p50_ms"),
+            f("p99_ms"),
+            f("max_ms")
+        ),
+        "apply" => format!(
+            "apply, {} changes: sink postgres {:.0} changes/s, native subscription {:.0} changes/s, \
+             ratio {:.2} (target 1.5)",
+            v["changes"],
+            f("walbrook_sink_changes_per_second"),
+            f("native_subscription_changes_per_second"),
+            f("ratio_walbrook_to_native")
+        ),
+        "memory" => format!(
+            "memory, one {}-row transaction: producer peak RSS {:.0} MiB (target 100), \
+             sink postgres peak RSS {:.0} MiB",
+            v["rows_in_one_transaction"],
+            f("producer_peak_rss_mib"),
+            f("sink_postgres_peak_rss_mib")
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Fonts tried for the chart's text; without one the chart has bars and lines only.
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Bars of `(label, ratio, target)`; a target is a red line across its bar, 1.0 a grey one.
+fn draw_chart(
+    path: &std::path::Path,
+    bars: &[(String, f64, Option<f64>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    if bars.is_empty() {
+        return Err("no ratios to draw".into());
+    }
+    let labels = FONTS
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .is_some_and(|bytes| {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        });
+    let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = bars
+        .iter()
+        .map(|(_, v, t)| v.max(t.unwrap_or(0.0)))
+        .fold(1.0, f64::max)
+        * 1.25;
+    let n = bars.len() as f64;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(24);
+    if labels {
+        builder
+            .caption(
+                "Walbrook / reference, same run (red: target)",
+                ("sans-serif", 24),
+            )
+            .y_label_area_size(48);
+    }
+    let mut chart = builder.build_cartesian_2d(0.0..n, 0.0..top)?;
+    if labels {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc("ratio")
+            .draw()?;
+    }
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (n, 1.0)],
+        RGBColor(150, 150, 150).stroke_width(1),
+    )))?;
+    for (i, (label, value, target)) in bars.iter().enumerate() {
+        let x = i as f64;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x + 0.15, 0.0), (x + 0.85, *value)],
+            RGBColor(60, 110, 180).filled(),
+        )))?;
+        if let Some(t) = target {
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x + 0.05, *t), (x + 0.95, *t)],
+                RED.stroke_width(3),
+            )))?;
+        }
+        if labels {
+            let style = ("sans-serif", 16).into_font().color(&BLACK).pos(
+                plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Bottom,
+                ),
+            );
+            chart.draw_series(std::iter::once(Text::new(
+                format!("{label}: {value:.2}"),
+                (x + 0.5, value + top * 0.02),
+                style,
+            )))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// (a)–(e): backlog drain versus pg_recvlogical and raw JetStream, then the snapshot
+/// benchmark on the same table.
+fn backlog_bench(pg: &PgServer, nats: &NatsServer, walbrook: &std::path::Path, args: &Args) {
     let db = pg.fresh_database("bench");
     let reference_slot = format!("{}_ref", db.name());
     let walbrook_slot = db.slot_name();
@@ -142,13 +419,9 @@ fn main() {
     eprintln!("pg_recvlogical: {reference_secs:.2}s");
 
     // (b) walbrook produce drains the other slot into JetStream.
-    let walbrook = std::env::current_exe()
-        .expect("own path")
-        .with_file_name("walbrook");
-    std::fs::create_dir_all(&args.out).expect("results dir");
     let log = std::fs::File::create(args.out.join("producer.log")).ok();
     let started = Instant::now();
-    let mut producer = Command::new(&walbrook)
+    let mut producer = Command::new(walbrook)
         .arg("produce")
         .env("WALBROOK_PG_URL", db.url())
         .env("WALBROOK_NATS_URL", nats.url())
@@ -238,7 +511,7 @@ fn main() {
         },
     });
     let path = args.out.join("backlog.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
+    write_result(&path, result.clone());
     println!(
         "backlog drain, {} rows: pg_recvlogical {:.0} rows/s, walbrook {:.0} rows/s (ratio {:.2}), \
          raw JetStream publish {:.0} msgs/s (walbrook/raw {:.2}), with Walbrook's headers {:.0} msgs/s \
@@ -255,15 +528,7 @@ fn main() {
         path.display()
     );
 
-    snapshot_bench(&pg, &db, &nats.url(), &walbrook, args.rows, &args.out);
-    latency_bench(
-        &pg,
-        &nats.url(),
-        &walbrook,
-        args.latency_rate,
-        args.latency_seconds,
-        &args.out,
-    );
+    snapshot_bench(pg, &db, &nats.url(), walbrook, args.rows, &args.out);
 }
 
 /// (f) Commit → receive latency at a steady rate; see the module docs.
@@ -405,7 +670,7 @@ fn latency_bench(
     let _ = producer.kill();
     let _ = producer.wait();
     let path = out.join("latency.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
+    write_result(&path, result.clone());
     println!(
         "latency at {:.0} changes/s (target {rate}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} changes ({})",
         result["achieved_changes_per_second"]
@@ -515,7 +780,7 @@ fn snapshot_bench(
         "chunk_size": 10_000,
     });
     let path = out.join("snapshot.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
+    write_result(&path, result.clone());
     println!(
         "snapshot, {rows} rows: COPY {:.0} rows/s, walbrook snapshot into JetStream {:.0} rows/s \
          (ratio {ratio:.2}), producer peak RSS {:.0} MiB ({})",
@@ -639,4 +904,475 @@ mod walbrook_producer_lsn {
             Ok(Lsn((hi << 32) | lo))
         }
     }
+}
+
+/// The apply workload's table, in the source and both targets.
+const APPLY_TABLE: &str = "CREATE TABLE apply_t (id bigint PRIMARY KEY, name text NOT NULL,
+    amount numeric(12,2), at timestamptz NOT NULL, flag boolean)";
+
+/// Count and checksum of a table's rows, in id order (the same text in equal tables).
+fn table_checksum(pg: &PgServer, db: &str, table: &str) -> String {
+    pg.psql(
+        db,
+        &format!(
+            "SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, ',' ORDER BY id), '')) FROM {table} t"
+        ),
+    )
+    .expect("checksum")
+    .trim()
+    .to_string()
+}
+
+/// Starts `walbrook produce` on `db` for `tables`.
+fn spawn_producer(
+    walbrook: &std::path::Path,
+    db: &walbrook_harness::TestDb<'_>,
+    nats_url: &str,
+    root: &str,
+    tables: &str,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).ok();
+    Command::new(walbrook)
+        .arg("produce")
+        .env("WALBROOK_PG_URL", db.url())
+        .env("WALBROOK_NATS_URL", nats_url)
+        .env("WALBROOK_TABLES", tables)
+        .env("WALBROOK_SLOT", db.slot_name())
+        .env("WALBROOK_PUBLICATION", db.publication_name())
+        .env("WALBROOK_ROOT", root)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, Stdio::from))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", walbrook.display()))
+}
+
+/// Starts `walbrook sink postgres` reading `source`'s stream into `target_url`.
+fn spawn_pg_sink(
+    walbrook: &std::path::Path,
+    source: &walbrook_harness::TestDb<'_>,
+    target_url: &str,
+    nats_url: &str,
+    root: &str,
+    tables: &str,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).ok();
+    Command::new(walbrook)
+        .args(["sink", "postgres"])
+        .env("WALBROOK_NATS_URL", nats_url)
+        .env("WALBROOK_ROOT", root)
+        .env("WALBROOK_SINK_SOURCE_DB", source.name())
+        .env("WALBROOK_SINK_CONSUMER", "bench")
+        .env("WALBROOK_SINK_TABLES", tables)
+        .env("WALBROOK_SINK_TARGET_URL", target_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, Stdio::from))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", walbrook.display()))
+}
+
+/// Waits until `slot` has confirmed `lsn` (panics when `child` exits first).
+fn wait_confirmed(
+    db: &walbrook_harness::TestDb<'_>,
+    slot: &str,
+    lsn: &str,
+    child: &mut std::process::Child,
+) {
+    let target: walbrook_producer_lsn::Lsn = lsn.parse().expect("lsn");
+    loop {
+        let confirmed = db
+            .psql(&format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ))
+            .ok()
+            .and_then(|t| t.trim().parse::<walbrook_producer_lsn::Lsn>().ok());
+        if confirmed.is_some_and(|c| c >= target) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the producer exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `sql` (one boolean) on `url` every 20 ms until it is true; panics after
+/// `limit` or when `child` exits. Returns the seconds since `started`.
+fn wait_true(
+    url: &str,
+    sql: &str,
+    started: Instant,
+    limit: Duration,
+    mut child: Option<&mut std::process::Child>,
+) -> f64 {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            loop {
+                let row = client.query_one(sql, &[]).await.expect("poll");
+                if row.get::<_, bool>(0) {
+                    return started.elapsed().as_secs_f64();
+                }
+                assert!(started.elapsed() < limit, "not done after {limit:?}: {sql}");
+                if let Some(child) = child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!("the process exited early: {status}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+}
+
+/// (g) Apply: PostgreSQL's native logical replication (`CREATE SUBSCRIPTION`) versus
+/// `walbrook sink postgres` applying the same workload of `changes` changes (transactions
+/// of 1,000: 650 inserts, 50 updates of rows of the same transaction, 200 updates and 100
+/// deletes of the previous transaction's rows, then one marker row) into an empty copy of
+/// the table. The native side is a disabled subscription on its own slot, created before
+/// the workload, then enabled and timed until the marker row is in its target; the
+/// Walbrook side is the producer's copy of the workload in JetStream (stored before the
+/// clock starts), applied by the sink process, timed from its start until the marker row
+/// is in its target. Both targets are then compared with the source (count + checksum).
+fn apply_bench(
+    pg: &PgServer,
+    nats_url: &str,
+    walbrook: &std::path::Path,
+    changes: u64,
+    out: &std::path::Path,
+) {
+    let source = pg.fresh_database("apply_src");
+    let native = pg.fresh_database("apply_nat");
+    let target = pg.fresh_database("apply_wb");
+    let publication = source.publication_name();
+    let native_slot = format!("{}_native", source.name());
+    source
+        .psql(&format!(
+            "{APPLY_TABLE}; CREATE PUBLICATION {publication} FOR TABLE apply_t"
+        ))
+        .expect("source schema");
+    for slot in [&native_slot, &source.slot_name()] {
+        source
+            .psql(&format!(
+                "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+            ))
+            .expect("slot");
+    }
+    native.psql(APPLY_TABLE).expect("native target schema");
+    target.psql(APPLY_TABLE).expect("walbrook target schema");
+    // The slot exists already: a subscription to the same cluster cannot create its own.
+    native
+        .psql(&format!(
+            "CREATE SUBSCRIPTION bench_sub CONNECTION '{}' PUBLICATION {publication}
+               WITH (enabled = false, create_slot = false, slot_name = '{native_slot}',
+                     copy_data = false)",
+            source.url()
+        ))
+        .expect("subscription");
+
+    let transactions = changes.div_ceil(1000).max(1);
+    let total_changes = 700 + (transactions - 1) * 1000 + 1;
+    eprintln!("apply workload: {transactions} transactions, {total_changes} changes…");
+    let fill = Instant::now();
+    source
+        .psql(&format!(
+            "DO $$
+             DECLARE base bigint; prev bigint;
+             BEGIN
+               FOR k IN 0..{last} LOOP
+                 base := k * 650; prev := (k - 1) * 650;
+                 INSERT INTO apply_t SELECT g, 'name-' || g, (g % 100000) / 100.0, now(), g % 2 = 0
+                   FROM generate_series(base, base + 649) g;
+                 UPDATE apply_t SET amount = amount + 1, name = name || '+', flag = NOT flag
+                   WHERE id >= base AND id < base + 50;
+                 IF k > 0 THEN
+                   UPDATE apply_t SET amount = amount + 2, at = at + interval '1 second'
+                     WHERE id >= prev AND id < prev + 200;
+                   DELETE FROM apply_t WHERE id >= prev + 550 AND id < prev + 650;
+                 END IF;
+                 COMMIT;
+               END LOOP;
+               INSERT INTO apply_t VALUES (-1, 'end', 0, now(), true);
+             END $$",
+            last = transactions - 1
+        ))
+        .expect("workload");
+    let end_lsn = source
+        .psql("SELECT pg_current_wal_lsn()")
+        .expect("lsn")
+        .trim()
+        .to_string();
+    eprintln!(
+        "workload written in {:.1}s, up to {end_lsn}",
+        fill.elapsed().as_secs_f64()
+    );
+    let expected = table_checksum(pg, source.name(), "apply_t");
+
+    // The producer puts the workload in JetStream (not timed); it stays up, idle, for
+    // both timings: the sink looks schemas up from it.
+    let mut producer = spawn_producer(
+        walbrook,
+        &source,
+        nats_url,
+        "APPLY",
+        "public.apply_t",
+        &out.join("producer-apply.log"),
+    );
+    wait_confirmed(&source, &source.slot_name(), &end_lsn, &mut producer);
+
+    let marker = "SELECT EXISTS (SELECT 1 FROM apply_t WHERE id = -1)";
+    let limit = Duration::from_secs(1800);
+    // (g1) Native logical replication.
+    let started = Instant::now();
+    native
+        .psql("ALTER SUBSCRIPTION bench_sub ENABLE")
+        .expect("enable");
+    let native_secs = wait_true(&native.url(), marker, started, limit, None);
+    native
+        .psql("ALTER SUBSCRIPTION bench_sub DISABLE")
+        .expect("disable");
+    native
+        .psql("ALTER SUBSCRIPTION bench_sub SET (slot_name = NONE)")
+        .expect("detach");
+    native
+        .psql("DROP SUBSCRIPTION bench_sub")
+        .expect("drop subscription");
+    eprintln!("native subscription: {native_secs:.2}s");
+
+    // (g2) walbrook sink postgres.
+    let started = Instant::now();
+    let mut sink = spawn_pg_sink(
+        walbrook,
+        &source,
+        &target.url(),
+        nats_url,
+        "APPLY",
+        "public.apply_t",
+        &out.join("sink-apply.log"),
+    );
+    let walbrook_secs = wait_true(&target.url(), marker, started, limit, Some(&mut sink));
+    for child in [&mut sink, &mut producer] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    eprintln!("walbrook sink postgres: {walbrook_secs:.2}s");
+
+    let native_sum = table_checksum(pg, native.name(), "apply_t");
+    let walbrook_sum = table_checksum(pg, target.name(), "apply_t");
+    assert_eq!(
+        native_sum, expected,
+        "the native target differs from the source"
+    );
+    assert_eq!(
+        walbrook_sum, expected,
+        "the Walbrook target differs from the source"
+    );
+    let ratio = native_secs / walbrook_secs;
+    let result = serde_json::json!({
+        "benchmark": "apply",
+        "changes": total_changes,
+        "transactions": transactions + 1,
+        "workload": "per 1,000-change transaction: 650 inserts, 50 updates of its own rows, 200 updates and 100 deletes of the previous transaction's rows",
+        "native_subscription_seconds": native_secs,
+        "native_subscription_changes_per_second": total_changes as f64 / native_secs,
+        "walbrook_sink_seconds": walbrook_secs,
+        "walbrook_sink_changes_per_second": total_changes as f64 / walbrook_secs,
+        "ratio_walbrook_to_native": ratio,
+        "targets_equal_source": expected,
+    });
+    let path = out.join("apply.json");
+    write_result(&path, result);
+    println!(
+        "apply, {total_changes} changes: native subscription {:.0} changes/s, walbrook sink postgres \
+         {:.0} changes/s (ratio {ratio:.2}); both targets equal the source ({})",
+        total_changes as f64 / native_secs,
+        total_changes as f64 / walbrook_secs,
+        path.display()
+    );
+}
+
+/// (h) Memory: peak RSS (VmHWM) of `walbrook produce` and of `walbrook sink postgres`
+/// while one transaction of `rows` inserted rows flows through both.
+fn memory_bench(
+    pg: &PgServer,
+    nats_url: &str,
+    walbrook: &std::path::Path,
+    rows: u64,
+    out: &std::path::Path,
+) {
+    let source = pg.fresh_database("mem_src");
+    let target = pg.fresh_database("mem_dst");
+    source.psql(APPLY_TABLE).expect("source schema");
+    target.psql(APPLY_TABLE).expect("target schema");
+    let mut producer = spawn_producer(
+        walbrook,
+        &source,
+        nats_url,
+        "MEM",
+        "public.apply_t",
+        &out.join("producer-memory.log"),
+    );
+    let streaming = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r
+           ON r.pid = s.active_pid WHERE s.slot_name = '{}')",
+        source.slot_name()
+    );
+    wait_true(
+        &source.url(),
+        &streaming,
+        Instant::now(),
+        Duration::from_secs(60),
+        Some(&mut producer),
+    );
+    let mut sink = spawn_pg_sink(
+        walbrook,
+        &source,
+        &target.url(),
+        nats_url,
+        "MEM",
+        "public.apply_t",
+        &out.join("sink-memory.log"),
+    );
+    let baseline = (
+        peak_rss_kib(producer.id()).unwrap_or(0),
+        peak_rss_kib(sink.id()).unwrap_or(0),
+    );
+    eprintln!("memory: one transaction of {rows} rows…");
+    let started = Instant::now();
+    source
+        .psql(&format!(
+            "INSERT INTO apply_t SELECT g, 'name-' || g, (g % 100000) / 100.0, now(), g % 2 = 0
+               FROM generate_series(1, {rows}) g"
+        ))
+        .expect("insert");
+    let committed = started.elapsed().as_secs_f64();
+    let (mut producer_kib, mut sink_kib) = baseline;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let done = "SELECT count(*) FROM apply_t";
+    loop {
+        producer_kib = producer_kib.max(peak_rss_kib(producer.id()).unwrap_or(0));
+        sink_kib = sink_kib.max(peak_rss_kib(sink.id()).unwrap_or(0));
+        let count: u64 = target
+            .psql(done)
+            .ok()
+            .and_then(|c| c.trim().parse().ok())
+            .unwrap_or(0);
+        if count >= rows {
+            break;
+        }
+        for child in [&mut producer, &mut sink] {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("a process exited early: {status}");
+            }
+        }
+        assert!(Instant::now() < deadline, "the rows never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    producer_kib = producer_kib.max(peak_rss_kib(producer.id()).unwrap_or(0));
+    sink_kib = sink_kib.max(peak_rss_kib(sink.id()).unwrap_or(0));
+    for child in [&mut producer, &mut sink] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(
+        table_checksum(pg, target.name(), "apply_t"),
+        table_checksum(pg, source.name(), "apply_t"),
+        "the target differs from the source"
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let result = serde_json::json!({
+        "benchmark": "memory",
+        "rows_in_one_transaction": rows,
+        "insert_seconds": committed,
+        "commit_to_target_complete_seconds": seconds,
+        "producer_peak_rss_mib": mib(producer_kib),
+        "producer_idle_rss_mib": mib(baseline.0),
+        "producer_target_mib": 100,
+        "sink_postgres_peak_rss_mib": mib(sink_kib),
+        "sink_postgres_idle_rss_mib": mib(baseline.1),
+    });
+    let path = out.join("memory.json");
+    write_result(&path, result);
+    println!(
+        "memory, one {rows}-row transaction: producer peak RSS {:.0} MiB (target ≤ 100), \
+         walbrook sink postgres peak RSS {:.0} MiB, {seconds:.1}s from INSERT to the target \
+         holding every row ({})",
+        mib(producer_kib),
+        mib(sink_kib),
+        path.display()
+    );
+}
+
+/// Writes a result file, with the run's metadata (machine, versions) under `run`.
+fn write_result(path: &std::path::Path, mut result: serde_json::Value) {
+    if let Some(meta) = RUN.get() {
+        result["run"] = meta.clone();
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&result).unwrap()).expect("write results");
+}
+
+/// This run's machine and versions, set once at the start.
+static RUN: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+
+/// Machine (cores, CPU model, memory, load) and versions (Walbrook git revision,
+/// PostgreSQL, nats-server, rustc) of this run.
+fn run_metadata(pg: &PgServer, nats: &NatsServer) -> serde_json::Value {
+    let command = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let proc_field = |file: &str, field: &str| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let dirty = command("git", &["status", "--porcelain", "--untracked-files=no"]);
+    serde_json::json!({
+        "started_at_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": proc_field("/proc/cpuinfo", "model name"),
+        "memory_total": proc_field("/proc/meminfo", "MemTotal"),
+        "load_average_at_start": std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
+        "walbrook_git_rev": command("git", &["rev-parse", "HEAD"]),
+        "walbrook_tree_modified": dirty != "unknown" && !dirty.is_empty(),
+        "postgres": pg.psql("postgres", "SHOW server_version").unwrap_or_default().trim(),
+        "nats_server": nats_version(&nats.url()),
+        "rustc": command("rustc", &["--version"]),
+    })
+}
+
+/// The nats-server version, from its INFO.
+fn nats_version(url: &str) -> String {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            match async_nats::connect(url).await {
+                Ok(client) => client.server_info().version,
+                Err(_) => "unknown".into(),
+            }
+        })
 }

@@ -1,0 +1,218 @@
+//! The multi-row statements of the PostgreSQL sink: runs of inserts, updates and deletes on
+//! the same keys keep their order, key-changing updates and REPLICA IDENTITY FULL tables
+//! break or join runs correctly, and a row the target refuses inside a multi-row statement
+//! dead-letters exactly that event.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use walbrook_client::runner::{Runner, RunnerOptions};
+use walbrook_harness::PgServer;
+use walbrook_pg_client::{PgSink, PgSinkOptions};
+
+use common::{Setup, connect, rows, wait_equal};
+
+/// Counts the target's statements per table and kind, so a test can tell that a run of
+/// changes was written as one multi-row statement.
+const STATEMENT_LOG: &str = "
+CREATE TABLE statements (tbl text, op text);
+CREATE FUNCTION log_statement() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN INSERT INTO statements VALUES (TG_TABLE_NAME, TG_OP); RETURN NULL; END $$;
+";
+
+fn log_statements_of(table: &str) -> String {
+    format!(
+        "CREATE TRIGGER log_statement AFTER INSERT OR UPDATE OR DELETE ON {table}
+           FOR EACH STATEMENT EXECUTE FUNCTION log_statement();"
+    )
+}
+
+async fn statements(target: &tokio_postgres::Client, table: &str, op: &str) -> i64 {
+    target
+        .query_one(
+            "SELECT count(*) FROM statements WHERE tbl = $1 AND op = $2",
+            &[&table, &op],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn run_sink(
+    setup: &Setup,
+    target_url: &str,
+    consumer: &str,
+    tables: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let client = setup.client().await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_url))
+        .await
+        .unwrap();
+    let mut runner = Runner::new(client, sink, RunnerOptions::new(consumer, [tables]));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    (shutdown, task)
+}
+
+const DDL: &str = r#"
+CREATE TABLE runs (id int PRIMARY KEY, v text, n int);
+CREATE TABLE pair ("a b" int, "C" text, v text, PRIMARY KEY ("a b", "C"));
+CREATE TABLE full_pk (id int PRIMARY KEY, doc json, v text);
+ALTER TABLE full_pk REPLICA IDENTITY FULL;
+CREATE TABLE full_nokey (a int, v text);
+ALTER TABLE full_nokey REPLICA IDENTITY FULL;
+"#;
+
+#[tokio::test]
+async fn mixed_runs_on_the_same_keys_are_applied_in_order() {
+    let mut setup = Setup::start(
+        "shapes",
+        DDL,
+        "public.runs, public.pair, public.full_pk, public.full_nokey",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("shapes_target");
+    let target = connect(&target_db.url()).await;
+    // The target has the tables (created like the sink would) and logs its statements.
+    target
+        .batch_execute(&format!(
+            "{DDL} {STATEMENT_LOG} {} {}",
+            log_statements_of("runs"),
+            log_statements_of("full_pk")
+        ))
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            // Everything in one transaction, so in one batch: inserts, updates of the same
+            // keys (a repeated key starts a new statement), deletes, re-inserts of deleted
+            // keys, key changes in the middle of a run, updates of the moved rows.
+            "BEGIN;
+             INSERT INTO runs SELECT g, 'new', 0 FROM generate_series(1, 40) g;
+             UPDATE runs SET v = 'first', n = n + 1 WHERE id <= 20;
+             UPDATE runs SET v = 'second', n = n + 1 WHERE id <= 10;
+             DELETE FROM runs WHERE id BETWEEN 5 AND 15;
+             INSERT INTO runs VALUES (5, 'reborn', 100), (6, 'reborn', 100);
+             UPDATE runs SET n = n + 10 WHERE id IN (5, 16, 17);
+             UPDATE runs SET id = id + 1000 WHERE id IN (18, 19);
+             UPDATE runs SET v = 'moved' WHERE id IN (1018, 20, 1);
+             INSERT INTO runs VALUES (18, 'key reused', 7);
+             DELETE FROM runs WHERE id IN (1019, 2, 3);
+             DELETE FROM runs WHERE id IN (2, 4);
+             UPDATE runs SET v = NULL WHERE id = 21;
+             COMMIT",
+            "BEGIN;
+             INSERT INTO pair SELECT g, 'c' || g, 'x' FROM generate_series(1, 10) g;
+             UPDATE pair SET v = 'y' WHERE \"a b\" <= 5;
+             DELETE FROM pair WHERE \"a b\" IN (2, 3, 7);
+             UPDATE pair SET \"C\" = 'moved' WHERE \"a b\" = 4;
+             UPDATE pair SET v = 'z' WHERE \"a b\" = 4;
+             COMMIT",
+            "BEGIN;
+             INSERT INTO full_pk SELECT g, '{\"k\": 1}', 'a' FROM generate_series(1, 30) g;
+             UPDATE full_pk SET v = 'b', doc = '[1, 2]' WHERE id <= 20;
+             UPDATE full_pk SET id = id + 100 WHERE id IN (3, 4);
+             UPDATE full_pk SET v = 'c' WHERE id IN (103, 5, 6);
+             DELETE FROM full_pk WHERE id IN (104, 7, 8, 9);
+             COMMIT",
+            "BEGIN;
+             INSERT INTO full_nokey SELECT g % 5, 'a' FROM generate_series(1, 20) g;
+             UPDATE full_nokey SET v = 'b' WHERE a = 1;
+             DELETE FROM full_nokey WHERE a = 2;
+             COMMIT",
+        ])
+        .await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), "shapes", "public.*").await;
+    wait_equal(
+        &setup.sql,
+        &target,
+        &["runs", "pair", "full_pk", "full_nokey"],
+        Duration::from_secs(60),
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    // The runs were written as multi-row statements: far fewer statements than the 30 +
+    // 20 + 2 + 3 + 4 changes of full_pk, and of the 40 + 20 + 10 + 11 + … of runs.
+    let full_pk_statements = statements(&target, "full_pk", "INSERT").await
+        + statements(&target, "full_pk", "UPDATE").await
+        + statements(&target, "full_pk", "DELETE").await;
+    assert!(
+        (3..=20).contains(&full_pk_statements),
+        "{full_pk_statements} statements for 59 changes of full_pk"
+    );
+    let run_deletes = statements(&target, "runs", "DELETE").await;
+    assert!(
+        (1..=6).contains(&run_deletes),
+        "{run_deletes} DELETE statements for 16 deletes of runs"
+    );
+    let run_inserts = statements(&target, "runs", "INSERT").await;
+    assert!(
+        (3..=30).contains(&run_inserts),
+        "{run_inserts} INSERT statements for the inserts and updates of runs"
+    );
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_row_inside_a_multi_row_update_dead_letters_exactly_that_event() {
+    let mut setup = Setup::start(
+        "shapes_refused",
+        "CREATE TABLE r (id int PRIMARY KEY, n int)",
+        "public.r",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("shapes_refused_target");
+    let target = connect(&target_db.url()).await;
+    // The target refuses n = 13: the update of id 3 (n = 3 + 10) is refused.
+    target
+        .batch_execute(
+            "CREATE TABLE r (id int PRIMARY KEY, n int CHECK (n <> 13));
+             CREATE TABLE deleted_log (id int);",
+        )
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            "INSERT INTO r SELECT g, 0 FROM generate_series(1, 10) g",
+            "UPDATE r SET n = id + 10",
+            "DELETE FROM r WHERE id IN (8, 9)",
+        ])
+        .await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), "refused", "public.r").await;
+    let expected: Vec<String> = [
+        "(1,11)", "(10,20)", "(2,12)", "(3,0)", "(4,14)", "(5,15)", "(6,16)", "(7,17)",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = rows(&target, "r").await;
+        if now == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "target rows {now:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client = setup.client().await;
+    let letters = walbrook_client::runner::list_dead_letters(&client, "refused")
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].sink, "postgres");
+    let event = letters[0].event.as_ref().expect("the refused event");
+    assert_eq!(event["op"], "update", "{event}");
+    assert_eq!(event["after"]["id"], 3, "{event}");
+    assert_eq!(event["after"]["n"], 13, "{event}");
+    assert!(letters[0].error.contains("23514"), "{}", letters[0].error);
+    stop.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
