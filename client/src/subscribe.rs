@@ -58,6 +58,7 @@ pub struct Subscription {
     durable: Option<String>,
     prefetch: usize,
     ack_wait: Duration,
+    max_ack_pending: Option<usize>,
     dead_letter: Option<String>,
 }
 
@@ -80,6 +81,7 @@ impl Subscription {
             durable: None,
             prefetch: 256,
             ack_wait: Duration::from_secs(30),
+            max_ack_pending: None,
             dead_letter: None,
         }
     }
@@ -122,6 +124,15 @@ impl Subscription {
     /// again (default 30 s). Used when the consumer is created.
     pub fn ack_wait(mut self, wait: Duration) -> Subscription {
         self.ack_wait = wait;
+        self
+    }
+
+    /// How many delivered events a durable consumer may have unacknowledged before the
+    /// server stops delivering (default: the server's, 1,000). A caller that acknowledges
+    /// only after gathering more events than that (a whole large transaction) must raise
+    /// it, or it waits for events the server holds back. Used when the consumer is created.
+    pub fn max_ack_pending(mut self, events: usize) -> Subscription {
+        self.max_ack_pending = Some(events.max(1));
         self
     }
 
@@ -342,6 +353,9 @@ pub(crate) async fn subscribe(
                                 deliver_policy,
                                 ack_policy: AckPolicy::Explicit,
                                 ack_wait: subscription.ack_wait,
+                                max_ack_pending: subscription
+                                    .max_ack_pending
+                                    .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
                                 filter_subject: filter_subject.clone(),
                                 filter_subjects: filter_subjects.clone(),
                                 ..Default::default()

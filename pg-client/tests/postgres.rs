@@ -263,6 +263,60 @@ async fn transactions_larger_than_a_batch_are_applied_completely() {
     setup.stop().await;
 }
 
+/// A source transaction larger than the server's default limit of unacknowledged
+/// deliveries (1,000) but within the runner's 16× batch limit is applied in ONE target
+/// transaction: the runner raises the consumer's limit (with the default, the batch
+/// stalled at 1,000 events and was cut after `transaction_wait`).
+#[tokio::test]
+async fn a_transaction_above_the_default_ack_limit_is_applied_atomically() {
+    let mut setup = Setup::start(
+        "sink_pg_ackpending",
+        "CREATE TABLE wide (id bigint PRIMARY KEY, note text)",
+        "public.wide",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_ackpending_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute(
+            "CREATE TABLE wide (id bigint PRIMARY KEY, note text);
+             CREATE TABLE audit (tx xid8 NOT NULL);
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO audit VALUES (pg_current_xact_id()); RETURN NULL; END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE ON wide
+               FOR EACH ROW EXECUTE FUNCTION audit();",
+        )
+        .await
+        .unwrap();
+    setup
+        .exec(&["INSERT INTO wide SELECT g, 'x' FROM generate_series(1, 2500) g"])
+        .await;
+    let shutdown = CancellationToken::new();
+    let client = setup.client().await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let options = RunnerOptions::new("wide", ["public.wide"]);
+    assert_eq!(options.max_batch_events, 500, "the default batch limit");
+    let mut runner = Runner::new(client, sink, options);
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    wait_equal(&setup.sql, &target, &["wide"], Duration::from_secs(60)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let row = target
+        .query_one("SELECT count(*), count(DISTINCT tx) FROM audit", &[])
+        .await
+        .unwrap();
+    let (writes, transactions): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(writes, 2500, "every row written once");
+    assert_eq!(
+        transactions, 1,
+        "one source transaction, one target transaction"
+    );
+    setup.stop().await;
+}
+
 /// The bootstrap seam: rows of a "snapshot" (here the events of the first transaction, read
 /// by an ephemeral subscription, standing in for the snapshot SDK call) and its position,
 /// then the live changes from that position: no gap, no double.

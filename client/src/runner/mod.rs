@@ -380,7 +380,12 @@ impl<S: Sink> Runner<S> {
                     .durable(self.options.consumer.clone())
                     .start(start)
                     .prefetch(self.options.max_batch_events.max(1))
-                    .ack_wait(self.options.ack_wait),
+                    .ack_wait(self.options.ack_wait)
+                    // A batch may hold up to 16 times `max_batch_events` unacknowledged
+                    // events (one large source transaction), plus what is prefetched: with
+                    // the server's default of 1,000 such a batch waited `transaction_wait`
+                    // for every 1,000 events.
+                    .max_ack_pending(self.options.max_batch_events.saturating_mul(18).max(1_000)),
             )
             .await
     }
