@@ -571,6 +571,14 @@ fn latency_bench(
                 .await
                 .expect("connect");
             tokio::spawn(connection);
+            // The bench cluster runs with synchronous_commit = off (to fill backlogs fast);
+            // a walsender sends only flushed WAL, so with it off every commit would wait for
+            // the WAL writer (wal_writer_delay, 200 ms) before it could be streamed: that
+            // delay, not Walbrook, dominated the first measurements. Writers that care
+            // about latency commit synchronously.
+            sql.batch_execute("SET synchronous_commit = on")
+                .await
+                .expect("synchronous commit");
             let js = jetstream::new(async_nats::connect(nats_url).await.expect("nats"));
             let stream_name = format!("LAT_{}_WAL", db.name());
             let deadline = Instant::now() + Duration::from_secs(60);
