@@ -8,6 +8,11 @@ cd "$ROOT"
 LOGS="$(mktemp -d -t walbrook-test-logs.XXXXXX)"
 trap 'rm -rf "$LOGS"' EXIT
 
+# Harness servers already running belong to someone else (a benchmark or another checkout
+# on this machine); the leftover check at the end ignores them.
+WALBROOK_LEFTOVER_BASELINE="$(pgrep -f 'walbrook-test-' | tr '\n' ' ' || true)"
+export WALBROOK_LEFTOVER_BASELINE
+
 bash scripts/setup.sh
 
 echo "== cargo fmt --check"
