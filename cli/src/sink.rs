@@ -126,6 +126,19 @@ impl CommonArgs {
 
     /// The consumer name and tables of this instance.
     pub(crate) fn assignment(&self) -> anyhow::Result<(String, Vec<String>)> {
+        // JetStream refuses such durable names; found at subscription time that looked
+        // like a transient error and was retried for ever.
+        if self.consumer.is_empty()
+            || self.consumer.chars().any(|c| {
+                c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
+            })
+        {
+            bail!(
+                "--consumer {:?}: a consumer name must be non-empty and hold no whitespace, \
+                 '.', '*', '>', '/' or '\\' (it names a JetStream durable consumer)",
+                self.consumer
+            );
+        }
         if self.instances <= 1 {
             return Ok((self.consumer.clone(), self.tables.clone()));
         }

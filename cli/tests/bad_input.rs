@@ -650,6 +650,18 @@ fn config_cases() -> Vec<ConfigCase> {
             "invalid value 'later' for '--batch-wait",
         ),
         (
+            "sink postgres: consumer name with a dot",
+            "sink postgres",
+            vec![("WALBROOK_SINK_CONSUMER", "replica.eu")],
+            "--consumer \"replica.eu\": a consumer name must be non-empty",
+        ),
+        (
+            "sink postgres: consumer name with a wildcard",
+            "sink postgres",
+            vec![("WALBROOK_SINK_CONSUMER", "all>")],
+            "--consumer \"all>\"",
+        ),
+        (
             "sink postgres: max attempts negative",
             "sink postgres",
             vec![("WALBROOK_SINK_MAX_ATTEMPTS", "-3")],

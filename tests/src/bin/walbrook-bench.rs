@@ -148,7 +148,7 @@ const RATIOS: &[(&str, &str, &str, Option<f64>)] = &[
         "snapshot",
         "ratio_snapshot_to_copy",
         "snapshot / COPY",
-        None,
+        Some(0.7),
     ),
     (
         "apply",
@@ -232,7 +232,7 @@ fn summary_line(name: &str, v: &serde_json::Value) -> String {
             f("walbrook_peak_rss_mib")
         ),
         "snapshot" => format!(
-            "snapshot, {} rows: {:.0} rows/s, COPY {:.0} rows/s, ratio {:.2}",
+            "snapshot, {} rows: {:.0} rows/s, COPY {:.0} rows/s, ratio {:.2} (target 0.7)",
             v["rows"],
             f("snapshot_rows_per_second"),
             f("copy_rows_per_second"),
