@@ -28,7 +28,7 @@ use crate::event::{AckHandle, ChangeEvent};
 use crate::large_payload::PayloadObjects;
 use crate::names::{Lsn, Names, TablePattern};
 use crate::schema::SchemaCache;
-use crate::subscribe::decode_message;
+use crate::subscribe::{decode_message, delivery};
 
 /// Default for [`SnapshotRequest::stall_timeout`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -285,19 +285,7 @@ async fn decode_batch(
     count: &str,
 ) -> Result<VecDeque<ChangeEvent>, Error> {
     let subject = message.subject.to_string();
-    let (stream_sequence, consumer_sequence, delivered) = match message.info() {
-        Ok(info) => (
-            info.stream_sequence,
-            info.consumer_sequence,
-            u64::try_from(info.delivered).unwrap_or(0),
-        ),
-        Err(e) => {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!("a delivered message has no JetStream metadata: {e}"),
-            ));
-        }
-    };
+    let (stream_sequence, consumer_sequence, delivered) = delivery(&message)?;
     let payload = message.payload.clone();
     let headers = message.headers.clone();
     let undecoded = |e: Error| {

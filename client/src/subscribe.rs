@@ -613,25 +613,28 @@ pub(crate) async fn decode_stored(
     })
 }
 
+/// A delivered message's stream sequence, consumer sequence and delivery count.
+pub(crate) fn delivery(message: &Message) -> Result<(u64, u64, u64), Error> {
+    let info = message.info().map_err(|e| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("a delivered message has no JetStream metadata: {e}"),
+        )
+    })?;
+    Ok((
+        info.stream_sequence,
+        info.consumer_sequence,
+        u64::try_from(info.delivered).unwrap_or(0),
+    ))
+}
+
 pub(crate) async fn decode_message(
     cache: &SchemaCache,
     objects: &PayloadObjects,
     message: Message,
     durable: bool,
 ) -> Result<ChangeEvent, Error> {
-    let (stream_sequence, consumer_sequence, delivered) = match message.info() {
-        Ok(info) => (
-            info.stream_sequence,
-            info.consumer_sequence,
-            u64::try_from(info.delivered).unwrap_or(0),
-        ),
-        Err(e) => {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!("a delivered message has no JetStream metadata: {e}"),
-            ));
-        }
-    };
+    let (stream_sequence, consumer_sequence, delivered) = delivery(&message)?;
     let subject = message.subject.to_string();
     let payload = message.payload.clone();
     let headers = message.headers.clone();

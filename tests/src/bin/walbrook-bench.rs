@@ -419,26 +419,15 @@ fn backlog_bench(pg: &PgServer, nats: &NatsServer, walbrook: &std::path::Path, a
     eprintln!("pg_recvlogical: {reference_secs:.2}s");
 
     // (b) walbrook produce drains the other slot into JetStream.
-    let log = std::fs::File::create(args.out.join("producer.log")).ok();
     let started = Instant::now();
-    let mut producer = Command::new(walbrook)
-        .arg("produce")
-        .env("WALBROOK_PG_URL", db.url())
-        .env("WALBROOK_NATS_URL", nats.url())
-        .env("WALBROOK_TABLES", "public.bench")
-        .env("WALBROOK_SLOT", &walbrook_slot)
-        .env("WALBROOK_PUBLICATION", &publication)
-        .env("WALBROOK_ROOT", "BENCH")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log.map_or_else(Stdio::null, Stdio::from))
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (build it next to walbrook-bench)",
-                walbrook.display()
-            )
-        });
+    let mut producer = spawn_producer(
+        walbrook,
+        &db,
+        &nats.url(),
+        "BENCH",
+        "public.bench",
+        &args.out.join("producer.log"),
+    );
     let target: walbrook_producer_lsn::Lsn = end_lsn.parse().expect("lsn");
     let mut peak_kib = 0;
     loop {
@@ -549,20 +538,14 @@ fn latency_bench(
     let db = pg.fresh_database("latency");
     db.psql("CREATE TABLE lat (id bigint PRIMARY KEY, note text NOT NULL)")
         .expect("table");
-    let log = std::fs::File::create(out.join("producer-latency.log")).ok();
-    let mut producer = Command::new(walbrook)
-        .arg("produce")
-        .env("WALBROOK_PG_URL", db.url())
-        .env("WALBROOK_NATS_URL", nats_url)
-        .env("WALBROOK_TABLES", "public.lat")
-        .env("WALBROOK_SLOT", db.slot_name())
-        .env("WALBROOK_PUBLICATION", db.publication_name())
-        .env("WALBROOK_ROOT", "LAT")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log.map_or_else(Stdio::null, Stdio::from))
-        .spawn()
-        .expect("walbrook produce");
+    let mut producer = spawn_producer(
+        walbrook,
+        &db,
+        nats_url,
+        "LAT",
+        "public.lat",
+        &out.join("producer-latency.log"),
+    );
     let rows_per_tx = (rate / 100).max(1);
     let result = tokio::runtime::Runtime::new()
         .expect("runtime")
@@ -713,20 +696,14 @@ fn snapshot_bench(
     let copy_secs = started.elapsed().as_secs_f64();
     eprintln!("COPY TO STDOUT: {copy_secs:.2}s");
 
-    let log = std::fs::File::create(out.join("producer-snapshot.log")).ok();
-    let mut producer = Command::new(walbrook)
-        .arg("produce")
-        .env("WALBROOK_PG_URL", db.url())
-        .env("WALBROOK_NATS_URL", nats_url)
-        .env("WALBROOK_TABLES", "public.bench")
-        .env("WALBROOK_SLOT", db.slot_name())
-        .env("WALBROOK_PUBLICATION", db.publication_name())
-        .env("WALBROOK_ROOT", "BENCH")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log.map_or_else(Stdio::null, Stdio::from))
-        .spawn()
-        .expect("walbrook produce");
+    let mut producer = spawn_producer(
+        walbrook,
+        db,
+        nats_url,
+        "BENCH",
+        "public.bench",
+        &out.join("producer-snapshot.log"),
+    );
     let pid = producer.id();
     let (snapshot_secs, peak_kib) =
         tokio::runtime::Runtime::new()
@@ -953,7 +930,12 @@ fn spawn_producer(
         .stdout(Stdio::null())
         .stderr(log.map_or_else(Stdio::null, Stdio::from))
         .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", walbrook.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build it next to walbrook-bench)",
+                walbrook.display()
+            )
+        })
 }
 
 /// Starts `walbrook sink postgres` reading `source`'s stream into `target_url`.
