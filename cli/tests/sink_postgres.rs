@@ -181,6 +181,19 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
         .get(0);
     // txs*ROWS inserts, and (txs-1)*ROWS updates (the first transaction updates nothing).
     assert_eq!(total, txs * ROWS + (txs - 1) * ROWS);
+    // The target can be complete before the last sink started: SIGTERM only once that
+    // process is running (its handler is installed before it connects), not while it is
+    // still starting up.
+    let started = tokio::time::Instant::now();
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("sink running")
+        .count()
+        < cycles + 1
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || sink.wait())
         .await
