@@ -447,6 +447,12 @@ pub(crate) async fn list(
     let reply = rpc(nats, names.snapshots_rpc(), body, timeout).await?;
     let list: ListReply = serde_json::from_slice(&reply.payload)
         .map_err(|e| Error::with_source(ErrorKind::Protocol, "the snapshot listing's answer", e))?;
+    if list.truncated {
+        tracing::warn!(
+            listed = list.snapshots.len(),
+            "more snapshots match than fit in one answer: only the newest are listed"
+        );
+    }
     Ok(list.snapshots)
 }
 

@@ -157,3 +157,57 @@ async fn events_larger_than_max_payload_arrive_whole_through_the_object_store() 
     );
     setup.stop().await;
 }
+
+/// A listing with more snapshots than one message can hold is still answered: with the
+/// newest that fit and `truncated` (docs/protocol.md §8.3), never with silence.
+#[tokio::test]
+async fn a_snapshot_listing_larger_than_max_payload_is_cut_to_the_newest() {
+    let nats = NatsServer::start_with_config("max_payload: 8192\n").unwrap();
+    let mut setup = Setup::start_with_nats(
+        "listing_cut",
+        "CREATE TABLE tiny (id int PRIMARY KEY); INSERT INTO tiny VALUES (1)",
+        "public.tiny",
+        nats,
+    )
+    .await;
+    let client = setup.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let mut snapshot = loop {
+            match client
+                .snapshot(walbrook_client::SnapshotRequest::table("public.tiny"))
+                .await
+            {
+                Ok(s) => break s,
+                // The previous snapshot may still hold its permit for a moment.
+                Err(e) if e.is_retryable() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("snapshot: {e}"),
+            }
+        };
+        ids.push(snapshot.id().to_string());
+        while let Some(row) = futures::StreamExt::next(&mut snapshot).await {
+            row.unwrap();
+        }
+    }
+    let raw = async_nats::connect(setup.nats.url())
+        .await
+        .unwrap()
+        .request(
+            format!("{ROOT}.{}.rpc.snapshots", setup.db.name()),
+            "{}".into(),
+        )
+        .await
+        .expect("the listing is answered");
+    assert!(raw.payload.len() <= 8192, "{} bytes", raw.payload.len());
+    let reply: serde_json::Value = serde_json::from_slice(&raw.payload).unwrap();
+    assert_eq!(reply["truncated"], true, "{reply}");
+    let listed = client.snapshots("public.tiny").await.unwrap();
+    let n = listed.len();
+    assert!(n >= 5 && n < 30, "listed {n}");
+    let listed_ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    let newest: Vec<&str> = ids[30 - n..].iter().map(String::as_str).collect();
+    assert_eq!(listed_ids, newest, "the newest snapshots, oldest first");
+    setup.stop().await;
+}

@@ -307,7 +307,85 @@ fn parse_timetz(text: &str) -> Result<(i64, i32), String> {
     Ok((parse_time(t)?, parse_offset(off)?))
 }
 
+/// A timestamp in PostgreSQL's usual ISO output, `YYYY-MM-DD HH:MM:SS[.f{1,6}][±HH[:MM[:SS]]]`
+/// (four-digit AD year), read by position, as microseconds since 1970. `None` for any
+/// other shape or anything out of range, which the general parser then handles (and
+/// explains), so both paths accept and compute exactly the same values.
+fn canonical_timestamp(b: &[u8], tz: bool) -> Option<i64> {
+    fn num(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    }
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let y = i64::from(num(&b[0..4])?);
+    let m = num(&b[5..7])?;
+    let d = num(&b[8..10])?;
+    let h = num(&b[11..13])?;
+    let mi = num(&b[14..16])?;
+    let sec = num(&b[17..19])?;
+    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) || mi > 59 || sec > 60 || h > 24
+    {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut frac: i128 = 0;
+    if let Some((b'.', after)) = rest.split_first() {
+        let n = after.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 || n > 6 {
+            return None;
+        }
+        frac = i128::from(num(&after[..n])?) * 10i128.pow(6 - n as u32);
+        rest = &after[n..];
+    }
+    let mut offset = 0i32;
+    if tz {
+        let (sign, digits) = match rest.split_first()? {
+            (b'+', d) => (1, d),
+            (b'-', d) => (-1, d),
+            _ => return None,
+        };
+        let mut mult = 3600i32;
+        let mut parts = digits.split(|&c| c == b':');
+        for part in parts.by_ref().take(3) {
+            if part.len() != 2 {
+                return None;
+            }
+            offset += i32::try_from(num(part)?).ok()? * mult;
+            mult /= 60;
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        offset *= sign;
+    } else if !rest.is_empty() {
+        return None;
+    }
+    let us = i128::from(h) * 3_600_000_000
+        + i128::from(mi) * 60_000_000
+        + i128::from(sec) * 1_000_000
+        + frac;
+    let total = i128::from(days_from_civil(y, m, d)) * i128::from(USEC_PER_DAY) + us
+        - i128::from(offset) * i128::from(USEC_PER_SEC);
+    i64::try_from(total).ok()
+}
+
 fn parse_timestamp(text: &str, tz: bool) -> Result<PgTimestamp, String> {
+    match canonical_timestamp(text.as_bytes(), tz) {
+        Some(micros) => Ok(PgTimestamp::Micros(micros)),
+        None => parse_timestamp_general(text, tz),
+    }
+}
+
+fn parse_timestamp_general(text: &str, tz: bool) -> Result<PgTimestamp, String> {
     match text {
         "infinity" => return Ok(PgTimestamp::Infinity),
         "-infinity" => return Ok(PgTimestamp::NegInfinity),
@@ -1513,5 +1591,51 @@ mod tests {
             ])
         );
         assert!(parse_text(&t, -1, "(1,2)").is_err());
+    }
+
+    #[test]
+    fn the_timestamp_fast_path_handles_the_usual_forms() {
+        for (text, tz) in [
+            ("2026-11-21 13:45:12.123456+00", true),
+            ("2026-11-21 13:45:12+05:30", true),
+            ("1999-12-31 23:59:60.5-08:00:15", true),
+            ("2024-02-29 24:00:00", false),
+        ] {
+            assert!(canonical_timestamp(text.as_bytes(), tz).is_some(), "{text}");
+            assert_eq!(parse_timestamp(text, tz), parse_timestamp_general(text, tz));
+        }
+        // Shapes the fast path leaves to the general parser.
+        for (text, tz) in [
+            ("2020-01-01 00:00:00 BC", false),
+            ("12020-01-01 00:00:00", false),
+            ("2020-01-01 00:00:00+5", true),
+            ("2020-01-01 00:00:00.", false),
+            ("2020-01-01 00:00:00.1234567", false),
+            ("2020-01-01 00:00:00+00:00:00:00", true),
+            ("2023-02-29 00:00:00", false),
+            ("2023-01-01 25:00:00+00", true),
+        ] {
+            assert!(canonical_timestamp(text.as_bytes(), tz).is_none(), "{text}");
+        }
+        assert!(parse_timestamp("2023-02-29 00:00:00", false).is_err());
+        assert!(parse_timestamp("2023-01-01 25:00:00+00", true).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+        /// The fast path never changes a result: same value or both refused (mostly valid
+        /// dates and times, with every field sometimes out of range).
+        #[test]
+        fn the_timestamp_fast_path_agrees_with_the_general_parser(
+            text in "[0-9]{4}-(0[0-9]|1[0-3])-([0-2][0-9]|3[0-2]) ([01][0-9]|2[0-5]):[0-6][0-9]:[0-6][0-9](\\.[0-9]{0,7})?([+-][0-9]{1,2}(:[0-9]{2}){0,3})?( BC)?",
+            tz in proptest::bool::ANY,
+        ) {
+            let fast = parse_timestamp(&text, tz);
+            let general = parse_timestamp_general(&text, tz);
+            proptest::prop_assert_eq!(fast.is_ok(), general.is_ok(), "{}", text);
+            if let (Ok(a), Ok(b)) = (fast, general) {
+                proptest::prop_assert_eq!(a, b, "{}", text);
+            }
+        }
     }
 }

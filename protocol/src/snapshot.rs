@@ -313,6 +313,36 @@ pub struct ListRequest {
 pub struct ListReply {
     /// Matching snapshots whose data is still retained.
     pub snapshots: Vec<SnapshotInfo>,
+    /// More snapshots matched than fit in one NATS message: `snapshots` holds the newest
+    /// that fit. Narrow the request (table, id) to see the others.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl ListReply {
+    /// The reply for `snapshots` (oldest first), keeping the newest whose JSON fits in
+    /// `max_bytes`; `truncated` tells whether any were left out.
+    pub fn within(snapshots: Vec<SnapshotInfo>, max_bytes: usize) -> ListReply {
+        // `{"snapshots":[...],"truncated":true}`: the envelope, then one comma per entry.
+        const ENVELOPE: usize = 40;
+        let mut budget = max_bytes.saturating_sub(ENVELOPE);
+        let mut keep = 0;
+        for info in snapshots.iter().rev() {
+            let len = serde_json::to_vec(info).map_or(usize::MAX, |v| v.len()) + 1;
+            if len > budget {
+                break;
+            }
+            budget -= len;
+            keep += 1;
+        }
+        let truncated = keep < snapshots.len();
+        let mut snapshots = snapshots;
+        snapshots.drain(..snapshots.len() - keep);
+        ListReply {
+            snapshots,
+            truncated,
+        }
+    }
 }
 
 /// The body of an RPC error answer (also given as `Nats-Service-Error` headers).
@@ -335,6 +365,58 @@ pub struct RpcError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(id: usize) -> SnapshotInfo {
+        SnapshotInfo {
+            id: format!("s{id}"),
+            database: "db".into(),
+            schema: "public".into(),
+            table: "t".into(),
+            subject: format!("R.db.snap.public.t.s{id}"),
+            stream: "R_db_SNAP".into(),
+            position: "0/16B3748".into(),
+            fingerprint: "0011223344556677".into(),
+            approx_rows: Some(1000),
+            chunk_size: 10_000,
+            filter: None,
+            keyed: true,
+            status: SnapshotStatus::Done,
+            rows: 1000,
+            error: None,
+            started_at: "2026-11-21T00:00:00Z".into(),
+            ended_at: None,
+        }
+    }
+
+    #[test]
+    fn a_listing_keeps_the_newest_snapshots_that_fit() {
+        let all: Vec<SnapshotInfo> = (0..100).map(info).collect();
+        let whole = ListReply::within(all.clone(), 1 << 20);
+        assert!(!whole.truncated);
+        assert_eq!(whole.snapshots, all);
+        let json = serde_json::to_string(&whole).unwrap();
+        assert!(!json.contains("truncated"), "omitted when false: {json}");
+
+        let limit = 4096;
+        let cut = ListReply::within(all.clone(), limit);
+        assert!(cut.truncated);
+        let body = serde_json::to_vec(&cut).unwrap();
+        assert!(body.len() <= limit, "{} bytes", body.len());
+        let kept = cut.snapshots.len();
+        assert!(kept > 5 && kept < 100, "kept {kept}");
+        assert_eq!(cut.snapshots, all[100 - kept..], "the newest, oldest first");
+        let back: ListReply = serde_json::from_slice(&body).unwrap();
+        assert!(back.truncated);
+        // One more entry would not have fit.
+        let more = ListReply {
+            snapshots: all[100 - kept - 1..].to_vec(),
+            truncated: true,
+        };
+        assert!(serde_json::to_vec(&more).unwrap().len() > limit - 40);
+
+        let none = ListReply::within(all, 10);
+        assert!(none.truncated && none.snapshots.is_empty());
+    }
 
     #[test]
     fn row_batches_round_trip_and_refuse_bad_framing() {

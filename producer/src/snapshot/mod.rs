@@ -13,6 +13,7 @@
 //!   message: on errors, on shutdown, and — published by a surviving or restarted
 //!   producer — when its producer was killed.
 
+mod copy_text;
 pub mod position;
 mod run;
 pub mod store;
@@ -266,6 +267,9 @@ async fn reply(
     }
 }
 
+/// Room left in a listing answer for headers and protocol framing.
+const LISTING_HEADROOM: usize = 1024;
+
 async fn answer_listing(shared: &Shared, sql: &Client, request: async_nats::Message) {
     let answer = async {
         let wanted = parse_listing(&request.payload)?;
@@ -277,7 +281,20 @@ async fn answer_listing(shared: &Shared, sql: &Client, request: async_nats::Mess
         )
         .await
         .map_err(|e| RpcFailure::new(503, format!("snapshot store unavailable: {e}")))?;
-        Ok(serde_json::to_vec(&ListReply { snapshots }).expect("a listing serializes"))
+        // The answer must fit in one message (else the requester would wait for nothing).
+        let limit = shared
+            .nats
+            .server_info()
+            .max_payload
+            .saturating_sub(LISTING_HEADROOM);
+        let reply = ListReply::within(snapshots, limit);
+        if reply.truncated {
+            tracing::info!(
+                kept = reply.snapshots.len(),
+                "a snapshot listing was cut to fit max_payload"
+            );
+        }
+        Ok(serde_json::to_vec(&reply).expect("a listing serializes"))
     }
     .await;
     reply(shared, &request, answer).await;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  reader task (own SQL connection)         runner (owns the lock connection)
-//!  chunk query / FETCH ──► channel(1) ──►  encode (op READ) ──► Publisher (bounded window)
+//!  COPY (chunk query) ──► channel(1) ──►  encode (op READ) ──► Publisher (bounded window)
 //!                                          progress to _walbrook.snapshots as acks arrive
 //! ```
 //! Memory is bounded by three chunks (one being read, one queued, one being published)
@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, CopyOutStream};
 use tokio_util::sync::CancellationToken;
 use walbrook_protocol::headers;
 use walbrook_protocol::snapshot::{SnapshotEnd, SnapshotInfo, SnapshotStatus, batch, control};
@@ -28,12 +29,10 @@ use crate::metrics::{KindLabels, Metrics, TableLabels};
 use crate::pgoutput::{ColumnValue, Tuple};
 use crate::publish::{OutMessage, Publisher, RetryPolicy, context_for};
 
+use super::copy_text;
 use super::position::{self, ConsistentPoint};
 use super::store;
-use super::table::{FilterSql, SnapshotTable, text_rows};
-
-/// Name of the cursor of an unkeyed snapshot.
-const CURSOR: &str = "walbrook_snapshot";
+use super::table::{FilterSql, SnapshotTable};
 
 /// Everything an accepted snapshot needs.
 pub(super) struct Run {
@@ -405,7 +404,7 @@ async fn read_rows(
     tx: mpsc::Sender<Result<Vec<Tuple>, String>>,
 ) {
     let result = if table.key.is_empty() {
-        read_with_cursor(&sql, &table, &filter, chunk_size, &tx).await
+        read_unkeyed(&sql, &table, &filter, chunk_size, &tx).await
     } else {
         read_keyed(&sql, &table, &filter, chunk_size, &tx).await
     };
@@ -420,7 +419,14 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-/// Key-ordered chunks, each one statement (its own short transaction).
+/// `COPY (query) TO STDOUT` in text format (see [`copy_text`]).
+async fn copy_out(sql: &Client, query: &str) -> Result<CopyOutStream, String> {
+    sql.copy_out(&format!("COPY ({query}) TO STDOUT"))
+        .await
+        .map_err(|e| db_message(&e))
+}
+
+/// Key-ordered chunks, each one `COPY` of one statement (its own short transaction).
 async fn read_keyed(
     sql: &Client,
     table: &SnapshotTable,
@@ -428,10 +434,17 @@ async fn read_keyed(
     chunk_size: u32,
     tx: &mpsc::Sender<Result<Vec<Tuple>, String>>,
 ) -> Result<(), String> {
+    let columns = table.encoder.desc().columns.len();
     let mut last: Option<Vec<String>> = None;
     loop {
         let query = table.chunk_query(filter, last.as_deref(), chunk_size);
-        let rows = text_rows(sql.simple_query(&query).await.map_err(|e| db_message(&e))?);
+        let stream = copy_out(sql, &query).await?;
+        futures::pin_mut!(stream);
+        let mut data = BytesMut::new();
+        while let Some(part) = stream.next().await {
+            data.extend_from_slice(&part.map_err(|e| db_message(&e))?);
+        }
+        let rows = copy_text::rows(&data.freeze(), columns).map_err(|e| e.to_string())?;
         let Some(final_row) = rows.last() else {
             return Ok(());
         };
@@ -455,37 +468,52 @@ async fn read_keyed(
     }
 }
 
-/// A table without a usable key: one REPEATABLE READ transaction and a cursor.
-async fn read_with_cursor(
+/// A table without a usable key: one `COPY` of the whole table (one statement, so one
+/// consistent view), cut into chunks of `chunk_size` rows as it streams in. Backpressure
+/// holds: the stream is only polled while the channel has room.
+async fn read_unkeyed(
     sql: &Client,
     table: &SnapshotTable,
     filter: &FilterSql,
     chunk_size: u32,
     tx: &mpsc::Sender<Result<Vec<Tuple>, String>>,
 ) -> Result<(), String> {
-    sql.batch_execute(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-         DECLARE {CURSOR} NO SCROLL CURSOR FOR {}",
-        table.full_query(filter)
-    ))
-    .await
-    .map_err(|e| db_message(&e))?;
+    let columns = table.encoder.desc().columns.len();
+    let stream = copy_out(sql, &table.full_query(filter)).await?;
+    futures::pin_mut!(stream);
+    let mut data = BytesMut::new();
+    let mut rows_in_data = 0usize;
     loop {
-        let rows = text_rows(
-            sql.simple_query(&format!("FETCH {chunk_size} FROM {CURSOR}"))
-                .await
-                .map_err(|e| db_message(&e))?,
-        );
-        if rows.is_empty() {
-            break;
+        let part = stream
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| db_message(&e))?;
+        let done = part.is_none();
+        if let Some(part) = part {
+            rows_in_data += memchr::memchr_iter(b'\n', &part).count();
+            data.extend_from_slice(&part);
         }
-        if tx.send(Ok(rows)).await.is_err() {
-            break;
+        while rows_in_data >= chunk_size as usize || (done && !data.is_empty()) {
+            // The end of the chunk_size-th complete row (or of all data at the end).
+            let cut = if rows_in_data >= chunk_size as usize {
+                memchr::memchr_iter(b'\n', &data)
+                    .nth(chunk_size as usize - 1)
+                    .map_or(data.len(), |i| i + 1)
+            } else {
+                data.len()
+            };
+            let chunk = data.split_to(cut).freeze();
+            let rows = copy_text::rows(&chunk, columns).map_err(|e| e.to_string())?;
+            rows_in_data -= rows.len();
+            if tx.send(Ok(rows)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if done {
+            return Ok(());
         }
     }
-    sql.batch_execute("COMMIT")
-        .await
-        .map_err(|e| db_message(&e))
 }
 
 /// Publishes the `failed` message (a few attempts; its `Nats-Msg-Id` dedupes repeats).

@@ -3,7 +3,7 @@
 //! that reads it. Every identifier is quoted and every value is a typed literal: a request
 //! can never inject SQL.
 
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 use walbrook_protocol::snapshot::RowFilter;
 
 use crate::catalog::Catalog;
@@ -378,48 +378,6 @@ impl SnapshotTable {
             .unwrap_or(false)
             .then(|| row.get::<_, Option<i64>>(0).unwrap_or(0)))
     }
-}
-
-/// The rows of a simple-protocol result, as text values exactly as the types' output
-/// functions write them (the same form pgoutput sends). All values share one buffer
-/// (one allocation per chunk instead of one per value: this is a snapshot's hot path).
-pub fn text_rows(messages: Vec<SimpleQueryMessage>) -> Vec<pgoutput::Tuple> {
-    let rows: Vec<_> = messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row),
-            _ => None,
-        })
-        .collect();
-    // Each value is read (and UTF-8 checked by the library) once; the buffer grows by
-    // doubling, a few allocations per chunk.
-    let mut buffer = bytes::BytesMut::with_capacity(64 * rows.len());
-    let mut spans = Vec::with_capacity(rows.iter().map(|row| row.len()).sum());
-    for row in &rows {
-        for i in 0..row.len() {
-            spans.push(row.get(i).map(|text| {
-                let start = buffer.len();
-                buffer.extend_from_slice(text.as_bytes());
-                start..buffer.len()
-            }));
-        }
-    }
-    let buffer = buffer.freeze();
-    let mut spans = spans.into_iter();
-    rows.iter()
-        .map(|row| {
-            pgoutput::Tuple(
-                spans
-                    .by_ref()
-                    .take(row.len())
-                    .map(|span| match span {
-                        Some(span) => pgoutput::ColumnValue::Text(buffer.slice(span)),
-                        None => pgoutput::ColumnValue::Null,
-                    })
-                    .collect(),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

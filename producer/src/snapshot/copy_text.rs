@@ -1,0 +1,203 @@
+//! PostgreSQL's `COPY … TO STDOUT` text format, read into [`Tuple`]s.
+//!
+//! A snapshot reads its rows with `COPY (SELECT …) TO STDOUT` rather than as query
+//! rows: COPY sends each row as one line of tab-separated values in the types' text
+//! output form (the same form pgoutput sends), which the server writes and we split
+//! with a byte search instead of one protocol message and one UTF-8 check per value.
+//!
+//! The format (PostgreSQL docs, "COPY", File Formats → Text Format): rows end with
+//! `\n`, columns are separated by a tab, `\N` alone is NULL, and a backslash escapes the
+//! characters the data may contain (`\\`, `\t`, `\n`, `\r`, `\b`, `\f`, `\v`, octal
+//! `\ddd`, hex `\xhh`, and any other character standing for itself). Raw tabs and
+//! newlines therefore only ever delimit. Values without a backslash are slices of the
+//! received buffer (no copy); only escaped values are rebuilt.
+
+use bytes::Bytes;
+
+use crate::pgoutput::{ColumnValue, Tuple};
+
+/// Why a COPY text row could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyTextError {
+    /// The row has another number of columns than the table.
+    #[error("a COPY row has {found} columns, expected {expected}")]
+    Columns {
+        /// Columns of the table.
+        expected: usize,
+        /// Columns in the row.
+        found: usize,
+    },
+    /// The data did not end with a row terminator.
+    #[error("the COPY data ends inside a row")]
+    Truncated,
+}
+
+/// Splits `data`, whole rows each ending with `\n`, into tuples of `columns` values.
+pub fn rows(data: &Bytes, columns: usize) -> Result<Vec<Tuple>, CopyTextError> {
+    if data.last().is_some_and(|&b| b != b'\n') {
+        return Err(CopyTextError::Truncated);
+    }
+    let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', data).count());
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', data) {
+        out.push(row(data, start, end, columns)?);
+        start = end + 1;
+    }
+    Ok(out)
+}
+
+/// The row in `data[start..end]` (without its terminator).
+fn row(data: &Bytes, start: usize, end: usize, columns: usize) -> Result<Tuple, CopyTextError> {
+    if columns == 0 && start == end {
+        // A table without columns: COPY writes an empty line per row.
+        return Ok(Tuple(Vec::new()));
+    }
+    let mut values = Vec::with_capacity(columns);
+    let mut field = start;
+    for tab in memchr::memchr_iter(b'\t', &data[start..end])
+        .map(|i| start + i)
+        .chain(std::iter::once(end))
+    {
+        values.push(value(data, field, tab));
+        field = tab + 1;
+    }
+    if values.len() != columns {
+        return Err(CopyTextError::Columns {
+            expected: columns,
+            found: values.len(),
+        });
+    }
+    Ok(Tuple(values))
+}
+
+fn value(data: &Bytes, start: usize, end: usize) -> ColumnValue {
+    let raw = &data[start..end];
+    if raw == b"\\N" {
+        return ColumnValue::Null;
+    }
+    if memchr::memchr(b'\\', raw).is_none() {
+        return ColumnValue::Text(data.slice(start..end));
+    }
+    ColumnValue::Text(Bytes::from(unescape(raw)))
+}
+
+/// Resolves the backslash escapes of one value.
+fn unescape(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        i += 1;
+        if b != b'\\' || i == raw.len() {
+            out.push(b);
+            continue;
+        }
+        let c = raw[i];
+        i += 1;
+        match c {
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(0x0b),
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                for _ in 0..2 {
+                    match raw.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' if raw.get(i).is_some_and(u8::is_ascii_hexdigit) => {
+                let mut v = 0u8;
+                for _ in 0..2 {
+                    match raw.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d as u8;
+                            i += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(v);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(v: &ColumnValue) -> Option<&[u8]> {
+        match v {
+            ColumnValue::Text(b) => Some(b),
+            ColumnValue::Null => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn splits_rows_and_columns_and_reads_null() {
+        let data = Bytes::from_static(b"1\tone\t\\N\n2\t\t\\\\N\n");
+        let rows = rows(&data, 3).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(text(&rows[0].0[0]), Some(&b"1"[..]));
+        assert_eq!(text(&rows[0].0[1]), Some(&b"one"[..]));
+        assert_eq!(text(&rows[0].0[2]), None);
+        assert_eq!(
+            text(&rows[1].0[1]),
+            Some(&b""[..]),
+            "empty string is not NULL"
+        );
+        assert_eq!(
+            text(&rows[1].0[2]),
+            Some(&b"\\N"[..]),
+            "escaped backslash then N"
+        );
+    }
+
+    #[test]
+    fn resolves_every_escape() {
+        assert_eq!(
+            unescape(br"a\\b\tc\nd\re\bf\fg\vh\101\x41\x4a\q\"),
+            b"a\\b\tc\nd\re\x08f\x0cg\x0bhAAJq\\".to_vec()
+        );
+        assert_eq!(unescape(br"\\x00ff"), b"\\x00ff".to_vec(), "bytea hex text");
+        assert_eq!(unescape(br"\7\08"), b"\x07\x008".to_vec());
+    }
+
+    #[test]
+    fn refuses_truncated_data_and_wrong_column_counts() {
+        assert_eq!(
+            rows(&Bytes::from_static(b"1\t2\n3\t4"), 2).unwrap_err(),
+            CopyTextError::Truncated
+        );
+        assert_eq!(
+            rows(&Bytes::from_static(b"1\t2\t3\n"), 2).unwrap_err(),
+            CopyTextError::Columns {
+                expected: 2,
+                found: 3
+            }
+        );
+        assert!(rows(&Bytes::new(), 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unescaped_values_share_the_buffer() {
+        let data = Bytes::from(b"abc\tdef\n".to_vec());
+        let rows = rows(&data, 2).unwrap();
+        let ColumnValue::Text(v) = &rows[0].0[1] else {
+            panic!()
+        };
+        assert_eq!(v.as_ptr(), data[4..].as_ptr());
+    }
+}
