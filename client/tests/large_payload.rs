@@ -205,7 +205,7 @@ async fn a_snapshot_listing_larger_than_max_payload_is_cut_to_the_newest() {
     assert_eq!(reply["truncated"], true, "{reply}");
     let listed = client.snapshots("public.tiny").await.unwrap();
     let n = listed.len();
-    assert!(n >= 5 && n < 30, "listed {n}");
+    assert!((5..30).contains(&n), "listed {n}");
     let listed_ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
     let newest: Vec<&str> = ids[30 - n..].iter().map(String::as_str).collect();
     assert_eq!(listed_ids, newest, "the newest snapshots, oldest first");
