@@ -139,8 +139,8 @@ impl CommonArgs {
                 self.consumer
             );
         }
-        if self.instances <= 1 {
-            return Ok((self.consumer.clone(), self.tables.clone()));
+        if self.instances == 0 {
+            bail!("--instances must be at least 1");
         }
         if self.instance >= self.instances {
             bail!(
@@ -148,6 +148,9 @@ impl CommonArgs {
                 self.instance,
                 self.instances
             );
+        }
+        if self.instances == 1 {
+            return Ok((self.consumer.clone(), self.tables.clone()));
         }
         let mut mine = Vec::new();
         for pattern in &self.tables {
@@ -221,15 +224,37 @@ pub(crate) async fn run_sink<S: Sink>(
     replay_dead_letters: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = common.client().await?;
+    // Everything that can be refused without a connection is checked first, so a bad
+    // command line fails at once instead of after connecting (or after a bootstrap).
     let options = common.runner_options()?;
     let consumer = options.consumer.clone();
     let tables = options.tables.clone();
+    if common.snapshot {
+        check_snapshot_tables(&tables)?;
+    }
+    let listener = match common.metrics_addr.filter(|_| !replay_dead_letters) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let client = common.client().await?;
     let mut runner = Runner::new(client.clone(), sink, options);
     if replay_dead_letters {
         let (replayed, left) = runner.replay_dead_letters().await?;
         println!("replayed {replayed} dead letters of {consumer}; {left} left");
         return Ok(());
+    }
+    if let Some(listener) = listener {
+        // Served from the start: /healthz says "not applying" during a bootstrap.
+        let metrics = runner.metrics();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, routes(metrics)).await {
+                tracing::error!("metrics server: {e}");
+            }
+        });
     }
     if common.snapshot {
         if runner.needs_bootstrap().await? {
@@ -238,19 +263,18 @@ pub(crate) async fn run_sink<S: Sink>(
             tracing::info!(%consumer, "the consumer has run before: resuming, no snapshot");
         }
     }
-    if let Some(addr) = common.metrics_addr {
-        let metrics = runner.metrics();
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, routes(metrics)).await {
-                tracing::error!("metrics server: {e}");
-            }
-        });
-    }
     tracing::info!(%consumer, sink = runner.sink().name(), "sink running");
     runner.run(shutdown).await?;
+    Ok(())
+}
+
+/// `--snapshot` needs explicit table names (a pattern cannot be snapshotted).
+fn check_snapshot_tables(tables: &[String]) -> anyhow::Result<()> {
+    for table in tables {
+        if !table.contains('.') || table.ends_with(".*") || table == "*" {
+            bail!("--snapshot needs explicit schema.table names, got {table:?}");
+        }
+    }
     Ok(())
 }
 
@@ -267,11 +291,6 @@ async fn bootstrap<S: Sink>(
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
     use walbrook_client::SnapshotRequest;
-    for table in tables {
-        if !table.contains('.') || table.ends_with(".*") || table == "*" {
-            bail!("--snapshot needs explicit schema.table names, got {table:?}");
-        }
-    }
     let Some((first_table, rest)) = tables.split_first() else {
         return Ok(());
     };

@@ -667,6 +667,33 @@ fn config_cases() -> Vec<ConfigCase> {
             vec![("WALBROOK_SINK_MAX_ATTEMPTS", "-3")],
             "invalid value '-3' for '--max-attempts",
         ),
+        (
+            "sink postgres: start neither a keyword nor an LSN",
+            "sink postgres",
+            vec![("WALBROOK_SINK_START", "yesterday")],
+            "--start \"yesterday\": beginning, new or an LSN",
+        ),
+        (
+            "sink postgres: snapshot of a table pattern",
+            "sink postgres",
+            vec![
+                ("WALBROOK_SINK_SNAPSHOT", "true"),
+                ("WALBROOK_SINK_TABLES", "public.*"),
+            ],
+            "--snapshot needs explicit schema.table names",
+        ),
+        (
+            "sink postgres: instance outside the instance count",
+            "sink postgres",
+            vec![("WALBROOK_SINK_INSTANCE", "1")],
+            "--instance 1 must be below --instances 1",
+        ),
+        (
+            "sink postgres: no instances",
+            "sink postgres",
+            vec![("WALBROOK_SINK_INSTANCES", "0")],
+            "--instances must be at least 1",
+        ),
     ]
 }
 
