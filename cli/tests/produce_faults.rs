@@ -477,3 +477,95 @@ async fn a_standby_takes_over_when_the_active_producer_dies() {
     sigkill(&mut standby);
     assert_exactly_once(&ids, total, TXS * ROWS);
 }
+
+/// While PostgreSQL is unreachable, schema lookups the producer can answer from memory
+/// are answered at once, and the others get a prompt error instead of waiting for a
+/// connection attempt each; once it is back, the schema store answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_lookups_are_answered_while_postgres_is_unreachable() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("lookup_down");
+    let nats = NatsServer::start().unwrap();
+    prepare(&db).await;
+    let upstream: SocketAddr = format!("{}:{}", pg.host(), pg.port()).parse().unwrap();
+    let proxy = FaultProxy::start(upstream).unwrap();
+    let proxied_url = format!(
+        "postgresql://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        proxy.port(),
+        db.name()
+    );
+    let log = std::env::temp_dir().join(format!("{}-producer.log", db.name()));
+    let mut producer = spawn_producer(&db, &proxied_url, &nats.url(), &log);
+    wait_for_active_slot(&db).await;
+    db.psql("INSERT INTO load VALUES (1, 'one')").unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let fingerprint = loop {
+        let found = match js.get_stream(format!("{ROOT}_{}_WAL", db.name())).await {
+            Ok(stream) => stream
+                .get_last_raw_message_by_subject(&format!("{ROOT}.{}.wal.public.load", db.name()))
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        if let Some(message) = found {
+            let headers = message.headers;
+            break headers
+                .get("Walbrook-Fingerprint")
+                .expect("a fingerprint header")
+                .to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lookup = |payload: String| {
+        let client = client.clone();
+        let subject = format!("{ROOT}.{}.rpc.schema", db.name());
+        async move {
+            let started = std::time::Instant::now();
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.request(subject, payload.into()),
+            )
+            .await
+            .expect("answered within 10 s")
+            .expect("a reply");
+            let error = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Service-Error-Code"))
+                .map(|v| v.to_string());
+            (error, started.elapsed())
+        }
+    };
+    // PostgreSQL stops answering (connections hang rather than being refused).
+    proxy.set_delay(Duration::from_secs(300));
+    let (error, took) = lookup(fingerprint.clone()).await;
+    assert_eq!(error, None, "a known schema is answered from memory");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The first miss waits for one connection attempt (5 s at most); the next ones are
+    // answered without another attempt.
+    let (error, took) = lookup("0000000000000001".into()).await;
+    assert_eq!(error.as_deref(), Some("500"), "store unavailable");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let mut slowest = Duration::ZERO;
+    for n in 2..6 {
+        let (error, took) = lookup(format!("{n:016x}")).await;
+        assert_eq!(error.as_deref(), Some("500"), "store unavailable");
+        slowest = slowest.max(took);
+    }
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+    proxy.set_delay(Duration::ZERO);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (error, _) = lookup("00000000000000ff".into()).await;
+        if error.as_deref() == Some("404") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the schema store never answered again: {error:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    sigkill(&mut producer);
+}

@@ -167,19 +167,17 @@ pub async fn serve_lookups(
     database: String,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut requests = nats.queue_subscribe(subject, "walbrook".into()).await?;
-    let mut db: Option<Arc<Client>> = None;
+    let mut store = StoreConnection {
+        pg_url,
+        client: None,
+        failed_at: None,
+    };
     while let Some(request) = requests.next().await {
         let Some(reply) = request.reply.clone() else {
             tracing::debug!("schema lookup without a reply subject ignored");
             continue;
         };
-        if db.as_ref().is_none_or(|c| c.is_closed()) {
-            db = crate::pipeline::connect_sql(&pg_url)
-                .await
-                .ok()
-                .map(Arc::new);
-        }
-        let answer = answer_lookup(&request.payload, &registry, db.as_deref(), &database).await;
+        let answer = answer_lookup(&request.payload, &registry, &mut store, &database).await;
         let (headers, body) = match answer {
             Ok(doc) => (
                 async_nats::HeaderMap::new(),
@@ -223,17 +221,67 @@ pub fn parse_lookup(payload: &[u8]) -> Result<Fingerprint, RpcFailure> {
         .map_err(|_| RpcFailure::new(400, format!("malformed fingerprint {text:?}")))
 }
 
+/// The schema store's connection for lookups the registry cannot answer: opened on the
+/// first miss, reopened when closed, and while PostgreSQL is unreachable tried at most
+/// once per [`StoreConnection::RETRY_AFTER`], so lookups wait neither for a connection
+/// they do not need nor for one attempt per request.
+struct StoreConnection {
+    pg_url: String,
+    client: Option<Arc<Client>>,
+    failed_at: Option<std::time::Instant>,
+}
+
+impl StoreConnection {
+    const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+    /// A lookup waits at most this long for a connection to an unresponsive server.
+    const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    async fn get(&mut self) -> Option<&Client> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = None;
+            if self
+                .failed_at
+                .is_some_and(|at| at.elapsed() < Self::RETRY_AFTER)
+            {
+                return None;
+            }
+            let attempt = tokio::time::timeout(
+                Self::CONNECT_TIMEOUT,
+                crate::pipeline::connect_sql(&self.pg_url),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::pipeline::ProducerError::Postgres {
+                    context: "connecting",
+                    detail: format!("no answer within {:?}", Self::CONNECT_TIMEOUT),
+                })
+            });
+            match attempt {
+                Ok(client) => {
+                    self.client = Some(Arc::new(client));
+                    self.failed_at = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "schema lookups: cannot connect to PostgreSQL");
+                    self.failed_at = Some(std::time::Instant::now());
+                }
+            }
+        }
+        self.client.as_deref()
+    }
+}
+
 async fn answer_lookup(
     payload: &[u8],
     registry: &Registry,
-    db: Option<&Client>,
+    store: &mut StoreConnection,
     database: &str,
 ) -> Result<SchemaDoc, (u16, String)> {
     let fingerprint = parse_lookup(payload).map_err(|f| (f.code, f.message))?;
     if let Some(doc) = registry.get(fingerprint) {
         return Ok(doc);
     }
-    let Some(db) = db else {
+    let Some(db) = store.get().await else {
         return Err((
             500,
             "schema store unavailable: cannot connect to PostgreSQL".into(),
