@@ -230,6 +230,25 @@ async fn writer(url: String, transactions: i64, rows_per_tx: i64, pause: Duratio
     }
 }
 
+/// A producer reaching PostgreSQL through a [`FaultProxy`], streaming once this returns.
+async fn spawn_proxied_producer(
+    pg: &PgServer,
+    db: &TestDb<'_>,
+    nats_url: &str,
+) -> (FaultProxy, Producer, std::path::PathBuf) {
+    let upstream: SocketAddr = format!("{}:{}", pg.host(), pg.port()).parse().unwrap();
+    let proxy = FaultProxy::start(upstream).unwrap();
+    let proxied_url = format!(
+        "postgresql://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        proxy.port(),
+        db.name()
+    );
+    let log = std::env::temp_dir().join(format!("{}-producer.log", db.name()));
+    let producer = spawn_producer(db, &proxied_url, nats_url, &log);
+    wait_for_active_slot(db).await;
+    (proxy, producer, log)
+}
+
 async fn prepare(db: &TestDb<'_>) {
     let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
         .await
@@ -402,16 +421,7 @@ async fn nats_restart_and_severed_postgres_lose_nothing() {
     let db = pg.fresh_database("faults");
     let mut nats = NatsServer::start().unwrap();
     prepare(&db).await;
-    let upstream: SocketAddr = format!("{}:{}", pg.host(), pg.port()).parse().unwrap();
-    let proxy = FaultProxy::start(upstream).unwrap();
-    let proxied_url = format!(
-        "postgresql://postgres@127.0.0.1:{}/{}?sslmode=disable",
-        proxy.port(),
-        db.name()
-    );
-    let log = std::env::temp_dir().join(format!("{}-producer.log", db.name()));
-    let mut producer = spawn_producer(&db, &proxied_url, &nats.url(), &log);
-    wait_for_active_slot(&db).await;
+    let (proxy, mut producer, log) = spawn_proxied_producer(pg, &db, &nats.url()).await;
 
     const TXS: i64 = 120;
     const ROWS: i64 = 10;
@@ -487,16 +497,7 @@ async fn schema_lookups_are_answered_while_postgres_is_unreachable() {
     let db = pg.fresh_database("lookup_down");
     let nats = NatsServer::start().unwrap();
     prepare(&db).await;
-    let upstream: SocketAddr = format!("{}:{}", pg.host(), pg.port()).parse().unwrap();
-    let proxy = FaultProxy::start(upstream).unwrap();
-    let proxied_url = format!(
-        "postgresql://postgres@127.0.0.1:{}/{}?sslmode=disable",
-        proxy.port(),
-        db.name()
-    );
-    let log = std::env::temp_dir().join(format!("{}-producer.log", db.name()));
-    let mut producer = spawn_producer(&db, &proxied_url, &nats.url(), &log);
-    wait_for_active_slot(&db).await;
+    let (proxy, mut producer, _log) = spawn_proxied_producer(pg, &db, &nats.url()).await;
     db.psql("INSERT INTO load VALUES (1, 'one')").unwrap();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client.clone());
