@@ -601,6 +601,39 @@ fn range_from(ty: &PgType, subtype: &PgType, v: &Value) -> Result<PgRange, Error
     })
 }
 
+/// The fast path of [`write_slot`] for a finite `numeric(p, s)` column given as text:
+/// writes the slot straight from the digits (no [`PgValue`] in between) and returns
+/// `true`, or writes nothing and returns `false` for anything else (special values, values
+/// that do not fit, malformed text), which the general path then parses and reports.
+pub(crate) fn write_decimal_text(
+    ty: &PgType,
+    typmod: i32,
+    text: &str,
+    nullable: bool,
+    unchanged: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    use crate::binary::{write_bytes, write_long};
+    if !matches!(ty, PgType::Builtin(Builtin::Numeric)) {
+        return false;
+    }
+    let Some((p, s)) = numeric_decimal_params(typmod) else {
+        return false;
+    };
+    // `decimal_bytes` reads "", "-" and "." as zero; the text parser refuses them.
+    if !text.bytes().any(|c| c.is_ascii_digit()) {
+        return false;
+    }
+    let Some(bytes) = decimal_bytes(text, p, s) else {
+        return false;
+    };
+    if nullable || unchanged || branch_count(ty, typmod) > 1 {
+        write_long(i64::from(nullable), out);
+    }
+    write_bytes(&bytes, out);
+    true
+}
+
 /// Writes the Avro binary encoding of a slot value straight from a typed value: the same bytes
 /// as `binary::write_value(&to_slot(..)?)` (the tests check this), without building Avro
 /// values for the common scalar types.
@@ -764,5 +797,58 @@ mod tests {
                 );
             }
         }
+
+        /// The numeric fast path writes exactly what the general path (text → value →
+        /// slot) writes, and leaves everything else to it.
+        #[test]
+        fn the_decimal_fast_path_writes_what_the_general_path_writes(
+            text in "(-?[0-9]{0,20}(\\.[0-9]{0,8})?|NaN|-?Infinity|\\.|-|1e5| 1)",
+            p in 1u32..25,
+            s in 0u32..8,
+            nullable in proptest::bool::ANY,
+            unchanged in proptest::bool::ANY,
+        ) {
+            let ty = PgType::Builtin(Builtin::Numeric);
+            let typmod = if s <= p { (((p << 16) | s) + 4) as i32 } else { -1 };
+            let mut fast = Vec::new();
+            let took = write_decimal_text(&ty, typmod, &text, nullable, unchanged, &mut fast);
+            let general = crate::text::parse_text(&ty, typmod, &text).and_then(|v| {
+                let mut out = Vec::new();
+                write_slot(&ty, typmod, &v, nullable, unchanged, &mut out).map(|()| out)
+            });
+            if took {
+                proptest::prop_assert_eq!(Some(fast), general.ok(), "{}", text);
+            } else {
+                proptest::prop_assert!(fast.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn the_decimal_fast_path_leaves_special_and_malformed_values_alone() {
+        let ty = PgType::Builtin(Builtin::Numeric);
+        let typmod = ((10 << 16) | 2) + 4;
+        for text in [
+            "NaN",
+            "Infinity",
+            "-",
+            ".",
+            "",
+            "1e5",
+            "123456789.1",
+            "0.001",
+        ] {
+            let mut out = Vec::new();
+            assert!(
+                !write_decimal_text(&ty, typmod, text, true, false, &mut out),
+                "{text}"
+            );
+        }
+        let mut out = Vec::new();
+        assert!(write_decimal_text(
+            &ty, typmod, "-12.5", true, false, &mut out
+        ));
+        // Union branch 1 (after null), then bytes of -1250.
+        assert_eq!(out, vec![2, 4, 0xFB, 0x1E]);
     }
 }

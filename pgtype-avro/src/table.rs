@@ -5,7 +5,9 @@ use apache_avro::types::Value;
 use serde_json::{Map, Value as Json, json};
 
 use crate::Error;
-use crate::avro::{Carrier, from_slot, into_slot, plain_carrier, to_slot, write_slot};
+use crate::avro::{
+    Carrier, from_slot, into_slot, plain_carrier, to_slot, write_decimal_text, write_slot,
+};
 use crate::fingerprint::{self, Fingerprint};
 use crate::names::encode_name;
 use crate::schema::{NamedTypes, value_schema};
@@ -347,6 +349,18 @@ impl TableSchema {
                         crate::binary::write_long(i64::from(s.nullable), out);
                     }
                     crate::binary::write_bytes(t.as_bytes(), out);
+                    Ok(())
+                }
+                ColumnValue::Text(t)
+                    if write_decimal_text(
+                        &c.pg_type,
+                        c.typmod,
+                        t,
+                        s.nullable,
+                        s.unchanged,
+                        out,
+                    ) =>
+                {
                     Ok(())
                 }
                 ColumnValue::Text(t) => parse_text(&c.pg_type, c.typmod, t).and_then(|v| {
