@@ -51,7 +51,8 @@ impl DeadLetter {
         DeadLetter {
             subject: event.subject().to_owned(),
             stream_sequence: event.stream_sequence(),
-            headers: event.headers().cloned(),
+            // An event of a shared message goes alone, with its own headers (protocol §3.6).
+            headers: event.event_headers(),
             payload: event.payload().clone(),
             error: error.into(),
             sink: sink.to_owned(),
@@ -78,7 +79,8 @@ pub(crate) async fn ensure_stream_on(js: &jetstream::Context, names: &Names) -> 
 }
 
 /// Publishes a dead letter and waits for JetStream to store it. Retrying after a failure does
-/// not store it twice (its `Nats-Msg-Id` is `<consumer>-<sequence>`).
+/// not store it twice (its `Nats-Msg-Id` is `<consumer>-<sequence>-<ordinal>`, or
+/// `<consumer>-<sequence>` for a message without a `Walbrook-Ordinal`).
 pub(crate) async fn publish(
     client: &Client,
     consumer: &str,
@@ -123,10 +125,17 @@ pub(crate) async fn publish_on(
         letter.stream_sequence.to_string().as_str(),
     );
     headers.insert(headers::TIME, chrono::Utc::now().to_rfc3339().as_str());
-    headers.insert(
-        "Nats-Msg-Id",
-        format!("{consumer}-{}", letter.stream_sequence).as_str(),
-    );
+    // Events of one shared message (protocol §3.6) share its sequence: the ordinal tells
+    // their dead letters apart.
+    let id = match letter
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::ORDINAL))
+    {
+        Some(ordinal) => format!("{consumer}-{}-{}", letter.stream_sequence, ordinal.as_str()),
+        None => format!("{consumer}-{}", letter.stream_sequence),
+    };
+    headers.insert("Nats-Msg-Id", id.as_str());
     let ack = js
         .publish_with_headers(names.dlq_subject(consumer), headers, letter.payload.clone())
         .await

@@ -563,7 +563,7 @@ impl<S: Sink> Runner<S> {
                         if let Err(e) = event.ack().await {
                             tracing::warn!("acknowledging a skipped event: {e}");
                         }
-                        self.processed = self.processed.max(event.stream_sequence());
+                        self.processed = self.processed.max(processed_through(&event));
                         self.metrics.skipped(1);
                         continue;
                     }
@@ -825,9 +825,13 @@ impl<S: Sink> Runner<S> {
         started: Instant,
         ack: bool,
     ) -> Flow {
-        let last = events
-            .last()
-            .map(|e| (Position::of(e), e.stream_sequence(), e.source().commit_time));
+        let last = events.last().map(|e| {
+            (
+                Position::of(e),
+                processed_through(e),
+                e.source().commit_time,
+            )
+        });
         let mut flow = Flow::Continue;
         if ack {
             let acks = futures::future::join_all(events.iter().map(|e| e.ack())).await;
@@ -849,6 +853,17 @@ impl<S: Sink> Runner<S> {
         }
         self.metrics.batch(started.elapsed());
         flow
+    }
+}
+
+/// The stream sequence through which every message is processed once `event` (and all
+/// before it) are: its own, or the one before when more events of its message (protocol
+/// §3.6) follow; those must not be taken for done.
+fn processed_through(event: &ChangeEvent) -> u64 {
+    if event.ends_message() {
+        event.stream_sequence()
+    } else {
+        event.stream_sequence().saturating_sub(1)
     }
 }
 
