@@ -268,3 +268,146 @@ async fn messages_with_several_events_are_read_acked_per_message_and_checked() {
         stored[0].error
     );
 }
+
+/// Checks the messages `events` came in against protocol §3.6 and returns how many
+/// messages carried several events.
+fn check_messages(events: &[ChangeEvent], max_events: u32) -> usize {
+    let mut shared = 0;
+    let mut at = 0;
+    while at < events.len() {
+        let first = &events[at];
+        let n = first.message_events() as usize;
+        assert!(
+            n >= 1 && n <= max_events as usize,
+            "{n} events in a message"
+        );
+        let message = &events[at..at + n];
+        let headers = first.headers().unwrap();
+        let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+        for (index, event) in message.iter().enumerate() {
+            assert_eq!(event.stream_sequence(), first.stream_sequence());
+            assert_eq!(event.message_index() as usize, index);
+            assert_eq!(event.commit_lsn(), first.commit_lsn());
+            assert_eq!(event.op(), first.op());
+            assert_eq!(event.fingerprint(), first.fingerprint());
+            assert_eq!(event.ordinal(), first.ordinal() + index as u64);
+            assert!(!event.source().last || index == n - 1);
+        }
+        assert_eq!(header(h::OP).unwrap(), first.op().as_str());
+        assert_eq!(header(h::ORDINAL).unwrap(), first.ordinal().to_string());
+        assert_eq!(
+            header("Nats-Msg-Id").unwrap(),
+            format!("{}-{}", first.commit_lsn().to_fixed_hex(), first.ordinal())
+        );
+        assert_eq!(header(h::LAST).is_some(), message[n - 1].source().last);
+        if n >= 2 {
+            shared += 1;
+            assert_eq!(header(h::EVENTS).unwrap(), n.to_string());
+        } else {
+            assert_eq!(header(h::EVENTS), None);
+        }
+        at += n;
+    }
+    // The next message starts with a new stream sequence.
+    for pair in events.windows(2) {
+        if pair[1].message_index() == 0 {
+            assert!(pair[1].stream_sequence() > pair[0].stream_sequence());
+        }
+    }
+    shared
+}
+
+#[tokio::test]
+async fn the_producer_shares_messages_within_a_transaction_and_cuts_them_correctly() {
+    let mut setup = Setup::start_with(
+        "client_batch_cut",
+        "CREATE TABLE a (id int PRIMARY KEY, note text); CREATE TABLE b (id int PRIMARY KEY)",
+        "public.a, public.b",
+        walbrook_harness::NatsServer::start().unwrap(),
+        &[("WALBROOK_BATCH_EVENTS", "300")],
+    )
+    .await;
+    setup
+        .exec(&[
+            "INSERT INTO a SELECT g, 'row ' || g FROM generate_series(1, 5000) g",
+            "BEGIN; INSERT INTO a VALUES (5001, 'm'), (5002, 'm'), (5003, 'm'); \
+             INSERT INTO b VALUES (1), (2); UPDATE a SET note = 'u' WHERE id IN (5001, 5002); \
+             DELETE FROM b WHERE id = 1; INSERT INTO a VALUES (5004, 'm'); COMMIT",
+            "INSERT INTO b VALUES (3)",
+        ])
+        .await;
+    let client = setup.client().await;
+    let mut stream = client.subscribe(Subscription::all()).await.unwrap();
+    let all = events(&mut stream, 5000 + 9 + 1).await;
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+    let shared = check_messages(&all, 300);
+
+    // The large transaction: every row once, in order, most of them in shared messages.
+    let big = &all[..5000];
+    assert!(big.iter().all(|e| e.commit_lsn() == big[0].commit_lsn()));
+    assert_eq!(
+        big.iter().map(id).collect::<Vec<_>>(),
+        (1..=5000).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        big.iter().map(ChangeEvent::ordinal).collect::<Vec<_>>(),
+        (0..5000).collect::<Vec<_>>()
+    );
+    assert!(big[4999].source().last && big[..4999].iter().all(|e| !e.source().last));
+    assert!(shared >= 1, "no message carried several events");
+    let messages = big.iter().filter(|e| e.message_index() == 0).count();
+    assert!(
+        messages >= 5000 / 300,
+        "{messages} messages for 5000 events"
+    );
+
+    // The mixed transaction is cut wherever table or operation change.
+    let mixed = &all[5000..5009];
+    let shape: Vec<(String, walbrook_client::Op)> = mixed
+        .iter()
+        .map(|e| (e.source().table.clone(), e.op()))
+        .collect();
+    use walbrook_client::Op::{Delete, Insert, Update};
+    let expected = [
+        ("a", Insert),
+        ("a", Insert),
+        ("a", Insert),
+        ("b", Insert),
+        ("b", Insert),
+        ("a", Update),
+        ("a", Update),
+        ("b", Delete),
+        ("a", Insert),
+    ];
+    assert_eq!(
+        shape,
+        expected
+            .iter()
+            .map(|(t, op)| (t.to_string(), *op))
+            .collect::<Vec<_>>()
+    );
+    for pair in mixed.windows(2) {
+        if (pair[0].subject(), pair[0].op()) != (pair[1].subject(), pair[1].op()) {
+            assert_eq!(
+                pair[1].message_index(),
+                0,
+                "a message spans a change: {pair:?}"
+            );
+        }
+    }
+    assert_eq!(mixed[0].ordinal(), 0);
+    assert!(mixed[8].source().last);
+    assert_ne!(mixed[0].commit_lsn(), big[0].commit_lsn());
+    assert_eq!(
+        mixed[0].message_index(),
+        0,
+        "a message never spans transactions"
+    );
+
+    // A one-row transaction is a plain message, exactly as before sharing existed.
+    let single = &all[5009];
+    assert_eq!(single.message_events(), 1);
+    assert!(single.headers().unwrap().get(h::EVENTS).is_none());
+    assert!(single.source().last);
+    setup.stop().await;
+}
