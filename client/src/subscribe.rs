@@ -620,6 +620,49 @@ pub(crate) async fn decode_stored(
     })
 }
 
+/// [`decode_stored`] for a stored message of one or several events (a dead letter of a whole
+/// shared message, protocol §3.6): its events in order.
+pub(crate) async fn decode_stored_events(
+    cache: &SchemaCache,
+    objects: &PayloadObjects,
+    subject: String,
+    stream_sequence: u64,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<Vec<ChangeEvent>, Error> {
+    let count = headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::EVENTS))
+        .map(|v| v.as_str().to_owned());
+    let Some(count) = count else {
+        return decode_stored(cache, objects, subject, stream_sequence, headers, payload)
+            .await
+            .map(|event| vec![event]);
+    };
+    let decoded = decode_shared(cache, &subject, &headers, &payload, &count).await?;
+    let events = u32::try_from(decoded.len()).unwrap_or(u32::MAX);
+    Ok(decoded
+        .into_iter()
+        .enumerate()
+        .map(|(index, (fingerprint, row, d))| ChangeEvent {
+            op: d.op,
+            source: d.source,
+            before: d.before,
+            after: d.after,
+            fingerprint,
+            subject: subject.clone(),
+            stream_sequence,
+            consumer_sequence: 0,
+            delivered: 1,
+            ack: AckHandle::none(),
+            message_index: u32::try_from(index).unwrap_or(u32::MAX),
+            message_events: events,
+            payload: row,
+            headers: headers.clone(),
+        })
+        .collect())
+}
+
 /// A delivered message's stream sequence, consumer sequence and delivery count.
 pub(crate) fn delivery(message: &Message) -> Result<(u64, u64, u64), Error> {
     let info = message.info().map_err(|e| {

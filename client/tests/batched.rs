@@ -267,6 +267,36 @@ async fn messages_with_several_events_are_read_acked_per_message_and_checked() {
         "{}",
         stored[0].error
     );
+    assert!(stored[0].event.is_none() && stored[0].decode_error.is_some());
+
+    // A well-formed shared message kept as a dead letter (say its schema was unknown for a
+    // while) is listed with all its events, in order.
+    let (mut letter_headers, body) = shared_message(&originals, |_, _| {});
+    letter_headers.insert("Walbrook-Dlq-Subject", subject.as_str());
+    letter_headers.insert("Walbrook-Dlq-Sequence", good.to_string().as_str());
+    letter_headers.insert("Walbrook-Dlq-Error", "test");
+    js.publish_with_headers(
+        format!("{}.{}.dlq.batched", common::ROOT, setup.db.name()),
+        letter_headers,
+        body,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let stored = list_dead_letters(&client, "batched").await.unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let events = stored[1]
+        .event
+        .as_ref()
+        .expect("decoded")
+        .as_array()
+        .unwrap();
+    let ids: Vec<i64> = events
+        .iter()
+        .map(|e| e["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
 }
 
 /// Checks the messages `events` came in against protocol §3.6 and returns how many

@@ -160,7 +160,8 @@ pub struct StoredDeadLetter {
     pub sink: String,
     /// When.
     pub time: String,
-    /// The decoded event (`null` when it does not decode).
+    /// The decoded event (`null` when it does not decode; an array of events for a whole
+    /// message that carried several, protocol §3.6).
     pub event: Option<serde_json::Value>,
     /// Why it does not decode.
     pub decode_error: Option<String>,
@@ -215,7 +216,7 @@ pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLette
         let headers = message.headers.clone();
         let original_subject = header(&headers, headers::SUBJECT);
         let stream_sequence = header(&headers, headers::SEQUENCE).parse().ok();
-        let decoded = crate::subscribe::decode_stored(
+        let decoded = crate::subscribe::decode_stored_events(
             client.cache(),
             &crate::large_payload::PayloadObjects::new(client.js().clone()),
             original_subject.clone(),
@@ -225,7 +226,9 @@ pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLette
         )
         .await;
         let (event, decode_error) = match decoded {
-            Ok(e) => (serde_json::to_value(&e).ok(), None),
+            // A whole shared message (protocol §3.6) shows as the array of its events.
+            Ok(events) if events.len() == 1 => (serde_json::to_value(&events[0]).ok(), None),
+            Ok(events) => (serde_json::to_value(&events).ok(), None),
             Err(e) => (None, Some(e.to_string())),
         };
         out.push(StoredDeadLetter {
@@ -244,12 +247,13 @@ pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLette
     Ok(out)
 }
 
-/// Decodes a stored dead letter back into its event.
+/// Decodes a stored dead letter back into its event (its events, for a whole message that
+/// carried several, protocol §3.6).
 pub(crate) async fn decode(
     client: &Client,
     letter: &StoredDeadLetter,
-) -> Result<ChangeEvent, Error> {
-    crate::subscribe::decode_stored(
+) -> Result<Vec<ChangeEvent>, Error> {
+    crate::subscribe::decode_stored_events(
         client.cache(),
         &crate::large_payload::PayloadObjects::new(client.js().clone()),
         letter.subject.clone(),

@@ -230,15 +230,15 @@ impl<S: Sink> Runner<S> {
         let letters = dead_letter::list(&self.client, &self.options.consumer).await?;
         let (mut replayed, mut left) = (0, 0);
         for letter in letters {
-            let event = match dead_letter::decode(&self.client, &letter).await {
-                Ok(e) => e,
+            let events = match dead_letter::decode(&self.client, &letter).await {
+                Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(dlq_sequence = letter.dlq_sequence, "cannot replay: {e}");
                     left += 1;
                     continue;
                 }
             };
-            match self.sink.apply(&self.options.consumer, &[event]).await {
+            match self.sink.apply(&self.options.consumer, &events).await {
                 Ok(applied) if applied.rejected.is_empty() => {
                     dead_letter::remove(&self.client, letter.dlq_sequence).await?;
                     replayed += 1;
