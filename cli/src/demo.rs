@@ -133,12 +133,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let consumer = stream.create_consumer(OrderedConfig::default()).await?;
     let mut messages = consumer.messages().await?;
     println!("\nDecoded change events from {ROOT}.{database}.wal.public.demo_orders:");
-    for _ in 0..expected {
+    let mut shown = 0;
+    while shown < expected {
         let message = tokio::time::timeout(Duration::from_secs(20), messages.next())
             .await
             .context("waiting for change events")?
             .context("the stream ended")??;
-        println!("  {}", describe(&nats, &database, &message.payload).await?);
+        // A message may carry several events of one transaction (docs/protocol.md §3.6).
+        let count = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(walbrook_protocol::headers::EVENTS))
+            .map(|v| v.as_str().to_owned());
+        match count {
+            None => {
+                println!("  {}", describe(&nats, &database, &message.payload).await?);
+                shown += 1;
+            }
+            Some(count) => {
+                let count = walbrook_protocol::batch::parse_count(&count)
+                    .with_context(|| format!("bad Walbrook-Events header {count:?}"))?;
+                for range in walbrook_protocol::batch::split(&message.payload, count)? {
+                    let event = &message.payload[range];
+                    println!("  {}", describe(&nats, &database, event).await?);
+                    shown += 1;
+                }
+            }
+        }
     }
 
     let metrics = http_get(&metrics_addr, "/metrics").await?;

@@ -46,6 +46,10 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         tracing::info!("signal received: draining");
         signal_token.cancel();
     });
-    pipeline::run(config, shutdown).await?;
+    // On a runtime worker thread rather than the main thread: the replication transport's
+    // task then hands each decoded message over without a cross-thread wake-up.
+    tokio::spawn(pipeline::run(config, shutdown))
+        .await
+        .context("the producer task panicked")??;
     Ok(())
 }

@@ -91,7 +91,9 @@ fn sigkill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Every (id → count) in the change stream, waiting until `expected` events arrived.
+/// Every (id → count) in the change stream, waiting until `expected` events arrived, and
+/// the number of events stored. A message carrying several events (`Walbrook-Events`,
+/// docs/protocol.md §3.6) counts each of them.
 async fn stored_ids(nats_url: &str, db: &str, expected: u64) -> (BTreeMap<i64, u32>, u64) {
     let client = async_nats::connect(nats_url).await.unwrap();
     let js = jetstream::new(client);
@@ -99,50 +101,60 @@ async fn stored_ids(nats_url: &str, db: &str, expected: u64) -> (BTreeMap<i64, u
     let stream_name = format!("{ROOT}_{db}_WAL");
     // JetStream API requests may fail for a moment while a cluster recovers.
     let stream = loop {
-        let messages = match js.get_stream(&stream_name).await {
-            Ok(mut stream) => match stream.info().await {
-                Ok(info) => Some(info.state.messages),
-                Err(e) => {
-                    eprintln!("stream info: {e}");
-                    None
-                }
-            },
-            Err(e) => {
-                eprintln!("get_stream: {e}");
-                None
-            }
-        };
-        let timed_out = tokio::time::Instant::now() > deadline;
-        if messages.is_some_and(|m| m >= expected) || (messages.is_some() && timed_out) {
-            break js.get_stream(&stream_name).await.unwrap();
+        match js.get_stream(&stream_name).await {
+            Ok(stream) => break stream,
+            Err(e) => eprintln!("get_stream: {e}"),
         }
-        assert!(!timed_out, "the stream stayed unreachable");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream stayed unreachable"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let total = stream.cached_info().state.messages;
-    let consumer = stream
-        .create_consumer(OrderedConfig::default())
-        .await
-        .unwrap();
+    let consumer = loop {
+        match stream.create_consumer(OrderedConfig::default()).await {
+            Ok(consumer) => break consumer,
+            Err(e) => eprintln!("create_consumer: {e}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no consumer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut messages = consumer.messages().await.unwrap();
     let mut ids = BTreeMap::new();
-    for _ in 0..total {
-        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        // The row id is carried in the message id's transaction; read it from the
-        // payload's tail instead of decoding Avro: each insert's text column is
-        // "row-<id>" and appears verbatim in the Avro body.
+    let mut total = 0u64;
+    loop {
+        // Until every expected event is there, then a little longer to see extra copies.
+        let wait = if total >= expected {
+            Duration::from_secs(1)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        let Ok(Some(message)) = tokio::time::timeout(wait, messages.next()).await else {
+            break;
+        };
+        let message = message.unwrap();
+        let announced: u64 = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Walbrook-Events"))
+            .map_or(1, |v| {
+                v.as_str().parse().expect("a numeric Walbrook-Events")
+            });
+        // Each insert's text column is "row-<id>" and appears verbatim in its event's
+        // Avro body: read the ids there instead of decoding Avro.
         let body = String::from_utf8_lossy(&message.payload);
-        let id: i64 = body
-            .split("row-")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|digits| digits.parse().ok())
-            .expect("every event carries its row marker");
-        *ids.entry(id).or_insert(0) += 1;
+        let mut found = 0;
+        for rest in body.split("row-").skip(1) {
+            let id: i64 = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|digits| digits.parse().ok())
+                .expect("every event carries its row marker");
+            *ids.entry(id).or_insert(0) += 1;
+            found += 1;
+        }
+        assert_eq!(found, announced, "message {:?}", message.info().ok());
+        total += found;
     }
     (ids, total)
 }
@@ -357,6 +369,81 @@ async fn sigkill_at_random_moments_under_load_loses_and_duplicates_nothing() {
     let (ids, total) = stored_ids(&nats.url(), db.name(), written as u64).await;
     sigkill(&mut producer);
     assert_exactly_once(&ids, total, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_draining_a_backlog_of_large_transactions_stores_each_event_once() {
+    // Large transactions travel as messages of many events (docs/protocol.md §3.6); a
+    // restarted producer cuts them at other boundaries, resuming after the last stored
+    // event, so no event may be stored twice or skipped.
+    const TXS: i64 = 12;
+    const ROWS: i64 = 2_500;
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("kill9_backlog");
+    let nats = NatsServer::start().unwrap();
+    prepare(&db).await;
+    let log = std::env::temp_dir().join(format!("{}-producer.log", db.name()));
+    // Create the slot, then stop: the backlog is written while no producer runs.
+    let mut producer = spawn_producer(&db, &db.url(), &nats.url(), &log);
+    wait_for_active_slot(&db).await;
+    sigkill(&mut producer);
+    for tx in 0..TXS {
+        db.psql(&format!(
+            "INSERT INTO load SELECT g, 'row-' || g FROM generate_series({}, {}) g",
+            tx * ROWS,
+            (tx + 1) * ROWS - 1
+        ))
+        .unwrap();
+    }
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream_name = format!("{ROOT}_{}_WAL", db.name());
+    let mut moments = Moments::new();
+    let mut kills = 0;
+    let mut last_seen = 0;
+    for round in 0..8 {
+        producer = spawn_producer(&db, &db.url(), &nats.url(), &log);
+        // Kill it once it has stored more than before (mid-drain), at a random moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let stored = match js.get_stream(&stream_name).await {
+                Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.messages),
+                Err(_) => 0,
+            };
+            if stored > last_seen || tokio::time::Instant::now() > deadline {
+                last_seen = stored;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(moments.between(Duration::ZERO, Duration::from_millis(300))).await;
+        let confirmed = db
+            .psql(&format!(
+                "SELECT confirmed_flush_lsn >= pg_current_wal_lsn() FROM pg_replication_slots \
+                 WHERE slot_name = '{}'",
+                db.slot_name()
+            ))
+            .unwrap();
+        if confirmed.trim() == "t" {
+            eprintln!("round {round}: drained before the kill");
+            break;
+        }
+        sigkill(&mut producer);
+        kills += 1;
+        eprintln!("round {round}: SIGKILL mid-backlog ({last_seen} messages stored)");
+    }
+    producer = spawn_producer(&db, &db.url(), &nats.url(), &log);
+    let (ids, total) = stored_ids(&nats.url(), db.name(), (TXS * ROWS) as u64).await;
+    sigkill(&mut producer);
+    assert!(
+        kills >= 1,
+        "the producer drained the backlog before any kill"
+    );
+    assert_exactly_once(&ids, total, TXS * ROWS);
+    // The transactions really were shared: far fewer messages than events.
+    let mut stream = js.get_stream(&stream_name).await.unwrap();
+    let messages = stream.info().await.unwrap().state.messages;
+    assert!(messages < total, "{messages} messages for {total} events");
 }
 
 // Not in the test command: on this 2-core machine nats-server 2.15.1 occasionally leaves a

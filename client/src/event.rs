@@ -141,44 +141,134 @@ impl Serialize for Row {
     }
 }
 
-/// The acknowledgement capability of a delivered message (durable consumers only).
+/// The acknowledgement capability of a delivered message (durable consumers only), shared
+/// by the events of a message that carries several (docs/protocol.md §3.6): each event's
+/// [`AckHandle::ack`] is recorded, and the message is acknowledged on the server once all
+/// its events are.
 #[derive(Clone, Default)]
-pub(crate) struct AckHandle(Option<async_nats::jetstream::Message>);
+pub(crate) struct AckHandle {
+    shared: Option<Arc<SharedAck>>,
+    /// The event's index within its message.
+    index: usize,
+}
+
+struct SharedAck {
+    message: async_nats::jetstream::Message,
+    state: std::sync::Mutex<AckState>,
+    /// Whether the server has the message's final answer (ack, nak or term); held while
+    /// that answer is sent so two events completing at once send it once.
+    answered: tokio::sync::Mutex<bool>,
+}
+
+struct AckState {
+    acked: Vec<bool>,
+    remaining: usize,
+    /// A nak or term was sent: the message comes again (nak) or never (term); later acks of
+    /// its events are not sent.
+    abandoned: bool,
+}
 
 impl AckHandle {
+    /// The handle of a message holding one event (or of a message as a whole).
     pub(crate) fn durable(message: async_nats::jetstream::Message) -> AckHandle {
-        AckHandle(Some(message))
+        AckHandle::durable_events(message, 1)
+    }
+
+    /// The handle of a message holding `events` events, for its first event; the others'
+    /// come from [`AckHandle::for_event`].
+    pub(crate) fn durable_events(
+        message: async_nats::jetstream::Message,
+        events: usize,
+    ) -> AckHandle {
+        let events = events.max(1);
+        AckHandle {
+            shared: Some(Arc::new(SharedAck {
+                message,
+                state: std::sync::Mutex::new(AckState {
+                    acked: vec![false; events],
+                    remaining: events,
+                    abandoned: false,
+                }),
+                answered: tokio::sync::Mutex::new(false),
+            })),
+            index: 0,
+        }
+    }
+
+    /// The handle of event `index` of the same message.
+    pub(crate) fn for_event(&self, index: usize) -> AckHandle {
+        AckHandle {
+            shared: self.shared.clone(),
+            index,
+        }
     }
 
     pub(crate) fn none() -> AckHandle {
-        AckHandle(None)
+        AckHandle::default()
     }
 
     pub(crate) async fn ack(&self) -> Result<(), Error> {
-        match &self.0 {
-            Some(m) => m.double_ack().await.map_err(|e| ack_error("ack", &*e)),
-            None => Ok(()),
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        {
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.abandoned {
+                return Ok(());
+            }
+            if let Some(done) = state.acked.get_mut(self.index)
+                && !*done
+            {
+                *done = true;
+                state.remaining -= 1;
+            }
+            if state.remaining > 0 {
+                return Ok(());
+            }
         }
+        let mut answered = shared.answered.lock().await;
+        if *answered {
+            return Ok(());
+        }
+        shared
+            .message
+            .double_ack()
+            .await
+            .map_err(|e| ack_error("ack", &*e))?;
+        *answered = true;
+        Ok(())
+    }
+
+    async fn abandon(&self, kind: async_nats::jetstream::AckKind, what: &str) -> Result<(), Error> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let mut answered = shared.answered.lock().await;
+        if *answered {
+            return Ok(());
+        }
+        shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abandoned = true;
+        shared
+            .message
+            .ack_with(kind)
+            .await
+            .map_err(|e| ack_error(what, &*e))?;
+        *answered = true;
+        Ok(())
     }
 
     pub(crate) async fn nak(&self) -> Result<(), Error> {
-        match &self.0 {
-            Some(m) => m
-                .ack_with(async_nats::jetstream::AckKind::Nak(None))
-                .await
-                .map_err(|e| ack_error("nak", &*e)),
-            None => Ok(()),
-        }
+        self.abandon(async_nats::jetstream::AckKind::Nak(None), "nak")
+            .await
     }
 
     pub(crate) async fn term(&self) -> Result<(), Error> {
-        match &self.0 {
-            Some(m) => m
-                .ack_with(async_nats::jetstream::AckKind::Term)
-                .await
-                .map_err(|e| ack_error("term", &*e)),
-            None => Ok(()),
-        }
+        self.abandon(async_nats::jetstream::AckKind::Term, "term")
+            .await
     }
 }
 
@@ -200,7 +290,12 @@ pub struct ChangeEvent {
     pub(crate) consumer_sequence: u64,
     pub(crate) delivered: u64,
     pub(crate) ack: AckHandle,
-    /// The message as stored (for dead letters).
+    /// 0-based index of the event within its stream message.
+    pub(crate) message_index: u32,
+    /// How many events its stream message carries (1 unless the message is shared,
+    /// docs/protocol.md §3.6).
+    pub(crate) message_events: u32,
+    /// The event as stored (for dead letters): the single-object message.
     pub(crate) payload: bytes::Bytes,
     pub(crate) headers: Option<async_nats::HeaderMap>,
 }
@@ -267,23 +362,91 @@ impl ChangeEvent {
         self.delivered
     }
 
-    /// The size of the stored message payload in bytes.
+    /// The size of the event's payload in bytes.
     pub fn payload_len(&self) -> usize {
         self.payload.len()
     }
 
-    /// The stored message payload (the Avro single-object message).
+    /// The event's payload: its Avro single-object message (for an event of a message that
+    /// carries several, its part of the body, without the framing).
     pub fn payload(&self) -> &bytes::Bytes {
         &self.payload
     }
 
-    /// The stored message headers.
+    /// The stored message's headers (for an event of a message carrying several, the
+    /// message's, including `Walbrook-Events`; see [`ChangeEvent::event_headers`]).
     pub fn headers(&self) -> Option<&async_nats::HeaderMap> {
         self.headers.as_ref()
     }
 
+    /// The headers the event would have had as a message of its own (docs/protocol.md §3.3):
+    /// for an event of a message carrying several, the message's headers without
+    /// `Walbrook-Events`, with the event's own `Walbrook-Ordinal` and `Nats-Msg-Id`, and
+    /// `Walbrook-Last` only on the transaction's last event. Dead letters of single events
+    /// carry these.
+    pub fn event_headers(&self) -> Option<async_nats::HeaderMap> {
+        use walbrook_protocol::headers as h;
+        let original = self.headers.as_ref()?;
+        if self.message_events <= 1 {
+            return Some(original.clone());
+        }
+        let mut out = async_nats::HeaderMap::new();
+        for (name, values) in original.iter() {
+            let name: &str = name.as_ref();
+            if [
+                h::EVENTS,
+                h::ORDINAL,
+                h::LAST,
+                "Nats-Msg-Id",
+                "Nats-Expected-Last-Msg-Id",
+            ]
+            .contains(&name)
+            {
+                continue;
+            }
+            for value in values {
+                out.append(name, value.as_str());
+            }
+        }
+        let ordinal = self.source.ordinal;
+        out.insert(
+            "Nats-Msg-Id",
+            format!("{}-{ordinal}", self.source.commit_lsn.to_fixed_hex()).as_str(),
+        );
+        out.insert(h::ORDINAL, ordinal.to_string().as_str());
+        if self.source.last {
+            out.insert(h::LAST, "true");
+        }
+        Some(out)
+    }
+
+    /// 0-based index of the event within its stream message (0 unless the message carries
+    /// several events, docs/protocol.md §3.6). The events of one message share its
+    /// [`ChangeEvent::stream_sequence`].
+    pub fn message_index(&self) -> u32 {
+        self.message_index
+    }
+
+    /// How many events the event's stream message carries (1 for a message of its own).
+    pub fn message_events(&self) -> u32 {
+        self.message_events
+    }
+
+    /// Whether this is its stream message's final event: once it (and those before it) are
+    /// processed, the whole message is.
+    pub fn ends_message(&self) -> bool {
+        self.message_index + 1 >= self.message_events
+    }
+
     /// Acknowledges the event on a durable consumer and waits for the server to confirm it, so
     /// a consumer resumed later starts after it. A no-op on an ephemeral subscription.
+    ///
+    /// Acknowledgements are per stream message: for an event of a message carrying several
+    /// (docs/protocol.md §3.6) the call is recorded, and the message is acknowledged on the
+    /// server when its last unacknowledged event is (that call waits for the server's
+    /// confirmation; the others return at once). A consumer resumed after a partly
+    /// acknowledged message gets all its events again: dedupe by
+    /// ([`ChangeEvent::commit_lsn`], [`ChangeEvent::ordinal`]).
     ///
     /// # Cancel safety
     /// Not cancel safe: if cancelled, the acknowledgement may or may not have been recorded
@@ -293,7 +456,9 @@ impl ChangeEvent {
     }
 
     /// Asks a durable consumer to deliver the event again (negative acknowledgement). A no-op
-    /// on an ephemeral subscription.
+    /// on an ephemeral subscription. For an event of a message carrying several, the whole
+    /// message (every event of it) comes again, and acknowledgements of its other events
+    /// after this are not sent.
     ///
     /// # Cancel safety
     /// Not cancel safe: if cancelled, the request may or may not have reached the server.

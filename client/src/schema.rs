@@ -172,6 +172,8 @@ impl EventSchema {
             consumer_sequence: 0,
             delivered: 0,
             ack: crate::event::AckHandle::none(),
+            message_index: 0,
+            message_events: 1,
             payload: bytes::Bytes::copy_from_slice(payload),
             headers: None,
         })

@@ -343,6 +343,8 @@ async fn decode_batch(
             consumer_sequence,
             delivered,
             ack: AckHandle::none(),
+            message_index: 0,
+            message_events: 1,
             payload: row,
             headers: headers.clone(),
         });

@@ -408,23 +408,28 @@ pub(crate) async fn subscribe(
         }
         None => None,
     };
-    let events = messages.filter_map(move |item| {
-        let cache = cache.clone();
-        let objects = objects.clone();
-        let dead_letters = dead_letters.clone();
-        async move {
-            let decoded = match item {
-                Ok(message) => decode_message(&cache, &objects, message, durable).await,
-                Err(e) => Err(e),
-            };
-            match (decoded, dead_letters) {
-                (Err(error), Some(dead_letters)) if !error.is_retryable() => {
-                    dead_letters.store(error).await
+    // A message yields its events in order (several for a shared message, protocol §3.6),
+    // or one error for the whole message.
+    let events = messages
+        .then(move |item| {
+            let cache = cache.clone();
+            let objects = objects.clone();
+            let dead_letters = dead_letters.clone();
+            async move {
+                let decoded = match item {
+                    Ok(message) => decode_messages(&cache, &objects, message, durable).await,
+                    Err(e) => Err(e),
+                };
+                match (decoded, dead_letters) {
+                    (Ok(events), _) => events.into_iter().map(Ok).collect(),
+                    (Err(error), Some(dead_letters)) if !error.is_retryable() => {
+                        dead_letters.store(error).await.into_iter().collect()
+                    }
+                    (Err(error), _) => vec![Err(error)],
                 }
-                (decoded, _) => Some(decoded),
             }
-        }
-    });
+        })
+        .flat_map(futures::stream::iter);
     Ok(ChangeStream {
         events: Box::pin(events),
         consumer,
@@ -608,9 +613,54 @@ pub(crate) async fn decode_stored(
         consumer_sequence: 0,
         delivered: 1,
         ack: AckHandle::none(),
+        message_index: 0,
+        message_events: 1,
         payload,
         headers,
     })
+}
+
+/// [`decode_stored`] for a stored message of one or several events (a dead letter of a whole
+/// shared message, protocol §3.6): its events in order.
+pub(crate) async fn decode_stored_events(
+    cache: &SchemaCache,
+    objects: &PayloadObjects,
+    subject: String,
+    stream_sequence: u64,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<Vec<ChangeEvent>, Error> {
+    let count = headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::EVENTS))
+        .map(|v| v.as_str().to_owned());
+    let Some(count) = count else {
+        return decode_stored(cache, objects, subject, stream_sequence, headers, payload)
+            .await
+            .map(|event| vec![event]);
+    };
+    let decoded = decode_shared(cache, &subject, &headers, &payload, &count).await?;
+    let events = u32::try_from(decoded.len()).unwrap_or(u32::MAX);
+    Ok(decoded
+        .into_iter()
+        .enumerate()
+        .map(|(index, (fingerprint, row, d))| ChangeEvent {
+            op: d.op,
+            source: d.source,
+            before: d.before,
+            after: d.after,
+            fingerprint,
+            subject: subject.clone(),
+            stream_sequence,
+            consumer_sequence: 0,
+            delivered: 1,
+            ack: AckHandle::none(),
+            message_index: u32::try_from(index).unwrap_or(u32::MAX),
+            message_events: events,
+            payload: row,
+            headers: headers.clone(),
+        })
+        .collect())
 }
 
 /// A delivered message's stream sequence, consumer sequence and delivery count.
@@ -682,7 +732,168 @@ pub(crate) async fn decode_message(
         consumer_sequence,
         delivered,
         ack,
+        message_index: 0,
+        message_events: 1,
         payload,
         headers,
     })
+}
+
+/// Decodes a delivered change message into its events: one, or the N of a message carrying
+/// several (`Walbrook-Events`, protocol §3.6). Any fault of a shared message (a bad count,
+/// framing, an event that does not decode or does not belong) fails the whole message with
+/// one error that carries it unchanged, so it is returned or dead-lettered as stored.
+pub(crate) async fn decode_messages(
+    cache: &SchemaCache,
+    objects: &PayloadObjects,
+    message: Message,
+    durable: bool,
+) -> Result<Vec<ChangeEvent>, Error> {
+    let count = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::EVENTS))
+        .map(|v| v.as_str().to_owned());
+    let Some(count) = count else {
+        return decode_message(cache, objects, message, durable)
+            .await
+            .map(|event| vec![event]);
+    };
+    let (stream_sequence, consumer_sequence, delivered) = delivery(&message)?;
+    let subject = message.subject.to_string();
+    let payload = message.payload.clone();
+    let headers = message.headers.clone();
+    match decode_shared(cache, &subject, &headers, &payload, &count).await {
+        Ok(decoded) => {
+            let ack = if durable {
+                AckHandle::durable_events(message, decoded.len())
+            } else {
+                AckHandle::none()
+            };
+            let events = u32::try_from(decoded.len()).unwrap_or(u32::MAX);
+            Ok(decoded
+                .into_iter()
+                .enumerate()
+                .map(|(index, (fingerprint, row, d))| ChangeEvent {
+                    op: d.op,
+                    source: d.source,
+                    before: d.before,
+                    after: d.after,
+                    fingerprint,
+                    subject: subject.clone(),
+                    stream_sequence,
+                    consumer_sequence,
+                    delivered,
+                    ack: ack.for_event(index),
+                    message_index: u32::try_from(index).unwrap_or(u32::MAX),
+                    message_events: events,
+                    payload: row,
+                    headers: headers.clone(),
+                })
+                .collect())
+        }
+        Err(e) => Err(e.for_message(UndecodedMessage {
+            subject,
+            stream_sequence,
+            consumer_sequence,
+            headers,
+            payload,
+            ack: if durable {
+                AckHandle::durable(message)
+            } else {
+                AckHandle::none()
+            },
+        })),
+    }
+}
+
+type DecodedEvent = (
+    walbrook_pgtype_avro::Fingerprint,
+    bytes::Bytes,
+    crate::schema::Decoded,
+);
+
+/// Splits and decodes the body of a shared message, checking it against its headers.
+async fn decode_shared(
+    cache: &SchemaCache,
+    subject: &str,
+    headers: &Option<async_nats::HeaderMap>,
+    payload: &bytes::Bytes,
+    count: &str,
+) -> Result<Vec<DecodedEvent>, Error> {
+    use walbrook_protocol::{batch, headers as h};
+    let protocol = |what: String| Error::new(ErrorKind::Protocol, what);
+    let header = |name: &str| {
+        headers
+            .as_ref()
+            .and_then(|m| m.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let count = batch::parse_count(count)
+        .ok_or_else(|| protocol(format!("bad {} header {count:?}", h::EVENTS)))?;
+    if header(h::PAYLOAD_OBJECT).is_some() {
+        return Err(protocol(format!(
+            "a message in the object store holds one event, but it has {}: {count}",
+            h::EVENTS
+        )));
+    }
+    let first: u64 = header(h::ORDINAL)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| protocol(format!("missing or bad {} header", h::ORDINAL)))?;
+    let commit: Lsn = header(h::COMMIT_LSN)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| protocol(format!("missing or bad {} header", h::COMMIT_LSN)))?;
+    let last = header(h::LAST).is_some_and(|v| v == "true");
+    let ranges = batch::split(payload, count).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Protocol,
+            format!("malformed body of a message with {count} events on {subject}"),
+            e,
+        )
+    })?;
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut schema = None;
+    let n = ranges.len();
+    for (i, range) in ranges.into_iter().enumerate() {
+        let row = payload.slice(range);
+        let (fingerprint, _) = split_single_object(&row).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Decode,
+                format!(
+                    "event {} of the message is not an Avro single-object message",
+                    i + 1
+                ),
+                e,
+            )
+        })?;
+        let schema = match &schema {
+            Some(schema) => Arc::clone(schema),
+            None => {
+                let found = cache.get(fingerprint).await?;
+                schema = Some(Arc::clone(&found));
+                found
+            }
+        };
+        // One table version per message: `decode` refuses another fingerprint.
+        let decoded = schema.decode(&row)?;
+        let expected = first + i as u64;
+        let final_event = i + 1 == n;
+        if decoded.source.ordinal != expected
+            || decoded.source.commit_lsn != commit
+            || (decoded.source.last && !final_event)
+            || (final_event && decoded.source.last != last)
+        {
+            return Err(protocol(format!(
+                "event {} of the message is ({}, {}, last {}) but the headers say ({commit}, \
+                 {expected}, last {})",
+                i + 1,
+                decoded.source.commit_lsn,
+                decoded.source.ordinal,
+                decoded.source.last,
+                final_event && last
+            )));
+        }
+        out.push((fingerprint, row, decoded));
+    }
+    Ok(out)
 }

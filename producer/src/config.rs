@@ -87,6 +87,18 @@ pub struct RawConfig {
     /// Snapshot settings.
     #[serde(default)]
     pub snapshot: RawSnapshot,
+    /// Change-message settings.
+    #[serde(default)]
+    pub publish: RawPublish,
+}
+
+/// `[publish]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPublish {
+    /// The most events one change message carries (docs/protocol.md §3.6); 1 sends every
+    /// event as a message of its own.
+    pub batch_events: Option<usize>,
 }
 
 /// `[snapshot]`
@@ -181,6 +193,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("WALBROOK_SNAPSHOT_CHUNK_SIZE", "snapshot.chunk_size"),
     ("WALBROOK_SNAPSHOT_RETENTION", "snapshot.retention"),
+    ("WALBROOK_BATCH_EVENTS", "publish.batch_events"),
 ];
 
 impl RawConfig {
@@ -249,6 +262,9 @@ impl RawConfig {
                     self.snapshot.chunk_size = Some(number("snapshot.chunk_size")?)
                 }
                 "WALBROOK_SNAPSHOT_RETENTION" => self.snapshot.retention = Some(value),
+                "WALBROOK_BATCH_EVENTS" => {
+                    self.publish.batch_events = Some(number("publish.batch_events")?)
+                }
                 // Variables of other Walbrook commands and of the test harness.
                 _ if key.starts_with("WALBROOK_SINK_")
                     || key.starts_with("WALBROOK_LOG")
@@ -420,7 +436,15 @@ impl RawConfig {
             self.snapshot.retention.as_deref(),
             "7d",
         )?;
+        let batch_events = self.publish.batch_events.unwrap_or(DEFAULT_BATCH_EVENTS);
+        if !(1..=MAX_BATCH_EVENTS).contains(&batch_events) {
+            return Err(invalid(
+                "publish.batch_events",
+                format!("must be between 1 and {MAX_BATCH_EVENTS}"),
+            ));
+        }
         Ok(ProducerConfig {
+            batch_events,
             snapshot: SnapshotConfig {
                 max_concurrent,
                 chunk_size,
@@ -474,7 +498,15 @@ pub struct ProducerConfig {
     pub stream: StreamConfig,
     /// Snapshot settings.
     pub snapshot: SnapshotConfig,
+    /// The most events one change message carries (docs/protocol.md §3.6; 1: one event per
+    /// message).
+    pub batch_events: usize,
 }
+
+/// Default of `publish.batch_events`.
+pub const DEFAULT_BATCH_EVENTS: usize = 1_000;
+/// Largest accepted `publish.batch_events`.
+pub const MAX_BATCH_EVENTS: usize = 100_000;
 
 /// Default rows per snapshot chunk.
 pub const DEFAULT_CHUNK_SIZE: u32 = 10_000;
@@ -762,6 +794,27 @@ mod tests {
         );
         assert_eq!(config.nats.max_inflight, 1024);
         assert_eq!(config.stream.duplicate_window, Duration::from_secs(120));
+        assert_eq!(config.batch_events, DEFAULT_BATCH_EVENTS);
+    }
+
+    #[test]
+    fn batch_events_come_from_the_file_or_env_within_bounds() {
+        let mut raw = RawConfig::from_toml(
+            "tables = [\"public.a\"]\n[nats]\nurl = \"nats://x:1\"\n[postgres]\nurl = \"postgres://h/db\"\n\
+             [publish]\nbatch_events = 7\n",
+        )
+        .unwrap();
+        assert_eq!(raw.clone().validate().unwrap().batch_events, 7);
+        raw.apply_env([("WALBROOK_BATCH_EVENTS", "1")]).unwrap();
+        assert_eq!(raw.validate().unwrap().batch_events, 1);
+        for bad in ["0", "100001", "lots"] {
+            let mut raw = minimal();
+            let field = match raw.apply_env([("WALBROOK_BATCH_EVENTS", bad)]) {
+                Ok(()) => raw.validate().unwrap_err().field,
+                Err(e) => e.field,
+            };
+            assert_eq!(field, "publish.batch_events", "{bad}");
+        }
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Metrics {
     registry: Arc<Registry>,
     /// Events published, by table and operation.
     pub events: Family<EventLabels, Counter>,
+    /// Change messages published, by table (one carries one or several events,
+    /// docs/protocol.md §3.6).
+    pub messages: Family<TableLabels, Counter>,
     /// Seconds from a publish to its JetStream ack.
     pub ack_latency: Histogram,
     /// Un-acked publishes.
@@ -84,6 +87,12 @@ impl Metrics {
             "events",
             "Change events published, by table and operation",
             events.clone(),
+        );
+        let messages = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Change messages published, by table (a message carries one or several events)",
+            messages.clone(),
         );
         let ack_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
@@ -155,6 +164,7 @@ impl Metrics {
             snapshots,
             registry: Arc::new(registry),
             events,
+            messages,
             ack_latency,
             in_flight,
             confirmed_lsn,

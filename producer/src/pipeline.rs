@@ -16,7 +16,12 @@
 //!   to PostgreSQL is the publisher's confirmed LSN, never more.
 //! * **Bounded memory.** Events are published as they are decoded (a 1M-row
 //!   transaction never sits in memory); only one event is held back, so that the
-//!   transaction's last event can carry `last = true`.
+//!   transaction's last event can carry `last = true`, plus the open shared message.
+//! * **Several events per message, never a wait.** Consecutive events of one
+//!   transaction, table, operation and table version share a change message
+//!   (docs/protocol.md §3.6) up to `publish.batch_events` events or 256 KiB; the message
+//!   is closed at the commit, when the next event does not fit it, and as soon as the
+//!   replication connection has nothing more ready, so batching never adds latency.
 //! * **Deterministic identities.** `Nats-Msg-Id` = commit LSN + ordinal. After a
 //!   reconnect or restart, events at or below the newest stored (or pushed) position
 //!   are skipped, and JetStream's duplicate window covers the rest.
@@ -47,6 +52,7 @@ use crate::setup;
 use crate::streams::{self, StreamError, headers};
 use crate::subject::{StreamKind, Subjects};
 use crate::tables;
+use walbrook_protocol::batch;
 
 /// How often a standby producer tries to take the slot over.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
@@ -347,6 +353,7 @@ async fn run_inner(
         encoders: HashMap::new(),
         outputs: HashMap::new(),
         tx: None,
+        batch: None,
         skip_through: resume,
         last_pushed: resume,
         xid_anchor: FullXid::default(),
@@ -460,6 +467,8 @@ struct Pipeline<'a> {
     /// its metric counters), computed once instead of per event.
     outputs: HashMap<Fingerprint, TableOut>,
     tx: Option<Tx>,
+    /// Encoded events of the current transaction waiting to share a change message.
+    batch: Option<Batch>,
     /// Events at or below this (commit LSN, ordinal) are already stored.
     skip_through: Option<(Lsn, u64)>,
     /// The newest event handed to the publisher.
@@ -564,6 +573,7 @@ impl Pipeline<'_> {
                 Err(ProducerError::Replication(e)) if e.is_slot_in_use() => {
                     tracing::info!(slot = %self.config.slot, "standby: another producer holds the slot; taking over when it is released");
                     self.tx = None;
+                    self.batch = None;
                     self.skip_through = self.skip_through.max(self.last_pushed);
                     tokio::time::sleep(STANDBY_POLL).await;
                 }
@@ -579,6 +589,7 @@ impl Pipeline<'_> {
                     // The partial transaction will be sent again from its Begin; what
                     // was already pushed is skipped (the publisher still owns it).
                     self.tx = None;
+                    self.batch = None;
                     self.skip_through = self.skip_through.max(self.last_pushed);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -600,6 +611,22 @@ impl Pipeline<'_> {
                 stream.confirm(confirmed);
                 reported = confirmed;
                 self.metrics.confirmed_lsn.set(confirmed.0 as f64);
+            }
+            if self.batch.is_some() {
+                // A shared message is open: fill it with what the server already sent, and
+                // close it the moment nothing more is ready (never wait to fill it).
+                let ready = tokio::select! {
+                    biased;
+                    item = stream.next() => Some(item),
+                    () = std::future::ready(()) => None,
+                };
+                match ready {
+                    Some(item) => {
+                        self.on_item(item?).await?;
+                        continue;
+                    }
+                    None => self.close_batch().await?,
+                }
             }
             let has_room = self.publisher.has_room();
             let pending = !self.publisher.is_empty();
@@ -692,6 +719,8 @@ impl Pipeline<'_> {
                     )
                     .await?;
                 }
+                // A message never spans two transactions.
+                self.close_batch().await?;
                 self.publisher.push_confirm(commit.end_lsn);
                 let lag = (now_micros() - tx.commit_ts_micros).max(0);
                 self.metrics.lag_seconds.set(lag as f64 / 1e6);
@@ -807,6 +836,17 @@ impl Pipeline<'_> {
         if self.skip_through.is_some_and(|stored| position <= stored) {
             return Ok(());
         }
+        let fingerprint = held.encoder.fingerprint();
+        let joins = self.batch.as_ref().is_some_and(|b| {
+            b.fingerprint == fingerprint
+                && b.op == held.op
+                && b.commit_lsn == tx.commit_lsn
+                && b.next_ordinal() == held.ordinal
+                && b.payloads.len() < self.config.batch_events
+        });
+        if !joins {
+            self.close_batch().await?;
+        }
         self.announce(&held.encoder).await?;
         let desc = held.encoder.desc();
         let source = Source {
@@ -824,19 +864,136 @@ impl Pipeline<'_> {
         let payload =
             held.encoder
                 .encode(held.op, &source, held.before.as_ref(), held.after.as_ref())?;
-        let msg_id = format!("{}-{}", tx.commit_lsn.to_fixed_hex(), held.ordinal);
-        let out = self
-            .outputs
-            .entry(held.encoder.fingerprint())
-            .or_insert_with(|| TableOut::new(&self.subjects, &self.metrics, &held.encoder));
+        if !self.outputs.contains_key(&fingerprint) {
+            let out = TableOut::new(&self.subjects, &self.metrics, &held.encoder);
+            self.outputs.insert(fingerprint, out);
+        }
+        let framed = batch::framed_len(payload.len());
+        let limit = self.batch_limit();
+        if self.config.batch_events <= 1 || framed > limit {
+            // Goes alone: batching is off, or the event is too large to share a message.
+            self.close_batch().await?;
+            return self
+                .publish_single(
+                    tx.commit_lsn,
+                    held.op,
+                    fingerprint,
+                    held.ordinal,
+                    last,
+                    payload,
+                )
+                .await;
+        }
+        if self
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.framed + framed > limit)
+        {
+            self.close_batch().await?;
+        }
+        let batch = self.batch.get_or_insert_with(|| Batch {
+            fingerprint,
+            op: held.op,
+            commit_lsn: tx.commit_lsn,
+            first_ordinal: held.ordinal,
+            payloads: Vec::new(),
+            framed: 0,
+            last: false,
+        });
+        batch.framed += framed;
+        batch.payloads.push(payload);
+        batch.last = last;
+        if last || batch.payloads.len() >= self.config.batch_events {
+            self.close_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// The largest body a shared message may have: 256 KiB, less on a server with a small
+    /// `max_payload`.
+    fn batch_limit(&self) -> usize {
+        batch::MAX_BODY.min(self.large.max_body())
+    }
+
+    /// Publishes the open shared message, if any: as a plain single-event message when it
+    /// holds one event.
+    async fn close_batch(&mut self) -> Result<(), ProducerError> {
+        let Some(mut batch) = self.batch.take() else {
+            return Ok(());
+        };
+        if batch.payloads.len() == 1 {
+            let payload = batch.payloads.pop().expect("one payload");
+            return self
+                .publish_single(
+                    batch.commit_lsn,
+                    batch.op,
+                    batch.fingerprint,
+                    batch.first_ordinal,
+                    batch.last,
+                    payload,
+                )
+                .await;
+        }
+        let count = batch.payloads.len();
+        let mut body = Vec::with_capacity(batch.framed);
+        for payload in &batch.payloads {
+            batch::push(&mut body, payload);
+        }
+        let out = &self.outputs[&batch.fingerprint];
         let subject = out.subject.clone();
-        let counter = out.events[held.op.index()].clone();
+        let counter = out.events[batch.op.index()].clone();
+        let messages = out.messages.clone();
+        let mut headers = HeaderMap::new();
+        let msg_id = format!(
+            "{}-{}",
+            batch.commit_lsn.to_fixed_hex(),
+            batch.first_ordinal
+        );
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        headers.insert(headers::FINGERPRINT, out.fingerprint.as_str());
+        headers.insert(headers::OP, batch.op.as_str());
+        headers.insert(headers::COMMIT_LSN, batch.commit_lsn.to_string().as_str());
+        headers.insert(headers::ORDINAL, batch.first_ordinal.to_string().as_str());
+        headers.insert(headers::EVENTS, count.to_string().as_str());
+        if batch.last {
+            headers.insert(headers::LAST, "true");
+        }
+        self.publisher
+            .push(OutMessage {
+                subject,
+                headers,
+                payload: body.into(),
+                chained: true,
+            })
+            .await?;
+        self.last_pushed = Some((batch.commit_lsn, batch.next_ordinal() - 1));
+        counter.inc_by(count as u64);
+        messages.inc();
+        Ok(())
+    }
+
+    /// Publishes one event as a message of its own (through the object store when it is
+    /// larger than the server's `max_payload`, docs/protocol.md §3.5).
+    async fn publish_single(
+        &mut self,
+        commit_lsn: Lsn,
+        op: Op,
+        fingerprint: Fingerprint,
+        ordinal: u64,
+        last: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), ProducerError> {
+        let msg_id = format!("{}-{}", commit_lsn.to_fixed_hex(), ordinal);
+        let out = &self.outputs[&fingerprint];
+        let subject = out.subject.clone();
+        let counter = out.events[op.index()].clone();
+        let messages = out.messages.clone();
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert(headers::FINGERPRINT, out.fingerprint.as_str());
-        headers.insert(headers::OP, held.op.as_str());
-        headers.insert(headers::COMMIT_LSN, tx.commit_lsn.to_string().as_str());
-        headers.insert(headers::ORDINAL, held.ordinal.to_string().as_str());
+        headers.insert(headers::OP, op.as_str());
+        headers.insert(headers::COMMIT_LSN, commit_lsn.to_string().as_str());
+        headers.insert(headers::ORDINAL, ordinal.to_string().as_str());
         if last {
             headers.insert(headers::LAST, "true");
         }
@@ -858,9 +1015,30 @@ impl Pipeline<'_> {
                 chained: true,
             })
             .await?;
-        self.last_pushed = Some(position);
+        self.last_pushed = Some((commit_lsn, ordinal));
         counter.inc();
+        messages.inc();
         Ok(())
+    }
+}
+
+/// Encoded events of one transaction, table version and operation, with consecutive
+/// ordinals, waiting to be published as one change message (docs/protocol.md §3.6).
+struct Batch {
+    fingerprint: Fingerprint,
+    op: Op,
+    commit_lsn: Lsn,
+    first_ordinal: u64,
+    payloads: Vec<Vec<u8>>,
+    /// The body size once framed.
+    framed: usize,
+    /// Holds the transaction's last event.
+    last: bool,
+}
+
+impl Batch {
+    fn next_ordinal(&self) -> u64 {
+        self.first_ordinal + self.payloads.len() as u64
     }
 }
 
@@ -905,6 +1083,8 @@ struct TableOut {
     fingerprint: String,
     /// The `events` counter of each operation, by [`Op::index`].
     events: [prometheus_client::metrics::counter::Counter; 6],
+    /// The `messages` counter.
+    messages: prometheus_client::metrics::counter::Counter,
 }
 
 impl TableOut {
@@ -922,6 +1102,12 @@ impl TableOut {
         TableOut {
             subject: subjects.change(&desc.schema, &desc.table),
             fingerprint: encoder.fingerprint().to_string(),
+            messages: metrics
+                .messages
+                .get_or_create(&crate::metrics::TableLabels {
+                    table: table.clone(),
+                })
+                .clone(),
             events: ops.map(|op| {
                 metrics
                     .events

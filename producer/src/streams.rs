@@ -201,7 +201,8 @@ pub async fn last_position(stream: &mut stream::Stream) -> Result<Option<(Lsn, u
     Ok(None)
 }
 
-/// The (commit LSN, ordinal) a change event's headers carry.
+/// The (commit LSN, ordinal) of the last event of a change message, from its headers: for
+/// a message carrying N events (docs/protocol.md §3.6), `Walbrook-Ordinal` + N − 1.
 pub fn event_position(headers: &async_nats::HeaderMap) -> Option<(Lsn, u64)> {
     let lsn = headers
         .get(self::headers::COMMIT_LSN)
@@ -209,5 +210,29 @@ pub fn event_position(headers: &async_nats::HeaderMap) -> Option<(Lsn, u64)> {
     let ordinal = headers
         .get(self::headers::ORDINAL)
         .and_then(|v| v.as_str().parse::<u64>().ok())?;
-    Some((lsn, ordinal))
+    let events = match headers.get(self::headers::EVENTS) {
+        None => 1,
+        Some(v) => walbrook_protocol::batch::parse_count(v.as_str())?,
+    };
+    Some((lsn, ordinal.checked_add(events - 1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_message_is_positioned_at_its_last_event() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::COMMIT_LSN, "0/16B3F20");
+        h.insert(headers::ORDINAL, "5");
+        assert_eq!(event_position(&h), Some((Lsn(0x16B_3F20), 5)));
+        h.insert(headers::EVENTS, "3");
+        assert_eq!(event_position(&h), Some((Lsn(0x16B_3F20), 7)));
+        // A malformed count is no Walbrook position (never a smaller one).
+        h.insert(headers::EVENTS, "0");
+        assert_eq!(event_position(&h), None);
+        h.insert(headers::EVENTS, "x");
+        assert_eq!(event_position(&h), None);
+    }
 }

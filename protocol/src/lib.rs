@@ -3,6 +3,7 @@
 //! names with reversible token escaping ([`subject`]), the operation enum ([`Op`]), the
 //! `walbrook.Source` record schema, and header names ([`headers`]).
 
+pub mod batch;
 pub mod lsn;
 pub mod snapshot;
 pub mod subject;
@@ -119,6 +120,9 @@ pub mod headers {
     pub const OP: &str = "Walbrook-Op";
     /// Fingerprint text.
     pub const FINGERPRINT: &str = "Walbrook-Fingerprint";
+    /// On a change message carrying several events (docs/protocol.md §3.6): how many (at
+    /// least 2); the body is then framed by [`crate::batch`]. Absent: the body is one event.
+    pub const EVENTS: &str = "Walbrook-Events";
     /// `<bucket>/<object>`: the payload is too large for one NATS message and is stored
     /// in that JetStream object store object (docs/protocol.md §3.5); the message body is
     /// empty.
@@ -129,7 +133,7 @@ pub mod headers {
     /// row.
     pub const SNAPSHOT_ROW: &str = "Walbrook-Snapshot-Row";
     /// On a snapshot row batch: how many rows its body holds (docs/protocol.md §8.2; the
-    /// body is then framed by [`crate::snapshot::batch`]). Absent: the body is one row.
+    /// body is then framed by [`crate::batch`]). Absent: the body is one row.
     pub const SNAPSHOT_ROWS: &str = "Walbrook-Snapshot-Rows";
     /// On every snapshot message: the snapshot id.
     pub const SNAPSHOT_ID: &str = "Walbrook-Snapshot-Id";

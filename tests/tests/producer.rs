@@ -68,9 +68,51 @@ fn field<'a>(fields: &'a [(String, Value)], name: &str) -> &'a Value {
     &fields.iter().find(|(n, _)| n == name).unwrap().1
 }
 
-/// Looks a schema up through the producer's RPC and decodes the message.
-async fn decode(nats: &async_nats::Client, db: &str, message: &jetstream::Message) -> Event {
-    let (fingerprint, body) = split_single_object(&message.payload).unwrap();
+/// Decodes a change message into its events: one, or each of a message carrying several
+/// (docs/protocol.md §3.6), checked against the message's headers.
+async fn decode(nats: &async_nats::Client, db: &str, message: &jetstream::Message) -> Vec<Event> {
+    let headers = message.headers.as_ref().unwrap();
+    let msg_id = headers.get("Nats-Msg-Id").unwrap().to_string();
+    let Some(count) = headers.get("Walbrook-Events") else {
+        return vec![decode_one(nats, db, &message.payload, msg_id).await];
+    };
+    let count: u64 = count.as_str().parse().unwrap();
+    assert!(count >= 2, "Walbrook-Events {count}");
+    let mut events = Vec::new();
+    for range in walbrook_protocol::batch::split(&message.payload, count).unwrap() {
+        let event = decode_one(nats, db, &message.payload[range], String::new()).await;
+        events.push(event);
+    }
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+    let (commit, ordinal) = (events[0].commit_lsn, events[0].ordinal);
+    let (table, op) = (events[0].table.clone(), events[0].op.clone());
+    assert_eq!(
+        msg_id,
+        format!("{commit:016X}-{ordinal}"),
+        "the message id is its first event's"
+    );
+    for (i, event) in events.iter_mut().enumerate() {
+        assert_eq!(event.commit_lsn, commit);
+        assert_eq!(event.ordinal, ordinal + i as i64);
+        assert_eq!(event.table, table);
+        assert_eq!(event.op, op);
+        assert!(
+            !event.last || i as u64 == count - 1,
+            "only the final event is last"
+        );
+        event.msg_id = format!("{:016X}-{}", event.commit_lsn, event.ordinal);
+    }
+    assert_eq!(header("Walbrook-Ordinal"), Some(ordinal.to_string()));
+    assert_eq!(
+        header("Walbrook-Last").is_some(),
+        events.last().unwrap().last
+    );
+    events
+}
+
+/// Looks a schema up through the producer's RPC and decodes one event.
+async fn decode_one(nats: &async_nats::Client, db: &str, payload: &[u8], msg_id: String) -> Event {
+    let (fingerprint, body) = split_single_object(payload).unwrap();
     // Right after a producer restart its RPC subscription may not be registered yet.
     let mut attempts = 0;
     let reply = loop {
@@ -123,7 +165,6 @@ async fn decode(nats: &async_nats::Client, db: &str, message: &jetstream::Messag
     let Value::Boolean(last) = field(source, "last") else {
         panic!()
     };
-    let headers = message.headers.as_ref().unwrap();
     Event {
         op: op.clone(),
         table: table.clone(),
@@ -133,7 +174,7 @@ async fn decode(nats: &async_nats::Client, db: &str, message: &jetstream::Messag
         last: *last,
         before: record(field(&fields, "before")),
         after: record(field(&fields, "after")),
-        msg_id: headers.get("Nats-Msg-Id").unwrap().to_string(),
+        msg_id,
     }
 }
 
@@ -167,7 +208,7 @@ async fn read_events(nats: &async_nats::Client, db: &str, count: usize) -> Vec<E
             .unwrap_or_else(|_| panic!("only {} of {count} events arrived", events.len()))
             .unwrap()
             .unwrap();
-        events.push(decode(nats, db, &message).await);
+        events.extend(decode(nats, db, &message).await);
     }
     // Nothing more than expected.
     let extra = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;

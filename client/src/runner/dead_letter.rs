@@ -51,7 +51,8 @@ impl DeadLetter {
         DeadLetter {
             subject: event.subject().to_owned(),
             stream_sequence: event.stream_sequence(),
-            headers: event.headers().cloned(),
+            // An event of a shared message goes alone, with its own headers (protocol §3.6).
+            headers: event.event_headers(),
             payload: event.payload().clone(),
             error: error.into(),
             sink: sink.to_owned(),
@@ -78,7 +79,8 @@ pub(crate) async fn ensure_stream_on(js: &jetstream::Context, names: &Names) -> 
 }
 
 /// Publishes a dead letter and waits for JetStream to store it. Retrying after a failure does
-/// not store it twice (its `Nats-Msg-Id` is `<consumer>-<sequence>`).
+/// not store it twice (its `Nats-Msg-Id` is `<consumer>-<sequence>-<ordinal>`, or
+/// `<consumer>-<sequence>` for a message without a `Walbrook-Ordinal`).
 pub(crate) async fn publish(
     client: &Client,
     consumer: &str,
@@ -123,10 +125,17 @@ pub(crate) async fn publish_on(
         letter.stream_sequence.to_string().as_str(),
     );
     headers.insert(headers::TIME, chrono::Utc::now().to_rfc3339().as_str());
-    headers.insert(
-        "Nats-Msg-Id",
-        format!("{consumer}-{}", letter.stream_sequence).as_str(),
-    );
+    // Events of one shared message (protocol §3.6) share its sequence: the ordinal tells
+    // their dead letters apart.
+    let id = match letter
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::ORDINAL))
+    {
+        Some(ordinal) => format!("{consumer}-{}-{}", letter.stream_sequence, ordinal.as_str()),
+        None => format!("{consumer}-{}", letter.stream_sequence),
+    };
+    headers.insert("Nats-Msg-Id", id.as_str());
     let ack = js
         .publish_with_headers(names.dlq_subject(consumer), headers, letter.payload.clone())
         .await
@@ -151,7 +160,8 @@ pub struct StoredDeadLetter {
     pub sink: String,
     /// When.
     pub time: String,
-    /// The decoded event (`null` when it does not decode).
+    /// The decoded event (`null` when it does not decode; an array of events for a whole
+    /// message that carried several, protocol §3.6).
     pub event: Option<serde_json::Value>,
     /// Why it does not decode.
     pub decode_error: Option<String>,
@@ -206,7 +216,7 @@ pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLette
         let headers = message.headers.clone();
         let original_subject = header(&headers, headers::SUBJECT);
         let stream_sequence = header(&headers, headers::SEQUENCE).parse().ok();
-        let decoded = crate::subscribe::decode_stored(
+        let decoded = crate::subscribe::decode_stored_events(
             client.cache(),
             &crate::large_payload::PayloadObjects::new(client.js().clone()),
             original_subject.clone(),
@@ -216,7 +226,9 @@ pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLette
         )
         .await;
         let (event, decode_error) = match decoded {
-            Ok(e) => (serde_json::to_value(&e).ok(), None),
+            // A whole shared message (protocol §3.6) shows as the array of its events.
+            Ok(events) if events.len() == 1 => (serde_json::to_value(&events[0]).ok(), None),
+            Ok(events) => (serde_json::to_value(&events).ok(), None),
             Err(e) => (None, Some(e.to_string())),
         };
         out.push(StoredDeadLetter {
@@ -235,12 +247,13 @@ pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLette
     Ok(out)
 }
 
-/// Decodes a stored dead letter back into its event.
+/// Decodes a stored dead letter back into its event (its events, for a whole message that
+/// carried several, protocol §3.6).
 pub(crate) async fn decode(
     client: &Client,
     letter: &StoredDeadLetter,
-) -> Result<ChangeEvent, Error> {
-    crate::subscribe::decode_stored(
+) -> Result<Vec<ChangeEvent>, Error> {
+    crate::subscribe::decode_stored_events(
         client.cache(),
         &crate::large_payload::PayloadObjects::new(client.js().clone()),
         letter.subject.clone(),

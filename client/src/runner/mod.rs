@@ -230,15 +230,15 @@ impl<S: Sink> Runner<S> {
         let letters = dead_letter::list(&self.client, &self.options.consumer).await?;
         let (mut replayed, mut left) = (0, 0);
         for letter in letters {
-            let event = match dead_letter::decode(&self.client, &letter).await {
-                Ok(e) => e,
+            let events = match dead_letter::decode(&self.client, &letter).await {
+                Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(dlq_sequence = letter.dlq_sequence, "cannot replay: {e}");
                     left += 1;
                     continue;
                 }
             };
-            match self.sink.apply(&self.options.consumer, &[event]).await {
+            match self.sink.apply(&self.options.consumer, &events).await {
                 Ok(applied) if applied.rejected.is_empty() => {
                     dead_letter::remove(&self.client, letter.dlq_sequence).await?;
                     replayed += 1;
@@ -563,7 +563,7 @@ impl<S: Sink> Runner<S> {
                         if let Err(e) = event.ack().await {
                             tracing::warn!("acknowledging a skipped event: {e}");
                         }
-                        self.processed = self.processed.max(event.stream_sequence());
+                        self.processed = self.processed.max(processed_through(&event));
                         self.metrics.skipped(1);
                         continue;
                     }
@@ -825,9 +825,13 @@ impl<S: Sink> Runner<S> {
         started: Instant,
         ack: bool,
     ) -> Flow {
-        let last = events
-            .last()
-            .map(|e| (Position::of(e), e.stream_sequence(), e.source().commit_time));
+        let last = events.last().map(|e| {
+            (
+                Position::of(e),
+                processed_through(e),
+                e.source().commit_time,
+            )
+        });
         let mut flow = Flow::Continue;
         if ack {
             let acks = futures::future::join_all(events.iter().map(|e| e.ack())).await;
@@ -849,6 +853,17 @@ impl<S: Sink> Runner<S> {
         }
         self.metrics.batch(started.elapsed());
         flow
+    }
+}
+
+/// The stream sequence through which every message is processed once `event` (and all
+/// before it) are: its own, or the one before when more events of its message (protocol
+/// §3.6) follow; those must not be taken for done.
+fn processed_through(event: &ChangeEvent) -> u64 {
+    if event.ends_message() {
+        event.stream_sequence()
+    } else {
+        event.stream_sequence().saturating_sub(1)
     }
 }
 

@@ -190,6 +190,8 @@ mod lane_tests {
             consumer_sequence: ordinal + 1,
             delivered: 1,
             ack: AckHandle::none(),
+            message_index: 0,
+            message_events: 1,
             payload: bytes::Bytes::new(),
             headers: None,
         }

@@ -22,7 +22,7 @@ pub struct Setup {
         Option<tokio::task::JoinHandle<Result<(), walbrook_producer::pipeline::ProducerError>>>,
 }
 
-fn config(db: &TestDb<'_>, nats_url: &str, tables: &str) -> ProducerConfig {
+fn config(db: &TestDb<'_>, nats_url: &str, tables: &str, extra: &[(&str, &str)]) -> ProducerConfig {
     let mut raw = RawConfig::default();
     raw.apply_env([
         ("WALBROOK_PG_URL", db.url()),
@@ -34,6 +34,8 @@ fn config(db: &TestDb<'_>, nats_url: &str, tables: &str) -> ProducerConfig {
         ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
     ])
     .unwrap();
+    raw.apply_env(extra.iter().map(|(k, v)| (*k, v.to_string())))
+        .unwrap();
     raw.validate().unwrap()
 }
 
@@ -46,6 +48,17 @@ impl Setup {
 
     /// [`Setup::start`] with a NATS server of the caller's (e.g. a small `max_payload`).
     pub async fn start_with_nats(prefix: &str, ddl: &str, tables: &str, nats: NatsServer) -> Setup {
+        Setup::start_with(prefix, ddl, tables, nats, &[]).await
+    }
+
+    /// [`Setup::start_with_nats`] with more `WALBROOK_*` settings for the producer.
+    pub async fn start_with(
+        prefix: &str,
+        ddl: &str,
+        tables: &str,
+        nats: NatsServer,
+        extra: &[(&str, &str)],
+    ) -> Setup {
         let db = PgServer::shared().fresh_database(prefix);
         let (sql, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
             .await
@@ -54,7 +67,7 @@ impl Setup {
         sql.batch_execute(ddl).await.unwrap();
         let shutdown = CancellationToken::new();
         let producer = tokio::spawn(walbrook_producer::pipeline::run(
-            config(&db, &nats.url(), tables),
+            config(&db, &nats.url(), tables, extra),
             shutdown.clone(),
         ));
         let setup = Setup {

@@ -462,7 +462,7 @@ fn backlog_bench(pg: &PgServer, nats: &NatsServer, walbrook: &std::path::Path, a
     // (c) Raw JetStream: the same number of messages of the producer's average size,
     // each with a Nats-Msg-Id, published pipelined (1024 acks in flight) from one
     // connection into a file-storage stream: the ceiling NATS sets on this machine.
-    let average_bytes = average_event_bytes(&nats.url(), db.name());
+    let (average_bytes, stored_messages) = average_event_bytes(&nats.url(), db.name(), args.rows);
     let span_secs = stored_span_seconds(&nats.url(), db.name());
     eprintln!(
         "walbrook produce, first to last event stored: {span_secs:.2}s ({:.0} rows/s)",
@@ -491,6 +491,8 @@ fn backlog_bench(pg: &PgServer, nats: &NatsServer, walbrook: &std::path::Path, a
         "raw_jetstream_seconds": raw_secs,
         "raw_jetstream_messages_per_second": args.rows as f64 / raw_secs,
         "event_bytes": average_bytes,
+        "walbrook_messages": stored_messages,
+        "walbrook_events_per_message": args.rows as f64 / stored_messages.max(1) as f64,
         "ratio_walbrook_to_raw_jetstream": raw_secs / walbrook_secs,
         "raw_jetstream_with_walbrook_headers_messages_per_second": args.rows as f64 / raw_headers_secs,
         "ratio_walbrook_to_raw_jetstream_with_headers": raw_headers_secs / walbrook_secs,
@@ -593,14 +595,17 @@ fn latency_bench(
             let reader = tokio::spawn(async move {
                 while let Some(Ok(message)) = messages.next().await {
                     let at = Instant::now();
+                    // A message may carry several events (docs/protocol.md §3.6), each
+                    // with its row marker.
                     let body = String::from_utf8_lossy(&message.payload);
-                    if let Some(id) = body
-                        .split("row-")
-                        .nth(1)
-                        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                        .and_then(|d| d.parse().ok())
-                    {
-                        sink.lock().unwrap().push((id, at));
+                    for rest in body.split("row-").skip(1) {
+                        if let Some(id) = rest
+                            .split(|c: char| !c.is_ascii_digit())
+                            .next()
+                            .and_then(|d| d.parse().ok())
+                        {
+                            sink.lock().unwrap().push((id, at));
+                        }
                     }
                 }
             });
@@ -801,8 +806,9 @@ fn stored_span_seconds(nats_url: &str, database: &str) -> f64 {
         })
 }
 
-/// Average payload size of the events the producer stored.
-fn average_event_bytes(nats_url: &str, database: &str) -> usize {
+/// Average stored size per event of the `events` the producer stored, and how many
+/// messages carry them (several events may share one, docs/protocol.md §3.6).
+fn average_event_bytes(nats_url: &str, database: &str, events: u64) -> (usize, u64) {
     tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(async {
@@ -813,8 +819,8 @@ fn average_event_bytes(nats_url: &str, database: &str) -> usize {
                 .await
                 .expect("change stream");
             let info = stream.info().await.expect("stream info");
-            let bytes = info.state.bytes / info.state.messages.max(1);
-            usize::try_from(bytes).unwrap_or(256)
+            let bytes = info.state.bytes / events.max(1);
+            (usize::try_from(bytes).unwrap_or(256), info.state.messages)
         })
 }
 
