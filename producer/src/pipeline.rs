@@ -17,11 +17,13 @@
 //! * **Bounded memory.** Events are published as they are decoded (a 1M-row
 //!   transaction never sits in memory); only one event is held back, so that the
 //!   transaction's last event can carry `last = true`, plus the open shared message.
-//! * **Several events per message, never a wait.** Consecutive events of one
+//! * **Several events per message, cut by the events alone.** Consecutive events of one
 //!   transaction, table, operation and table version share a change message
 //!   (docs/protocol.md §3.6) up to `publish.batch_events` events or 256 KiB; the message
-//!   is closed at the commit, when the next event does not fit it, and as soon as the
-//!   replication connection has nothing more ready, so batching never adds latency.
+//!   is closed at the commit or when the next event does not belong in it or fit. The
+//!   cut never depends on timing, so a replay of the same WAL cuts the same messages
+//!   with the same `Nats-Msg-Id`s; PostgreSQL sends a committed transaction's changes
+//!   back to back, so this adds no latency.
 //! * **Deterministic identities.** `Nats-Msg-Id` = commit LSN + ordinal. After a
 //!   reconnect or restart, events at or below the newest stored (or pushed) position
 //!   are skipped, and JetStream's duplicate window covers the rest.
@@ -612,22 +614,11 @@ impl Pipeline<'_> {
                 reported = confirmed;
                 self.metrics.confirmed_lsn.set(confirmed.0 as f64);
             }
-            if self.batch.is_some() {
-                // A shared message is open: fill it with what the server already sent, and
-                // close it the moment nothing more is ready (never wait to fill it).
-                let ready = tokio::select! {
-                    biased;
-                    item = stream.next() => Some(item),
-                    () = std::future::ready(()) => None,
-                };
-                match ready {
-                    Some(item) => {
-                        self.on_item(item?).await?;
-                        continue;
-                    }
-                    None => self.close_batch().await?,
-                }
-            }
+            // An open shared message is closed by the event stream alone (commit, another
+            // table/op/version, full), never by timing: the same WAL then always cuts the
+            // same messages, so a replay repeats their `Nats-Msg-Id`s (protocol §3.6). A
+            // transaction's events follow each other without waiting for anything but
+            // decoding, so this costs no latency.
             let has_room = self.publisher.has_room();
             let pending = !self.publisher.is_empty();
             tokio::select! {
