@@ -1151,7 +1151,11 @@ fn spawn_pg_sink(
         .env("WALBROOK_SINK_CONSUMER", "bench")
         .env("WALBROOK_SINK_TABLES", tables)
         .env("WALBROOK_SINK_TARGET_URL", target_url)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            // Profiling: e.g. walbrook_pg_client=debug,walbrook_client::runner=debug.
+            std::env::var("BENCH_SINK_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(log.map_or_else(Stdio::null, Stdio::from))
         .spawn()
