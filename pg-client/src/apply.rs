@@ -69,6 +69,15 @@ impl Statement {
         index: usize,
         table: &TableName,
     ) -> Result<u64, SinkError> {
+        self.execute_raw(tx)
+            .await
+            .map_err(|e| classify(&e, Some(index), &format!("applying to {table}")))
+    }
+
+    async fn execute_raw(
+        self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<u64, sqlx::Error> {
         let mut query = sqlx::query(AssertSqlSafe(self.sql));
         for p in self.params {
             query = match p {
@@ -76,11 +85,7 @@ impl Statement {
                 Param::Array(v) => query.bind(v),
             };
         }
-        query
-            .execute(&mut **tx)
-            .await
-            .map(|r| r.rows_affected())
-            .map_err(|e| classify(&e, Some(index), &format!("applying to {table}")))
+        query.execute(&mut **tx).await.map(|r| r.rows_affected())
     }
 }
 
@@ -163,12 +168,18 @@ fn full_row_predicate(s: &mut Statement, row: &Row, target: &[String]) -> Result
 
 /// `INSERT … ON CONFLICT (key) DO UPDATE` of `row` (plain INSERT without a key).
 fn upsert(table: &TableName, row: &Row, target: &[String]) -> Result<Statement, String> {
-    upsert_rows(table, &[row], target)
+    upsert_rows(table, &[row], target, true)
 }
 
 /// One `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE` of several rows with
-/// the same columns and distinct keys (see [`unnest_select`]).
-fn upsert_rows(table: &TableName, rows: &[&Row], target: &[String]) -> Result<Statement, String> {
+/// the same columns and distinct keys (see [`unnest_select`]); a plain `INSERT` without
+/// `on_conflict` (or without a key).
+fn upsert_rows(
+    table: &TableName,
+    rows: &[&Row],
+    target: &[String],
+    on_conflict: bool,
+) -> Result<Statement, String> {
     let row = rows[0];
     let mut s = Statement::new();
     let columns: Vec<&Column> = set_values(row, target, true).map(|(c, _)| c).collect();
@@ -189,7 +200,7 @@ fn upsert_rows(table: &TableName, rows: &[&Row], target: &[String]) -> Result<St
         table.quoted(),
         names.join(", "),
     );
-    if has_key(row) {
+    if on_conflict && has_key(row) {
         let keys: Vec<String> = row
             .columns()
             .iter()
@@ -263,6 +274,10 @@ fn has_unchanged(row: &Row) -> bool {
 /// to find the event to blame.
 const REGROUP: usize = usize::MAX;
 
+/// Marks a plain multi-row `INSERT` that met a row the target already has (a unique
+/// violation): the batch is applied again with upserts.
+const UPSERT_AGAIN: usize = usize::MAX - 1;
+
 /// What a multi-row statement does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GroupKind {
@@ -270,6 +285,12 @@ enum GroupKind {
     /// the key and carry every value (an update of a missing row inserts it, as the
     /// one-statement form does).
     Upsert,
+    /// A plain `INSERT`, without `ON CONFLICT`: runs of inserts, in the first attempt at a
+    /// batch. PostgreSQL's speculative insertion (`ON CONFLICT`) about doubled the server's
+    /// cost of an insert run; a target already holding a row (a snapshot bootstrap's overlap,
+    /// a pre-filled table) makes the statement fail with a unique violation, and the batch is
+    /// applied again with upserts.
+    Insert,
     /// `DELETE … WHERE (key) IN (SELECT … FROM unnest(…))`.
     Delete,
 }
@@ -292,8 +313,12 @@ struct Group<'a> {
 const GROUP_ROWS: usize = 5000;
 
 /// The group kind and row of an event that can join a multi-row statement.
-fn groupable(event: &ChangeEvent) -> Option<(GroupKind, &Row)> {
+fn groupable(event: &ChangeEvent, plain_inserts: bool) -> Option<(GroupKind, &Row)> {
     match event.op() {
+        Op::Insert if plain_inserts => event
+            .after()
+            .filter(|row| has_key(row) && !has_unchanged(row))
+            .map(|row| (GroupKind::Insert, row)),
         Op::Insert | Op::Read | Op::Update => event
             .after()
             .filter(|row| has_key(row) && !has_unchanged(row))
@@ -359,15 +384,30 @@ async fn flush(
     let rows: Vec<&Row> = g.rows.iter().map(|(_, r)| *r).collect();
     let first = g.rows[0].0;
     let statement = match g.kind {
-        GroupKind::Upsert => upsert_rows(&g.table, &rows, &g.target),
+        GroupKind::Upsert => upsert_rows(&g.table, &rows, &g.target, true),
+        GroupKind::Insert => upsert_rows(&g.table, &rows, &g.target, false),
         GroupKind::Delete => delete_rows(&g.table, &rows),
     }
     .map_err(|m| SinkError::rejected(first, format!("{}: {m}", g.table)))?;
     let built = std::time::Instant::now();
     timing.build += built - started;
     timing.statements += 1;
-    let result = statement.execute(tx, first, &g.table).await;
+    let result = statement.execute_raw(tx).await;
     timing.execute += built.elapsed();
+    let result = match result {
+        Err(e)
+            if g.kind == GroupKind::Insert
+                && e.as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "23505") =>
+        {
+            return Err(SinkError::rejected(
+                UPSERT_AGAIN,
+                format!("{}: a row is there already, upserting: {e}", g.table),
+            ));
+        }
+        other => other.map_err(|e| classify(&e, Some(first), &format!("applying to {}", g.table))),
+    };
     match result {
         Ok(_) => Ok(()),
         Err(e)
@@ -384,10 +424,14 @@ pub(crate) async fn apply(
     consumer: &str,
     events: &[ChangeEvent],
 ) -> Result<Applied, SinkError> {
-    match apply_with(sink, consumer, events, true).await {
-        Err(e) if e.index() == Some(REGROUP) => apply_with(sink, consumer, events, false).await,
-        other => other,
+    let mut result = apply_with(sink, consumer, events, true, true).await;
+    if result.as_ref().err().and_then(SinkError::index) == Some(UPSERT_AGAIN) {
+        result = apply_with(sink, consumer, events, true, false).await;
     }
+    if result.as_ref().err().and_then(SinkError::index) == Some(REGROUP) {
+        result = apply_with(sink, consumer, events, false, false).await;
+    }
+    result
 }
 
 async fn apply_with(
@@ -395,6 +439,7 @@ async fn apply_with(
     consumer: &str,
     events: &[ChangeEvent],
     grouped: bool,
+    plain_inserts: bool,
 ) -> Result<Applied, SinkError> {
     let options = &sink.options;
     let started = std::time::Instant::now();
@@ -416,7 +461,11 @@ async fn apply_with(
         let reject = |message: String| SinkError::rejected(i, format!("{table}: {message}"));
         let mut entry = changed.get(&table).or_else(|| known.get(&table)).cloned();
         let fingerprint = event.fingerprint();
-        let candidate = if grouped { groupable(event) } else { None };
+        let candidate = if grouped {
+            groupable(event, plain_inserts)
+        } else {
+            None
+        };
         // A new schema to reconcile (DDL) writes the pending group first; so does anything
         // that cannot join it (checked below).
         let reconciles = event.after().is_some()
@@ -474,7 +523,7 @@ async fn apply_with(
         }
         if let Some((kind, row)) = candidate {
             let signature: Vec<String> = match kind {
-                GroupKind::Upsert => set_values(row, &columns, true)
+                GroupKind::Upsert | GroupKind::Insert => set_values(row, &columns, true)
                     .map(|(c, _)| c.name.clone())
                     .collect(),
                 GroupKind::Delete => row
@@ -586,6 +635,7 @@ async fn apply_with(
     tracing::debug!(
         events = events.len(),
         grouped,
+        plain_inserts,
         statements = timing.statements,
         build_us = timing.build.as_micros() as u64,
         execute_us = timing.execute.as_micros() as u64,

@@ -264,3 +264,48 @@ async fn awkward_values_cross_the_array_parameters_of_a_large_group() {
     assert_eq!(statements(&target, "odd", "DELETE").await, 1);
     setup.stop().await;
 }
+
+#[tokio::test]
+async fn inserts_of_rows_the_target_already_has_are_applied_as_upserts() {
+    // Runs of inserts are first written as plain INSERTs; rows the target holds already (a
+    // pre-filled target, a snapshot's overlap) make that fail with a unique violation, and
+    // the batch is applied again with upserts: the source's values win, nothing is
+    // dead-lettered.
+    let mut setup = Setup::start(
+        "shapes_prefilled",
+        "CREATE TABLE p (id int PRIMARY KEY, v text)",
+        "public.p",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("shapes_prefilled_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute(&format!(
+            "CREATE TABLE p (id int PRIMARY KEY, v text);
+             INSERT INTO p SELECT g, 'stale' FROM generate_series(40, 60) g;
+             {STATEMENT_LOG} {}",
+            log_statements_of("p")
+        ))
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            "INSERT INTO p SELECT g, 'fresh ' || g FROM generate_series(1, 100) g",
+            "INSERT INTO p SELECT g, 'later ' || g FROM generate_series(101, 150) g",
+        ])
+        .await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), "prefilled", "public.p").await;
+    wait_equal(&setup.sql, &target, &["p"], Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let client = setup.client().await;
+    let letters = walbrook_client::runner::list_dead_letters(&client, "prefilled")
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
+    // As multi-row upserts (the failed plain INSERT rolled back with its batch), not one
+    // statement per event: at most one per source transaction.
+    let inserts = statements(&target, "p", "INSERT").await;
+    assert!((1..=2).contains(&inserts), "{inserts} INSERT statements");
+    setup.stop().await;
+}
