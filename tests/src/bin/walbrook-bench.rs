@@ -1156,6 +1156,12 @@ fn spawn_pg_sink(
             // Profiling: e.g. walbrook_pg_client=debug,walbrook_client::runner=debug.
             std::env::var("BENCH_SINK_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        // Experiments: the sink's --batch-events (default: the sink's own default).
+        .envs(
+            std::env::var("BENCH_SINK_BATCH_EVENTS")
+                .ok()
+                .map(|n| ("WALBROOK_SINK_BATCH_EVENTS", n)),
+        )
         .stdout(Stdio::null())
         .stderr(log.map_or_else(Stdio::null, Stdio::from))
         .spawn()
@@ -1372,6 +1378,7 @@ fn apply_bench(
         "walbrook_sink_seconds": walbrook_secs,
         "walbrook_sink_changes_per_second": total_changes as f64 / walbrook_secs,
         "ratio_walbrook_to_native": ratio,
+        "sink_batch_events": std::env::var("BENCH_SINK_BATCH_EVENTS").unwrap_or_else(|_| "default (500)".into()),
         "targets_equal_source": expected,
     });
     let path = out.join("apply.json");
