@@ -165,14 +165,14 @@ fn sinks_bench(
             source.slot_name()
         ))
         .expect("slot");
-    let mut producer = spawn_producer(
+    let mut producer = Reaped(spawn_producer(
         walbrook,
         &source,
         nats_url,
         "SINKS",
         "public.sink_t",
         &out.join("producer-sinks.log"),
-    );
+    ));
     let mut first = 1;
     while first <= events {
         let last = (first + 999).min(events);
@@ -188,7 +188,7 @@ fn sinks_bench(
         .expect("lsn")
         .trim()
         .to_string();
-    wait_confirmed(&source, &source.slot_name(), &end, &mut producer);
+    wait_confirmed(&source, &source.slot_name(), &end, &mut producer.0);
     let stored = stream_messages(nats_url, &format!("SINKS_{}_WAL", source.name()));
     assert_eq!(
         stored, events,
@@ -196,7 +196,7 @@ fn sinks_bench(
     );
     let sink = |kind: &str, env: &[(&str, String)], log: &str| {
         let log = std::fs::File::create(out.join(log)).ok();
-        Command::new(walbrook)
+        let child = Command::new(walbrook)
             .args(["sink", kind])
             .env("WALBROOK_NATS_URL", nats_url)
             .env("WALBROOK_ROOT", "SINKS")
@@ -208,7 +208,8 @@ fn sinks_bench(
             .stdout(Stdio::null())
             .stderr(log.map_or_else(Stdio::null, Stdio::from))
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", walbrook.display()))
+            .unwrap_or_else(|e| panic!("{}: {e}", walbrook.display()));
+        Reaped(child)
     };
     let limit = Duration::from_secs(1800);
 
@@ -233,14 +234,13 @@ fn sinks_bench(
             started.elapsed() < limit,
             "webhook: {delivered} of {events} events"
         );
-        if let Ok(Some(status)) = hook.try_wait() {
+        if let Ok(Some(status)) = hook.0.try_wait() {
             panic!("walbrook sink webhook exited early: {status}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     let webhook_secs = started.elapsed().as_secs_f64();
-    let _ = hook.kill();
-    let _ = hook.wait();
+    drop(hook);
     eprintln!("webhook sink: {events} events in {webhook_secs:.2}s");
 
     let search = walbrook_harness::SearchServer::start().expect("search engine");
@@ -277,16 +277,14 @@ fn sinks_bench(
             started.elapsed() < limit,
             "search: {count} of {events} documents"
         );
-        if let Ok(Some(status)) = es.try_wait() {
+        if let Ok(Some(status)) = es.0.try_wait() {
             panic!("walbrook sink elasticsearch exited early: {status}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     let search_secs = started.elapsed().as_secs_f64();
-    let _ = es.kill();
-    let _ = es.wait();
-    let _ = producer.kill();
-    let _ = producer.wait();
+    drop(es);
+    drop(producer);
     eprintln!(
         "search sink ({}): {events} events in {search_secs:.2}s",
         search.engine()
@@ -303,6 +301,18 @@ fn sinks_bench(
     let path = out.join("sinks.json");
     write_result(&path, result.clone());
     println!("{}", summary_line("sinks", &result));
+}
+
+/// A child process killed and reaped when dropped: a benchmark that panics (a timeout, a
+/// short stream) leaves no sink or producer running (two webhook sinks of a failed run
+/// outlived it by an hour).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// How many messages the JetStream stream `name` holds.
