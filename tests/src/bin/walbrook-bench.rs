@@ -243,6 +243,46 @@ fn sinks_bench(
     drop(hook);
     eprintln!("webhook sink: {events} events in {webhook_secs:.2}s");
 
+    // The same with --batch: one POST per batch (a JSON array), counted by the arrays'
+    // lengths over distinct batch ids.
+    let receiver = walbrook_harness::WebhookReceiver::start().expect("webhook receiver");
+    let started = Instant::now();
+    let mut hook = sink(
+        "webhook",
+        &[
+            ("WALBROOK_SINK_WEBHOOK_URL", receiver.url()),
+            ("WALBROOK_SINK_WEBHOOK_SECRET", "bench".into()),
+            ("WALBROOK_SINK_WEBHOOK_BATCH", "true".into()),
+            ("WALBROOK_SINK_CONSUMER", "bench-webhook-batch".into()),
+        ],
+        "sink-webhook-batch.log",
+    );
+    loop {
+        let mut batches = std::collections::HashMap::new();
+        for r in receiver.requests() {
+            if let Some(id) = r.header("walbrook-event-id") {
+                let n = serde_json::from_slice::<Vec<serde_json::Value>>(&r.body)
+                    .map_or(0, |a| a.len() as u64);
+                batches.insert(id.to_string(), n);
+            }
+        }
+        let delivered: u64 = batches.values().sum();
+        if delivered >= events {
+            break;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "webhook --batch: {delivered} of {events} events"
+        );
+        if let Ok(Some(status)) = hook.0.try_wait() {
+            panic!("walbrook sink webhook --batch exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let webhook_batch_secs = started.elapsed().as_secs_f64();
+    drop(hook);
+    eprintln!("webhook sink --batch: {events} events in {webhook_batch_secs:.2}s");
+
     let search = walbrook_harness::SearchServer::start().expect("search engine");
     let started = Instant::now();
     let mut es = sink(
@@ -294,6 +334,8 @@ fn sinks_bench(
         "events": events,
         "webhook_seconds": webhook_secs,
         "webhook_events_per_second": events as f64 / webhook_secs,
+        "webhook_batch_seconds": webhook_batch_secs,
+        "webhook_batch_events_per_second": events as f64 / webhook_batch_secs,
         "search_engine": search.engine(),
         "elasticsearch_seconds": search_secs,
         "elasticsearch_events_per_second": events as f64 / search_secs,
@@ -457,10 +499,12 @@ fn summary_line(name: &str, v: &serde_json::Value) -> String {
             f("sink_postgres_peak_rss_mib")
         ),
         "sinks" => format!(
-            "sinks, {} inserts: webhook {:.0} events/s (one POST per event), \
-             elasticsearch sink {:.0} events/s against {} (no Elasticsearch engine runs here)",
+            "sinks, {} inserts: webhook {:.0} events/s (one POST per event), {:.0} events/s \
+             (--batch), elasticsearch sink {:.0} events/s against {} (no Elasticsearch engine \
+             runs here)",
             v["events"],
             f("webhook_events_per_second"),
+            f("webhook_batch_events_per_second"),
             f("elasticsearch_events_per_second"),
             v["search_engine"].as_str().unwrap_or("?"),
         ),
