@@ -184,16 +184,7 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
     // The target can be complete before the last sink started: SIGTERM only once that
     // process is running (its handler is installed before it connects), not while it is
     // still starting up.
-    let started = tokio::time::Instant::now();
-    while std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .matches("sink running")
-        .count()
-        < cycles + 1
-        && started.elapsed() < Duration::from_secs(60)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_for_log(&log, "sink running", cycles + 1, Duration::from_secs(60)).await;
     let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || sink.wait())
         .await

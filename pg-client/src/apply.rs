@@ -36,10 +36,17 @@ pub(crate) fn classify(error: &sqlx::Error, index: Option<usize>, context: &str)
     }
 }
 
-/// A statement and its text parameters.
+/// A parameter: one value in PostgreSQL's text form, or a column of values (a `text[]`
+/// array, for the `unnest` statements of groups).
+enum Param {
+    Text(Option<String>),
+    Array(Vec<Option<String>>),
+}
+
+/// A statement and its parameters.
 struct Statement {
     sql: String,
-    params: Vec<Option<String>>,
+    params: Vec<Param>,
 }
 
 impl Statement {
@@ -52,9 +59,7 @@ impl Statement {
 
     /// Adds a parameter cast to the column's type and returns its placeholder.
     fn param(&mut self, column: &Column, value: &PgValue) -> Result<String, String> {
-        let text = render_text(&column.pg_type, value)
-            .map_err(|e| format!("column {}: {e}", column.name))?;
-        self.params.push(text);
+        self.params.push(Param::Text(render(column, value)?));
         Ok(format!("${}::{}", self.params.len(), column.type_name))
     }
 
@@ -64,16 +69,56 @@ impl Statement {
         index: usize,
         table: &TableName,
     ) -> Result<u64, SinkError> {
-        let mut query = sqlx::query(AssertSqlSafe(self.sql));
-        for p in self.params {
-            query = query.bind(p);
-        }
-        query
-            .execute(&mut **tx)
+        self.execute_raw(tx)
             .await
-            .map(|r| r.rows_affected())
             .map_err(|e| classify(&e, Some(index), &format!("applying to {table}")))
     }
+
+    async fn execute_raw(
+        self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut query = sqlx::query(AssertSqlSafe(self.sql));
+        for p in self.params {
+            query = match p {
+                Param::Text(v) => query.bind(v),
+                Param::Array(v) => query.bind(v),
+            };
+        }
+        query.execute(&mut **tx).await.map(|r| r.rows_affected())
+    }
+}
+
+/// A value in PostgreSQL's text form (`None`: NULL).
+fn render(column: &Column, value: &PgValue) -> Result<Option<String>, String> {
+    render_text(&column.pg_type, value).map_err(|e| format!("column {}: {e}", column.name))
+}
+
+/// `SELECT u.c0::t0, u.c1::t1 … FROM unnest($1::text[], $2::text[] …) AS u(c0, c1 …)` over
+/// `columns`, one `text[]` parameter per column (added to `s`): the text of a statement that
+/// depends on the table's shape only, not on how many rows it carries, so it is prepared
+/// once per shape and planned cheaply (a `VALUES` list of n rows was a new statement of
+/// n × columns parameters for every n, parsed and planned each time).
+fn unnest_select(
+    s: &mut Statement,
+    columns: &[&Column],
+    arrays: Vec<Vec<Option<String>>>,
+) -> String {
+    let mut casts = Vec::with_capacity(columns.len());
+    let mut params = Vec::with_capacity(columns.len());
+    let mut names = Vec::with_capacity(columns.len());
+    for ((j, c), values) in columns.iter().enumerate().zip(arrays) {
+        s.params.push(Param::Array(values));
+        casts.push(format!("u.c{j}::{}", c.type_name));
+        params.push(format!("${}::text[]", s.params.len()));
+        names.push(format!("c{j}"));
+    }
+    format!(
+        "SELECT {} FROM unnest({}) AS u({})",
+        casts.join(", "),
+        params.join(", "),
+        names.join(", ")
+    )
 }
 
 fn set_values<'a>(
@@ -123,32 +168,39 @@ fn full_row_predicate(s: &mut Statement, row: &Row, target: &[String]) -> Result
 
 /// `INSERT … ON CONFLICT (key) DO UPDATE` of `row` (plain INSERT without a key).
 fn upsert(table: &TableName, row: &Row, target: &[String]) -> Result<Statement, String> {
-    upsert_rows(table, &[row], target)
+    upsert_rows(table, &[row], target, true)
 }
 
-/// One `INSERT … VALUES (…), (…) ON CONFLICT (key) DO UPDATE` of several rows with the same
-/// columns and distinct keys.
-fn upsert_rows(table: &TableName, rows: &[&Row], target: &[String]) -> Result<Statement, String> {
+/// One `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE` of several rows with
+/// the same columns and distinct keys (see [`unnest_select`]); a plain `INSERT` without
+/// `on_conflict` (or without a key).
+fn upsert_rows(
+    table: &TableName,
+    rows: &[&Row],
+    target: &[String],
+    on_conflict: bool,
+) -> Result<Statement, String> {
     let row = rows[0];
     let mut s = Statement::new();
-    let names: Vec<String> = set_values(row, target, true)
-        .map(|(c, _)| quote_ident(&c.name))
+    let columns: Vec<&Column> = set_values(row, target, true).map(|(c, _)| c).collect();
+    let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let mut arrays: Vec<Vec<Option<String>>> = columns
+        .iter()
+        .map(|_| Vec::with_capacity(rows.len()))
         .collect();
-    let mut tuples = Vec::with_capacity(rows.len());
     for r in rows {
-        let mut values = Vec::new();
-        for (c, v) in set_values(r, target, true) {
-            values.push(s.param(c, v)?);
+        // Every row of a group has the same columns (its signature), in the same order.
+        for ((c, v), values) in set_values(r, target, true).zip(arrays.iter_mut()) {
+            values.push(render(c, v)?);
         }
-        tuples.push(format!("({})", values.join(", ")));
     }
+    let select = unnest_select(&mut s, &columns, arrays);
     s.sql = format!(
-        "INSERT INTO {} ({}) VALUES {}",
+        "INSERT INTO {} ({}) {select}",
         table.quoted(),
         names.join(", "),
-        tuples.join(", ")
     );
-    if has_key(row) {
+    if on_conflict && has_key(row) {
         let keys: Vec<String> = row
             .columns()
             .iter()
@@ -222,6 +274,10 @@ fn has_unchanged(row: &Row) -> bool {
 /// to find the event to blame.
 const REGROUP: usize = usize::MAX;
 
+/// Marks a plain multi-row `INSERT` that met a row the target already has (a unique
+/// violation): the batch is applied again with upserts.
+const UPSERT_AGAIN: usize = usize::MAX - 1;
+
 /// What a multi-row statement does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GroupKind {
@@ -229,7 +285,13 @@ enum GroupKind {
     /// the key and carry every value (an update of a missing row inserts it, as the
     /// one-statement form does).
     Upsert,
-    /// `DELETE … WHERE (key) IN (VALUES …)`.
+    /// A plain `INSERT`, without `ON CONFLICT`: runs of inserts, in the first attempt at a
+    /// batch. PostgreSQL's speculative insertion (`ON CONFLICT`) about doubled the server's
+    /// cost of an insert run; a target already holding a row (a snapshot bootstrap's overlap,
+    /// a pre-filled table) makes the statement fail with a unique violation, and the batch is
+    /// applied again with upserts.
+    Insert,
+    /// `DELETE … WHERE (key) IN (SELECT … FROM unnest(…))`.
     Delete,
 }
 
@@ -246,12 +308,17 @@ struct Group<'a> {
     rows: Vec<(usize, &'a Row)>,
 }
 
-/// The most rows of one multi-row statement (and at most 65,535 parameters).
-const GROUP_ROWS: usize = 1000;
+/// The most rows of one multi-row statement (its parameters are one array per column, so
+/// the row count does not meet PostgreSQL's limit of 65,535 parameters).
+const GROUP_ROWS: usize = 5000;
 
 /// The group kind and row of an event that can join a multi-row statement.
-fn groupable(event: &ChangeEvent) -> Option<(GroupKind, &Row)> {
+fn groupable(event: &ChangeEvent, plain_inserts: bool) -> Option<(GroupKind, &Row)> {
     match event.op() {
+        Op::Insert if plain_inserts => event
+            .after()
+            .filter(|row| has_key(row) && !has_unchanged(row))
+            .map(|row| (GroupKind::Insert, row)),
         Op::Insert | Op::Read | Op::Update => event
             .after()
             .filter(|row| has_key(row) && !has_unchanged(row))
@@ -272,46 +339,76 @@ fn key_text(row: &Row) -> String {
         .join("\u{0}")
 }
 
-/// One `DELETE FROM t WHERE (k1, k2) IN (VALUES ($1::t1, $2::t2), …)` of several rows'
-/// keys.
+/// One `DELETE FROM t WHERE (k1, k2) IN (SELECT … FROM unnest(…))` of several rows' keys
+/// (see [`unnest_select`]).
 fn delete_rows(table: &TableName, rows: &[&Row]) -> Result<Statement, String> {
     let mut s = Statement::new();
-    let names: Vec<String> = rows[0]
-        .columns()
+    let columns: Vec<&Column> = rows[0].columns().iter().filter(|c| c.is_key).collect();
+    let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let mut arrays: Vec<Vec<Option<String>>> = columns
         .iter()
-        .filter(|c| c.is_key)
-        .map(|c| quote_ident(&c.name))
+        .map(|_| Vec::with_capacity(rows.len()))
         .collect();
-    let mut tuples = Vec::with_capacity(rows.len());
     for r in rows {
-        let mut values = Vec::new();
-        for (c, v) in r.iter().filter(|(c, _)| c.is_key) {
-            values.push(s.param(c, v)?);
+        for ((c, v), values) in r.iter().filter(|(c, _)| c.is_key).zip(arrays.iter_mut()) {
+            values.push(render(c, v)?);
         }
-        tuples.push(format!("({})", values.join(", ")));
     }
+    let select = unnest_select(&mut s, &columns, arrays);
     s.sql = format!(
-        "DELETE FROM {} WHERE ({}) IN (VALUES {})",
+        "DELETE FROM {} WHERE ({}) IN ({select})",
         table.quoted(),
         names.join(", "),
-        tuples.join(", ")
     );
     Ok(s)
+}
+
+/// Where an apply's time went (logged at debug level, for profiling).
+#[derive(Debug, Default)]
+struct Timing {
+    /// Building multi-row statements (rendering values).
+    build: std::time::Duration,
+    /// Waiting for multi-row statements.
+    execute: std::time::Duration,
+    /// Multi-row statements run.
+    statements: u32,
 }
 
 async fn flush(
     group: &mut Option<Group<'_>>,
     tx: &mut Transaction<'static, Postgres>,
+    timing: &mut Timing,
 ) -> Result<(), SinkError> {
     let Some(g) = group.take() else { return Ok(()) };
+    let started = std::time::Instant::now();
     let rows: Vec<&Row> = g.rows.iter().map(|(_, r)| *r).collect();
     let first = g.rows[0].0;
     let statement = match g.kind {
-        GroupKind::Upsert => upsert_rows(&g.table, &rows, &g.target),
+        GroupKind::Upsert => upsert_rows(&g.table, &rows, &g.target, true),
+        GroupKind::Insert => upsert_rows(&g.table, &rows, &g.target, false),
         GroupKind::Delete => delete_rows(&g.table, &rows),
     }
     .map_err(|m| SinkError::rejected(first, format!("{}: {m}", g.table)))?;
-    match statement.execute(tx, first, &g.table).await {
+    let built = std::time::Instant::now();
+    timing.build += built - started;
+    timing.statements += 1;
+    let result = statement.execute_raw(tx).await;
+    timing.execute += built.elapsed();
+    let result = match result {
+        Err(e)
+            if g.kind == GroupKind::Insert
+                && e.as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "23505") =>
+        {
+            return Err(SinkError::rejected(
+                UPSERT_AGAIN,
+                format!("{}: a row is there already, upserting: {e}", g.table),
+            ));
+        }
+        other => other.map_err(|e| classify(&e, Some(first), &format!("applying to {}", g.table))),
+    };
+    match result {
         Ok(_) => Ok(()),
         Err(e)
             if e.kind() == walbrook_client::runner::SinkErrorKind::Rejected && rows.len() > 1 =>
@@ -327,10 +424,14 @@ pub(crate) async fn apply(
     consumer: &str,
     events: &[ChangeEvent],
 ) -> Result<Applied, SinkError> {
-    match apply_with(sink, consumer, events, true).await {
-        Err(e) if e.index() == Some(REGROUP) => apply_with(sink, consumer, events, false).await,
-        other => other,
+    let mut result = apply_with(sink, consumer, events, true, true).await;
+    if result.as_ref().err().and_then(SinkError::index) == Some(UPSERT_AGAIN) {
+        result = apply_with(sink, consumer, events, true, false).await;
     }
+    if result.as_ref().err().and_then(SinkError::index) == Some(REGROUP) {
+        result = apply_with(sink, consumer, events, false, false).await;
+    }
+    result
 }
 
 async fn apply_with(
@@ -338,8 +439,11 @@ async fn apply_with(
     consumer: &str,
     events: &[ChangeEvent],
     grouped: bool,
+    plain_inserts: bool,
 ) -> Result<Applied, SinkError> {
     let options = &sink.options;
+    let started = std::time::Instant::now();
+    let mut timing = Timing::default();
     let mut group: Option<Group<'_>> = None;
     // One apply at a time (the runner never overlaps them for this sink); the lock also
     // guards the table cache.
@@ -357,7 +461,11 @@ async fn apply_with(
         let reject = |message: String| SinkError::rejected(i, format!("{table}: {message}"));
         let mut entry = changed.get(&table).or_else(|| known.get(&table)).cloned();
         let fingerprint = event.fingerprint();
-        let candidate = if grouped { groupable(event) } else { None };
+        let candidate = if grouped {
+            groupable(event, plain_inserts)
+        } else {
+            None
+        };
         // A new schema to reconcile (DDL) writes the pending group first; so does anything
         // that cannot join it (checked below).
         let reconciles = event.after().is_some()
@@ -368,7 +476,7 @@ async fn apply_with(
             .as_ref()
             .is_some_and(|g| candidate.is_some() && g.table == table && !reconciles);
         if !joins {
-            flush(&mut group, &mut tx).await?;
+            flush(&mut group, &mut tx, &mut timing).await?;
         }
         if let Some(after) = event.after()
             && !entry
@@ -415,7 +523,7 @@ async fn apply_with(
         }
         if let Some((kind, row)) = candidate {
             let signature: Vec<String> = match kind {
-                GroupKind::Upsert => set_values(row, &columns, true)
+                GroupKind::Upsert | GroupKind::Insert => set_values(row, &columns, true)
                     .map(|(c, _)| c.name.clone())
                     .collect(),
                 GroupKind::Delete => row
@@ -431,10 +539,10 @@ async fn apply_with(
                     && g.table == table
                     && g.signature == signature
                     && (kind == GroupKind::Delete || !g.keys.contains(&key))
-                    && g.rows.len() < GROUP_ROWS.min(60_000 / signature.len().max(1))
+                    && g.rows.len() < GROUP_ROWS
             });
             if !fits {
-                flush(&mut group, &mut tx).await?;
+                flush(&mut group, &mut tx, &mut timing).await?;
             }
             let g = group.get_or_insert_with(|| Group {
                 kind,
@@ -508,7 +616,7 @@ async fn apply_with(
             }
         }
     }
-    flush(&mut group, &mut tx).await?;
+    flush(&mut group, &mut tx, &mut timing).await?;
     if let Some((position, database)) = last {
         ddl::write_checkpoint(
             &mut tx,
@@ -519,10 +627,22 @@ async fn apply_with(
         )
         .await?;
     }
+    let committing = std::time::Instant::now();
     tx.commit()
         .await
         .map_err(|e| classify(&e, None, "committing"))?;
     known.extend(changed);
+    tracing::debug!(
+        events = events.len(),
+        grouped,
+        plain_inserts,
+        statements = timing.statements,
+        build_us = timing.build.as_micros() as u64,
+        execute_us = timing.execute.as_micros() as u64,
+        commit_us = committing.elapsed().as_micros() as u64,
+        total_us = started.elapsed().as_micros() as u64,
+        "applied"
+    );
     Ok(Applied::default())
 }
 

@@ -216,3 +216,96 @@ async fn a_refused_row_inside_a_multi_row_update_dead_letters_exactly_that_event
     task.await.unwrap();
     setup.stop().await;
 }
+
+#[tokio::test]
+async fn awkward_values_cross_the_array_parameters_of_a_large_group() {
+    // Multi-row statements carry one `text[]` parameter per column (`unnest`): values that
+    // look like array syntax, the string "NULL" beside real NULLs, quotes, backslashes and
+    // empty values must arrive unchanged, in a group larger than the former 1,000-row cap.
+    const TABLE: &str = r#"CREATE TABLE odd (
+        k text, n int, s text, tags text[], doc jsonb, amount numeric(12,3), raw bytea,
+        PRIMARY KEY (k, n))"#;
+    let mut setup = Setup::start("shapes_odd", TABLE, "public.odd").await;
+    let target_db = PgServer::shared().fresh_database("shapes_odd_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute(&format!(
+            "{TABLE}; {STATEMENT_LOG} {}",
+            log_statements_of("odd")
+        ))
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            r#"BEGIN;
+             INSERT INTO odd
+               SELECT (ARRAY['plain', 'NULL', '', 'a,b', '{x}', 'q"uo''te', E'back\\slash', ' sp '])[g % 8 + 1],
+                      g,
+                      CASE WHEN g % 5 = 0 THEN NULL WHEN g % 5 = 1 THEN 'NULL' ELSE '{' || g || ',"}' END,
+                      CASE WHEN g % 4 = 0 THEN NULL WHEN g % 4 = 1 THEN '{}'
+                           ELSE ARRAY['NULL', NULL, 'c,d', E'e\\"f', ''] END,
+                      CASE WHEN g % 3 = 0 THEN NULL ELSE jsonb_build_object('g', g, 's', 'x"y,{z}') END,
+                      g / 7.0,
+                      CASE WHEN g % 2 = 0 THEN NULL ELSE decode('00ff5c22', 'hex') END
+                 FROM generate_series(1, 1200) g;
+             COMMIT"#,
+            "BEGIN;
+             UPDATE odd SET s = 'NULL', tags = ARRAY[NULL, 'NULL'] WHERE n % 10 = 3;
+             DELETE FROM odd WHERE n % 10 = 7;
+             COMMIT",
+        ])
+        .await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), "odd", "public.odd").await;
+    wait_equal(&setup.sql, &target, &["odd"], Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap();
+    // 1,200 inserts in one statement, the 120 updates in one, the 120 deletes in one.
+    assert_eq!(statements(&target, "odd", "INSERT").await, 2);
+    assert_eq!(statements(&target, "odd", "DELETE").await, 1);
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn inserts_of_rows_the_target_already_has_are_applied_as_upserts() {
+    // Runs of inserts are first written as plain INSERTs; rows the target holds already (a
+    // pre-filled target, a snapshot's overlap) make that fail with a unique violation, and
+    // the batch is applied again with upserts: the source's values win, nothing is
+    // dead-lettered.
+    let mut setup = Setup::start(
+        "shapes_prefilled",
+        "CREATE TABLE p (id int PRIMARY KEY, v text)",
+        "public.p",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("shapes_prefilled_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute(&format!(
+            "CREATE TABLE p (id int PRIMARY KEY, v text);
+             INSERT INTO p SELECT g, 'stale' FROM generate_series(40, 60) g;
+             {STATEMENT_LOG} {}",
+            log_statements_of("p")
+        ))
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            "INSERT INTO p SELECT g, 'fresh ' || g FROM generate_series(1, 100) g",
+            "INSERT INTO p SELECT g, 'later ' || g FROM generate_series(101, 150) g",
+        ])
+        .await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), "prefilled", "public.p").await;
+    wait_equal(&setup.sql, &target, &["p"], Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let client = setup.client().await;
+    let letters = walbrook_client::runner::list_dead_letters(&client, "prefilled")
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
+    // As multi-row upserts (the failed plain INSERT rolled back with its batch), not one
+    // statement per event: at most one per source transaction.
+    let inserts = statements(&target, "p", "INSERT").await;
+    assert!((1..=2).contains(&inserts), "{inserts} INSERT statements");
+    setup.stop().await;
+}

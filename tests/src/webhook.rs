@@ -120,6 +120,21 @@ impl WebhookReceiver {
         self.lock().requests.clone()
     }
 
+    /// How many distinct values header `name` (case-insensitive) took over the requests so
+    /// far: the events a webhook sink delivered, counted by `Walbrook-Event-Id`, retries
+    /// once. Cheaper than [`WebhookReceiver::requests`] (no copies).
+    pub fn distinct_header_values(&self, name: &str) -> usize {
+        let name = name.to_ascii_lowercase();
+        let state = self.lock();
+        state
+            .requests
+            .iter()
+            .filter_map(|r| r.headers.iter().find(|(k, _)| *k == name))
+            .map(|(_, v)| v.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
     /// Waits until at least `count` requests arrived; returns them, or `None` on timeout.
     pub fn wait_for_requests(
         &self,

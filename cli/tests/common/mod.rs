@@ -85,6 +85,27 @@ pub async fn wait_until_streaming(sql: &tokio_postgres::Client, slot: &str) {
     }
 }
 
+/// Waits until the file at `path` (a child's log) holds `needle` at least `count` times;
+/// panics after `timeout`, naming what it found.
+pub async fn wait_for_log(path: &std::path::Path, needle: &str, count: usize, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let found = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .matches(needle)
+            .count();
+        if found >= count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: {found} of {count} lines with {needle:?} after {timeout:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Kills the process it names if the test ends early (a panic), so none outlives the test.
 pub struct Reaper(pub Option<u32>);
 

@@ -39,6 +39,7 @@ struct Args {
     only: Vec<String>,
     apply_changes: u64,
     memory_rows: u64,
+    sink_events: u64,
 }
 
 impl Args {
@@ -58,6 +59,7 @@ fn parse_args() -> Args {
         only: Vec::new(),
         apply_changes: 200_000,
         memory_rows: 1_000_000,
+        sink_events: 50_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -81,6 +83,7 @@ fn parse_args() -> Args {
             }
             "--apply-changes" => args.apply_changes = value.parse().expect("--apply-changes N"),
             "--memory-rows" => args.memory_rows = value.parse().expect("--memory-rows N"),
+            "--sink-events" => args.sink_events = value.parse().expect("--sink-events N"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -97,7 +100,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// The benchmark parts `--only` selects from (`backlog` includes the snapshot benchmark,
 /// which reads the backlog's table).
-const PARTS: &[&str] = &["backlog", "latency", "apply", "memory"];
+const PARTS: &[&str] = &["backlog", "latency", "apply", "memory", "sinks"];
 
 fn main() {
     let args = parse_args();
@@ -127,7 +130,242 @@ fn main() {
     if args.runs("memory") {
         memory_bench(&pg, &nats.url(), &walbrook, args.memory_rows, &args.out);
     }
+    if args.runs("sinks") {
+        sinks_bench(&pg, &nats.url(), &walbrook, args.sink_events, &args.out);
+    }
     summarize(&args.out);
+}
+
+/// (i) Webhook and Elasticsearch/OpenSearch sink throughput: `events` inserts (transactions
+/// of 1,000) stored in JetStream by the producer first, then each sink process timed from
+/// its start until the target holds every event: the webhook receiver (in this process,
+/// answering 200 at once) every distinct event id, the search index every document.
+fn sinks_bench(
+    pg: &PgServer,
+    nats_url: &str,
+    walbrook: &std::path::Path,
+    events: u64,
+    out: &std::path::Path,
+) {
+    let source = pg.fresh_database("sinks_src");
+    // The slot exists before the first insert. The first version of this part let the
+    // producer create it while the inserts ran: the transactions committed before the slot
+    // existed never reached the stream (18,000 of 20,000 events stored), the sink delivered
+    // all it got and the wait for the rest never ended.
+    source
+        .psql(&format!(
+            "CREATE TABLE sink_t (id bigint PRIMARY KEY, name text NOT NULL, amount numeric(12,2));
+             CREATE PUBLICATION {} FOR TABLE sink_t",
+            source.publication_name(),
+        ))
+        .expect("schema");
+    source
+        .psql(&format!(
+            "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
+            source.slot_name()
+        ))
+        .expect("slot");
+    let mut producer = Reaped(spawn_producer(
+        walbrook,
+        &source,
+        nats_url,
+        "SINKS",
+        "public.sink_t",
+        &out.join("producer-sinks.log"),
+    ));
+    let mut first = 1;
+    while first <= events {
+        let last = (first + 999).min(events);
+        source
+            .psql(&format!(
+                "INSERT INTO sink_t SELECT g, 'name-' || g, g / 100.0 FROM generate_series({first}, {last}) g"
+            ))
+            .expect("insert");
+        first = last + 1;
+    }
+    let end = source
+        .psql("SELECT pg_current_wal_lsn()")
+        .expect("lsn")
+        .trim()
+        .to_string();
+    wait_confirmed(&source, &source.slot_name(), &end, &mut producer.0);
+    let stored = stream_messages(nats_url, &format!("SINKS_{}_WAL", source.name()));
+    assert_eq!(
+        stored, events,
+        "the change stream holds {stored} of the {events} inserts: no sink could deliver them all"
+    );
+    let sink = |kind: &str, env: &[(&str, String)], log: &str| {
+        let log = std::fs::File::create(out.join(log)).ok();
+        let child = Command::new(walbrook)
+            .args(["sink", kind])
+            .env("WALBROOK_NATS_URL", nats_url)
+            .env("WALBROOK_ROOT", "SINKS")
+            .env("WALBROOK_SINK_SOURCE_DB", source.name())
+            .env("WALBROOK_SINK_CONSUMER", format!("bench-{kind}"))
+            .env("WALBROOK_SINK_TABLES", "public.sink_t")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log.map_or_else(Stdio::null, Stdio::from))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", walbrook.display()));
+        Reaped(child)
+    };
+    let limit = Duration::from_secs(1800);
+
+    let receiver = walbrook_harness::WebhookReceiver::start().expect("webhook receiver");
+    let started = Instant::now();
+    let mut hook = sink(
+        "webhook",
+        &[
+            ("WALBROOK_SINK_WEBHOOK_URL", receiver.url()),
+            ("WALBROOK_SINK_WEBHOOK_SECRET", "bench".into()),
+        ],
+        "sink-webhook.log",
+    );
+    loop {
+        // Distinct ids (a retried POST repeats one), counted under the receiver's lock
+        // without copying 50,000 recorded requests every poll.
+        let delivered = receiver.distinct_header_values("walbrook-event-id") as u64;
+        if delivered >= events {
+            break;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "webhook: {delivered} of {events} events"
+        );
+        if let Ok(Some(status)) = hook.0.try_wait() {
+            panic!("walbrook sink webhook exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let webhook_secs = started.elapsed().as_secs_f64();
+    drop(hook);
+    eprintln!("webhook sink: {events} events in {webhook_secs:.2}s");
+
+    // The same with --batch: one POST per batch (a JSON array), counted by the arrays'
+    // lengths over distinct batch ids.
+    let receiver = walbrook_harness::WebhookReceiver::start().expect("webhook receiver");
+    let started = Instant::now();
+    let mut hook = sink(
+        "webhook",
+        &[
+            ("WALBROOK_SINK_WEBHOOK_URL", receiver.url()),
+            ("WALBROOK_SINK_WEBHOOK_SECRET", "bench".into()),
+            ("WALBROOK_SINK_WEBHOOK_BATCH", "true".into()),
+            ("WALBROOK_SINK_CONSUMER", "bench-webhook-batch".into()),
+        ],
+        "sink-webhook-batch.log",
+    );
+    loop {
+        let mut batches = std::collections::HashMap::new();
+        for r in receiver.requests() {
+            if let Some(id) = r.header("walbrook-event-id") {
+                let n = serde_json::from_slice::<Vec<serde_json::Value>>(&r.body)
+                    .map_or(0, |a| a.len() as u64);
+                batches.insert(id.to_string(), n);
+            }
+        }
+        let delivered: u64 = batches.values().sum();
+        if delivered >= events {
+            break;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "webhook --batch: {delivered} of {events} events"
+        );
+        if let Ok(Some(status)) = hook.0.try_wait() {
+            panic!("walbrook sink webhook --batch exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let webhook_batch_secs = started.elapsed().as_secs_f64();
+    drop(hook);
+    eprintln!("webhook sink --batch: {events} events in {webhook_batch_secs:.2}s");
+
+    let search = walbrook_harness::SearchServer::start().expect("search engine");
+    let started = Instant::now();
+    let mut es = sink(
+        "elasticsearch",
+        &[
+            ("WALBROOK_SINK_SEARCH_URL", search.url().to_string()),
+            ("WALBROOK_SINK_INDEX_TEMPLATE", "bench-{table}".into()),
+        ],
+        "sink-search.log",
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let http = reqwest::Client::new();
+    loop {
+        let count = runtime.block_on(async {
+            let _ = http
+                .post(format!("{}/bench-sink_t/_refresh", search.url()))
+                .send()
+                .await;
+            let response = http
+                .get(format!("{}/bench-sink_t/_count", search.url()))
+                .send()
+                .await
+                .ok()?;
+            let body: serde_json::Value = response.json().await.ok()?;
+            body["count"].as_u64()
+        });
+        let count = count.unwrap_or(0);
+        if count >= events {
+            break;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "search: {count} of {events} documents"
+        );
+        if let Ok(Some(status)) = es.0.try_wait() {
+            panic!("walbrook sink elasticsearch exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let search_secs = started.elapsed().as_secs_f64();
+    drop(es);
+    drop(producer);
+    eprintln!(
+        "search sink ({}): {events} events in {search_secs:.2}s",
+        search.engine()
+    );
+    let result = serde_json::json!({
+        "benchmark": "sinks",
+        "events": events,
+        "webhook_seconds": webhook_secs,
+        "webhook_events_per_second": events as f64 / webhook_secs,
+        "webhook_batch_seconds": webhook_batch_secs,
+        "webhook_batch_events_per_second": events as f64 / webhook_batch_secs,
+        "search_engine": search.engine(),
+        "elasticsearch_seconds": search_secs,
+        "elasticsearch_events_per_second": events as f64 / search_secs,
+    });
+    let path = out.join("sinks.json");
+    write_result(&path, result.clone());
+    println!("{}", summary_line("sinks", &result));
+}
+
+/// A child process killed and reaped when dropped: a benchmark that panics (a timeout, a
+/// short stream) leaves no sink or producer running (two webhook sinks of a failed run
+/// outlived it by an hour).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How many messages the JetStream stream `name` holds.
+fn stream_messages(nats_url: &str, name: &str) -> u64 {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("nats"));
+            let mut stream = js.get_stream(name).await.expect("the change stream");
+            stream.info().await.expect("stream info").state.messages
+        })
 }
 
 /// A ratio of the summary: result file, field, label, and the issue's target when set.
@@ -163,7 +401,7 @@ const RATIOS: &[(&str, &str, &str, Option<f64>)] = &[
 fn summarize(out: &std::path::Path) {
     let mut all = serde_json::Map::new();
     let mut text = String::new();
-    for name in ["backlog", "snapshot", "latency", "apply", "memory"] {
+    for name in ["backlog", "snapshot", "latency", "apply", "memory", "sinks"] {
         let Ok(body) = std::fs::read_to_string(out.join(format!("{name}.json"))) else {
             continue;
         };
@@ -259,6 +497,16 @@ fn summary_line(name: &str, v: &serde_json::Value) -> String {
             v["rows_in_one_transaction"],
             f("producer_peak_rss_mib"),
             f("sink_postgres_peak_rss_mib")
+        ),
+        "sinks" => format!(
+            "sinks, {} inserts: webhook {:.0} events/s (one POST per event), {:.0} events/s \
+             (--batch), elasticsearch sink {:.0} events/s against {} (no Elasticsearch engine \
+             runs here)",
+            v["events"],
+            f("webhook_events_per_second"),
+            f("webhook_batch_events_per_second"),
+            f("elasticsearch_events_per_second"),
+            v["search_engine"].as_str().unwrap_or("?"),
         ),
         _ => String::new(),
     }
@@ -963,7 +1211,17 @@ fn spawn_pg_sink(
         .env("WALBROOK_SINK_CONSUMER", "bench")
         .env("WALBROOK_SINK_TABLES", tables)
         .env("WALBROOK_SINK_TARGET_URL", target_url)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            // Profiling: e.g. walbrook_pg_client=debug,walbrook_client::runner=debug.
+            std::env::var("BENCH_SINK_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        // Experiments: the sink's --batch-events (default: the sink's own default).
+        .envs(
+            std::env::var("BENCH_SINK_BATCH_EVENTS")
+                .ok()
+                .map(|n| ("WALBROOK_SINK_BATCH_EVENTS", n)),
+        )
         .stdout(Stdio::null())
         .stderr(log.map_or_else(Stdio::null, Stdio::from))
         .spawn()
@@ -1180,6 +1438,7 @@ fn apply_bench(
         "walbrook_sink_seconds": walbrook_secs,
         "walbrook_sink_changes_per_second": total_changes as f64 / walbrook_secs,
         "ratio_walbrook_to_native": ratio,
+        "sink_batch_events": std::env::var("BENCH_SINK_BATCH_EVENTS").unwrap_or_else(|_| "default (500)".into()),
         "targets_equal_source": expected,
     });
     let path = out.join("apply.json");
