@@ -509,7 +509,7 @@ pub const DEFAULT_BATCH_EVENTS: usize = 1_000;
 pub const MAX_BATCH_EVENTS: usize = 100_000;
 
 /// Default rows per snapshot chunk.
-pub const DEFAULT_CHUNK_SIZE: u32 = 10_000;
+pub const DEFAULT_CHUNK_SIZE: u32 = 50_000;
 /// Largest accepted chunk size.
 pub const MAX_CHUNK_SIZE: u32 = 100_000;
 

@@ -34,16 +34,43 @@ pub enum CopyTextError {
 
 /// Splits `data`, whole rows each ending with `\n`, into tuples of `columns` values.
 pub fn rows(data: &Bytes, columns: usize) -> Result<Vec<Tuple>, CopyTextError> {
-    if data.last().is_some_and(|&b| b != b'\n') {
-        return Err(CopyTextError::Truncated);
+    Rows::new(data.clone(), columns).collect()
+}
+
+/// The rows of `data` one at a time (a chunk is never held as tuples all at once).
+pub struct Rows {
+    data: Bytes,
+    start: usize,
+    columns: usize,
+}
+
+impl Rows {
+    /// Rows of `columns` values in `data`, whole rows each ending with `\n`.
+    pub fn new(data: Bytes, columns: usize) -> Rows {
+        Rows {
+            data,
+            start: 0,
+            columns,
+        }
     }
-    let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', data).count());
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', data) {
-        out.push(row(data, start, end, columns)?);
-        start = end + 1;
+}
+
+impl Iterator for Rows {
+    type Item = Result<Tuple, CopyTextError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.start >= self.data.len() {
+            return None;
+        }
+        let Some(end) = memchr::memchr(b'\n', &self.data[self.start..]).map(|i| self.start + i)
+        else {
+            self.start = self.data.len();
+            return Some(Err(CopyTextError::Truncated));
+        };
+        let row = row(&self.data, self.start, end, self.columns);
+        self.start = end + 1;
+        Some(row)
     }
-    Ok(out)
 }
 
 /// The row in `data[start..end]` (without its terminator).

@@ -26,7 +26,7 @@ use crate::event::{Op, Source};
 use crate::large_payload::LargePayloads;
 use crate::lsn::Lsn;
 use crate::metrics::{KindLabels, Metrics, TableLabels};
-use crate::pgoutput::{ColumnValue, Tuple};
+use crate::pgoutput::ColumnValue;
 use crate::publish::{OutMessage, Publisher, RetryPolicy, context_for};
 
 use super::copy_text;
@@ -202,7 +202,7 @@ async fn publish_all(
         .batch_execute(super::SESSION_SQL)
         .await
         .map_err(|e| format!("preparing the session: {e}"))?;
-    let (tx, mut rx) = mpsc::channel::<Result<Vec<Tuple>, String>>(1);
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, String>>(1);
     let reader = tokio::spawn(read_rows(
         reader_sql,
         Arc::clone(table),
@@ -212,6 +212,7 @@ async fn publish_all(
     ));
     let _abort_reader = AbortOnDrop(reader);
     let desc = table.encoder.desc();
+    let columns = desc.columns.len();
     let mut batch = RowBatch {
         subject: info.subject.clone(),
         snapshot: info.id.clone(),
@@ -234,17 +235,25 @@ async fn publish_all(
     };
     let mut scratch = Vec::with_capacity(1024);
     let mut rows: u64 = 0;
+    let mut timing = Timing::default();
+    let mut last_recorded = std::time::Instant::now();
     loop {
+        let waited = std::time::Instant::now();
         let chunk = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err("the producer shut down".into()),
             chunk = rx.recv() => chunk,
         };
+        timing.reading += waited.elapsed();
         let Some(chunk) = chunk else { break };
-        let chunk = chunk?;
+        let started = std::time::Instant::now();
+        // Parsed here, row by row, rather than by the reader, which is the slower side.
+        let chunk = copy_text::Rows::new(chunk?, columns);
+        let published_before = timing.publishing;
         let limit = large.max_body().min(BATCH_BYTES);
         let sent_at = now_micros();
         for tuple in chunk {
+            let tuple = tuple.map_err(|e| e.to_string())?;
             rows += 1;
             source.ordinal = rows - 1;
             source.sent_at_micros = sent_at;
@@ -255,7 +264,9 @@ async fn publish_all(
                 .map_err(|e| format!("cannot encode row {rows}: {e}"))?;
             let framed = batch::framed_len(scratch.len());
             if batch.rows > 0 && batch.body.len() + framed > limit {
+                let pushed = std::time::Instant::now();
                 batch.publish(publisher).await.map_err(publish_err)?;
+                timing.publishing += pushed.elapsed();
             }
             if framed > limit {
                 // Too large to share a message: on its own, claim-checked if it exceeds
@@ -272,15 +283,34 @@ async fn publish_all(
             batch.rows += 1;
         }
         if batch.rows > 0 {
+            let pushed = std::time::Instant::now();
             batch.publish(publisher).await.map_err(publish_err)?;
+            timing.publishing += pushed.elapsed();
         }
+        timing.encoding += started.elapsed() - (timing.publishing - published_before);
         // Rows are counted as acked in order: a confirm marker per chunk.
         publisher.push_confirm(Lsn(rows));
         progress.update(publisher.confirmed());
-        store::progress(sql, &info.id, progress.acked)
-            .await
-            .map_err(|e| format!("recording progress: {e}"))?;
+        // The stored progress is for listings (`rows` of a running snapshot): written at
+        // most every PROGRESS_EVERY, as each write is a commit on the source.
+        if last_recorded.elapsed() >= PROGRESS_EVERY {
+            let recorded = std::time::Instant::now();
+            store::progress(sql, &info.id, progress.acked)
+                .await
+                .map_err(|e| format!("recording progress: {e}"))?;
+            timing.recording += recorded.elapsed();
+            last_recorded = std::time::Instant::now();
+        }
     }
+    tracing::debug!(
+        snapshot = %info.id,
+        rows,
+        waiting_for_rows_ms = timing.reading.as_millis(),
+        encoding_ms = timing.encoding.as_millis(),
+        waiting_for_the_window_ms = timing.publishing.as_millis(),
+        recording_progress_ms = timing.recording.as_millis(),
+        "snapshot rows published"
+    );
     let subject = batch.subject.clone();
     publisher.flush().await.map_err(publish_err)?;
     progress.update(publisher.confirmed());
@@ -302,11 +332,23 @@ async fn publish_all(
     Ok(rows)
 }
 
+/// How often a running snapshot's acked row count is written to `_walbrook.snapshots`.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Where a snapshot's publishing task spent its time (logged at debug level).
+#[derive(Default)]
+struct Timing {
+    reading: Duration,
+    encoding: Duration,
+    publishing: Duration,
+    recording: Duration,
+}
+
 /// Upper bound of a row batch's body; the server's `max_payload` may lower it.
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// Most row batches awaiting their ack: with [`BATCH_BYTES`], 16 MiB in flight.
-const BATCH_WINDOW: usize = 64;
+/// Most row batches awaiting their ack: with [`BATCH_BYTES`], 8 MiB in flight.
+const BATCH_WINDOW: usize = 32;
 
 /// Rows waiting to go out as one message (protocol §8.2).
 struct RowBatch {
@@ -401,7 +443,7 @@ async fn read_rows(
     table: Arc<SnapshotTable>,
     filter: FilterSql,
     chunk_size: u32,
-    tx: mpsc::Sender<Result<Vec<Tuple>, String>>,
+    tx: mpsc::Sender<Result<Bytes, String>>,
 ) {
     let result = if table.key.is_empty() {
         read_unkeyed(&sql, &table, &filter, chunk_size, &tx).await
@@ -427,16 +469,27 @@ async fn copy_out(sql: &Client, query: &str) -> Result<CopyOutStream, String> {
 }
 
 /// Key-ordered chunks, each one `COPY` of one statement (its own short transaction).
+/// Only each chunk's last row is parsed here (for the next chunk's key); the publishing
+/// task parses the rest while the next chunk is read.
 async fn read_keyed(
     sql: &Client,
     table: &SnapshotTable,
     filter: &FilterSql,
     chunk_size: u32,
-    tx: &mpsc::Sender<Result<Vec<Tuple>, String>>,
+    tx: &mpsc::Sender<Result<Bytes, String>>,
 ) -> Result<(), String> {
     let columns = table.encoder.desc().columns.len();
     let mut last: Option<Vec<String>> = None;
+    let (mut copying, mut handing_over) = (Duration::ZERO, Duration::ZERO);
+    let report = |copying: Duration, handing_over: Duration| {
+        tracing::debug!(
+            copying_ms = copying.as_millis(),
+            waiting_for_the_publisher_ms = handing_over.as_millis(),
+            "snapshot rows read"
+        );
+    };
     loop {
+        let started = std::time::Instant::now();
         let query = table.chunk_query(filter, last.as_deref(), chunk_size);
         let stream = copy_out(sql, &query).await?;
         futures::pin_mut!(stream);
@@ -444,10 +497,20 @@ async fn read_keyed(
         while let Some(part) = stream.next().await {
             data.extend_from_slice(&part.map_err(|e| db_message(&e))?);
         }
-        let rows = copy_text::rows(&data.freeze(), columns).map_err(|e| e.to_string())?;
-        let Some(final_row) = rows.last() else {
+        copying += started.elapsed();
+        let data = data.freeze();
+        if data.is_empty() {
+            report(copying, handing_over);
             return Ok(());
-        };
+        }
+        if data.last() != Some(&b'\n') {
+            return Err(copy_text::CopyTextError::Truncated.to_string());
+        }
+        let final_start = memchr::memrchr(b'\n', &data[..data.len() - 1]).map_or(0, |i| i + 1);
+        let final_row = copy_text::rows(&data.slice(final_start..), columns)
+            .map_err(|e| e.to_string())?
+            .pop()
+            .expect("one row");
         let mut key = Vec::with_capacity(table.key.len());
         for &i in &table.key {
             match &final_row.0[i] {
@@ -458,11 +521,14 @@ async fn read_keyed(
             }
         }
         last = Some(key);
-        let full = rows.len() == chunk_size as usize;
-        if tx.send(Ok(rows)).await.is_err() {
+        let full = memchr::memchr_iter(b'\n', &data).count() == chunk_size as usize;
+        let sending = std::time::Instant::now();
+        if tx.send(Ok(data)).await.is_err() {
             return Ok(());
         }
+        handing_over += sending.elapsed();
         if !full {
+            report(copying, handing_over);
             return Ok(());
         }
     }
@@ -476,9 +542,8 @@ async fn read_unkeyed(
     table: &SnapshotTable,
     filter: &FilterSql,
     chunk_size: u32,
-    tx: &mpsc::Sender<Result<Vec<Tuple>, String>>,
+    tx: &mpsc::Sender<Result<Bytes, String>>,
 ) -> Result<(), String> {
-    let columns = table.encoder.desc().columns.len();
     let stream = copy_out(sql, &table.full_query(filter)).await?;
     futures::pin_mut!(stream);
     let mut data = BytesMut::new();
@@ -504,9 +569,8 @@ async fn read_unkeyed(
                 data.len()
             };
             let chunk = data.split_to(cut).freeze();
-            let rows = copy_text::rows(&chunk, columns).map_err(|e| e.to_string())?;
-            rows_in_data -= rows.len();
-            if tx.send(Ok(rows)).await.is_err() {
+            rows_in_data -= memchr::memchr_iter(b'\n', &chunk).count();
+            if tx.send(Ok(chunk)).await.is_err() {
                 return Ok(());
             }
         }

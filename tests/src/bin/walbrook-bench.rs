@@ -189,7 +189,7 @@ fn sinks_bench(
         .trim()
         .to_string();
     wait_confirmed(&source, &source.slot_name(), &end, &mut producer.0);
-    let stored = stream_messages(nats_url, &format!("SINKS_{}_WAL", source.name()));
+    let stored = stream_events(nats_url, &format!("SINKS_{}_WAL", source.name()));
     assert_eq!(
         stored, events,
         "the change stream holds {stored} of the {events} inserts: no sink could deliver them all"
@@ -357,14 +357,35 @@ impl Drop for Reaped {
     }
 }
 
-/// How many messages the JetStream stream `name` holds.
-fn stream_messages(nats_url: &str, name: &str) -> u64 {
+/// How many change events the JetStream stream `name` holds: every message counted with
+/// its `Walbrook-Events` (protocol §3.6; absent means one).
+fn stream_events(nats_url: &str, name: &str) -> u64 {
+    use futures::StreamExt;
     tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(async {
             let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("nats"));
             let mut stream = js.get_stream(name).await.expect("the change stream");
-            stream.info().await.expect("stream info").state.messages
+            let messages = stream.info().await.expect("stream info").state.messages;
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .expect("an ordered consumer");
+            let mut delivered = consumer.messages().await.expect("reading the stream");
+            let mut events = 0;
+            for _ in 0..messages {
+                let message = tokio::time::timeout(Duration::from_secs(30), delivered.next())
+                    .await
+                    .expect("the stream's messages arrive")
+                    .expect("a message")
+                    .expect("a readable message");
+                events += message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Walbrook-Events"))
+                    .map_or(1, |n| n.as_str().parse::<u64>().expect("a count"));
+            }
+            events
         })
 }
 
