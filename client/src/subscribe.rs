@@ -640,8 +640,26 @@ pub(crate) async fn decode_stored_events(
             .map(|event| vec![event]);
     };
     let decoded = decode_shared(cache, &subject, &headers, &payload, &count).await?;
+    Ok(shared_events(
+        decoded,
+        &subject,
+        &headers,
+        (stream_sequence, 0, 1),
+        |_| AckHandle::none(),
+    ))
+}
+
+/// The events of a decoded shared message, in order: each with its place in the message
+/// and `ack(index)` as its acknowledgement.
+fn shared_events(
+    decoded: Vec<DecodedEvent>,
+    subject: &str,
+    headers: &Option<async_nats::HeaderMap>,
+    (stream_sequence, consumer_sequence, delivered): (u64, u64, u64),
+    ack: impl Fn(usize) -> AckHandle,
+) -> Vec<ChangeEvent> {
     let events = u32::try_from(decoded.len()).unwrap_or(u32::MAX);
-    Ok(decoded
+    decoded
         .into_iter()
         .enumerate()
         .map(|(index, (fingerprint, row, d))| ChangeEvent {
@@ -650,17 +668,17 @@ pub(crate) async fn decode_stored_events(
             before: d.before,
             after: d.after,
             fingerprint,
-            subject: subject.clone(),
+            subject: subject.to_owned(),
             stream_sequence,
-            consumer_sequence: 0,
-            delivered: 1,
-            ack: AckHandle::none(),
+            consumer_sequence,
+            delivered,
+            ack: ack(index),
             message_index: u32::try_from(index).unwrap_or(u32::MAX),
             message_events: events,
             payload: row,
             headers: headers.clone(),
         })
-        .collect())
+        .collect()
 }
 
 /// A delivered message's stream sequence, consumer sequence and delivery count.
@@ -770,27 +788,13 @@ pub(crate) async fn decode_messages(
             } else {
                 AckHandle::none()
             };
-            let events = u32::try_from(decoded.len()).unwrap_or(u32::MAX);
-            Ok(decoded
-                .into_iter()
-                .enumerate()
-                .map(|(index, (fingerprint, row, d))| ChangeEvent {
-                    op: d.op,
-                    source: d.source,
-                    before: d.before,
-                    after: d.after,
-                    fingerprint,
-                    subject: subject.clone(),
-                    stream_sequence,
-                    consumer_sequence,
-                    delivered,
-                    ack: ack.for_event(index),
-                    message_index: u32::try_from(index).unwrap_or(u32::MAX),
-                    message_events: events,
-                    payload: row,
-                    headers: headers.clone(),
-                })
-                .collect())
+            Ok(shared_events(
+                decoded,
+                &subject,
+                &headers,
+                (stream_sequence, consumer_sequence, delivered),
+                |index| ack.for_event(index),
+            ))
         }
         Err(e) => Err(e.for_message(UndecodedMessage {
             subject,

@@ -223,22 +223,11 @@ fn sinks_bench(
         ],
         "sink-webhook.log",
     );
-    loop {
-        // Distinct ids (a retried POST repeats one), counted under the receiver's lock
-        // without copying 50,000 recorded requests every poll.
-        let delivered = receiver.distinct_header_values("walbrook-event-id") as u64;
-        if delivered >= events {
-            break;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "webhook: {delivered} of {events} events"
-        );
-        if let Ok(Some(status)) = hook.0.try_wait() {
-            panic!("walbrook sink webhook exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Distinct ids (a retried POST repeats one), counted under the receiver's lock
+    // without copying 50,000 recorded requests every poll.
+    wait_for_target("webhook", &mut hook, events, started + limit, || {
+        receiver.distinct_header_values("walbrook-event-id") as u64
+    });
     let webhook_secs = started.elapsed().as_secs_f64();
     drop(hook);
     eprintln!("webhook sink: {events} events in {webhook_secs:.2}s");
@@ -257,28 +246,23 @@ fn sinks_bench(
         ],
         "sink-webhook-batch.log",
     );
-    loop {
-        let mut batches = std::collections::HashMap::new();
-        for r in receiver.requests() {
-            if let Some(id) = r.header("walbrook-event-id") {
-                let n = serde_json::from_slice::<Vec<serde_json::Value>>(&r.body)
-                    .map_or(0, |a| a.len() as u64);
-                batches.insert(id.to_string(), n);
+    wait_for_target(
+        "webhook --batch",
+        &mut hook,
+        events,
+        started + limit,
+        || {
+            let mut batches = std::collections::HashMap::new();
+            for r in receiver.requests() {
+                if let Some(id) = r.header("walbrook-event-id") {
+                    let n = serde_json::from_slice::<Vec<serde_json::Value>>(&r.body)
+                        .map_or(0, |a| a.len() as u64);
+                    batches.insert(id.to_string(), n);
+                }
             }
-        }
-        let delivered: u64 = batches.values().sum();
-        if delivered >= events {
-            break;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "webhook --batch: {delivered} of {events} events"
-        );
-        if let Ok(Some(status)) = hook.0.try_wait() {
-            panic!("walbrook sink webhook --batch exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            batches.values().sum()
+        },
+    );
     let webhook_batch_secs = started.elapsed().as_secs_f64();
     drop(hook);
     eprintln!("webhook sink --batch: {events} events in {webhook_batch_secs:.2}s");
@@ -295,33 +279,23 @@ fn sinks_bench(
     );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let http = reqwest::Client::new();
-    loop {
-        let count = runtime.block_on(async {
-            let _ = http
-                .post(format!("{}/bench-sink_t/_refresh", search.url()))
-                .send()
-                .await;
-            let response = http
-                .get(format!("{}/bench-sink_t/_count", search.url()))
-                .send()
-                .await
-                .ok()?;
-            let body: serde_json::Value = response.json().await.ok()?;
-            body["count"].as_u64()
-        });
-        let count = count.unwrap_or(0);
-        if count >= events {
-            break;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "search: {count} of {events} documents"
-        );
-        if let Ok(Some(status)) = es.0.try_wait() {
-            panic!("walbrook sink elasticsearch exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_target("elasticsearch", &mut es, events, started + limit, || {
+        runtime
+            .block_on(async {
+                let _ = http
+                    .post(format!("{}/bench-sink_t/_refresh", search.url()))
+                    .send()
+                    .await;
+                let response = http
+                    .get(format!("{}/bench-sink_t/_count", search.url()))
+                    .send()
+                    .await
+                    .ok()?;
+                let body: serde_json::Value = response.json().await.ok()?;
+                body["count"].as_u64()
+            })
+            .unwrap_or(0)
+    });
     let search_secs = started.elapsed().as_secs_f64();
     drop(es);
     drop(producer);
@@ -354,6 +328,31 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Polls `delivered` until the target of `walbrook sink <kind>` holds `events` events;
+/// panics when the sink exits or `deadline` passes first.
+fn wait_for_target(
+    kind: &str,
+    sink: &mut Reaped,
+    events: u64,
+    deadline: Instant,
+    mut delivered: impl FnMut() -> u64,
+) {
+    loop {
+        let count = delivered();
+        if count >= events {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sink {kind}: {count} of {events} events"
+        );
+        if let Ok(Some(status)) = sink.0.try_wait() {
+            panic!("walbrook sink {kind} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
