@@ -249,7 +249,22 @@ async fn three_node_cluster_keeps_accepting_r3_writes_with_a_node_down() {
             Err(e) => panic!("R3 stream never created: {e}"),
         }
     }
-    js.publish("r3.a", "1".into()).await.unwrap().await.unwrap();
+    // The stream's own replica group elects its leader after the create answer: until
+    // then a publish finds no responder (reported as "stream not found").
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match js.publish("r3.a", "1".into()).await {
+            Ok(future) => match future.await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("stream not ready yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("the R3 stream never acked a write: {e}"),
+            },
+            Err(e) => panic!("publishing: {e}"),
+        }
+    }
     cluster.node(2).kill();
     // Two of three replicas still form a quorum: writes keep being acked.
     let deadline = Instant::now() + Duration::from_secs(30);
