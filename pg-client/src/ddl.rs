@@ -32,22 +32,22 @@ pub(crate) async fn create_checkpoint_table(
              updated_at timestamptz NOT NULL DEFAULT now())",
         table.quoted()
     );
-    // Two sinks starting together (scale-out instances) may both create it: PostgreSQL's
-    // CREATE TABLE IF NOT EXISTS can then fail with a unique violation on its catalog; the
-    // table exists by the next attempt.
-    let mut attempt = 0;
-    loop {
-        match sqlx::query(AssertSqlSafe(sql.clone())).execute(pool).await {
-            Ok(_) => return Ok(()),
-            Err(sqlx::Error::Database(db))
-                if attempt < 3 && matches!(db.code().as_deref(), Some("23505" | "42P07")) =>
-            {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(classify(&e, None, "creating the checkpoint table")),
-        }
-    }
+    // Two sinks starting together (scale-out instances) may both create it, and PostgreSQL's
+    // CREATE TABLE IF NOT EXISTS is not safe against a concurrent creation (it fails with a
+    // unique violation on pg_type or pg_class). A transaction-scoped advisory lock keyed by the
+    // table's name serialises the creations; the second one then sees the table.
+    let attempt = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7795))")
+            .bind(format!("walbrook checkpoint table {}", table.quoted()))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+        tx.commit().await
+    };
+    attempt
+        .await
+        .map_err(|e| classify(&e, None, "creating the checkpoint table"))
 }
 
 pub(crate) async fn read_checkpoint(
@@ -170,6 +170,14 @@ pub(crate) async fn reconcile(
     create: bool,
     follow: bool,
 ) -> Result<Option<Vec<String>>, SinkError> {
+    // Sinks sharing a target (scale-out instances, or two consumers of one database) may
+    // reconcile the same table at once; a transaction-scoped advisory lock per table makes the
+    // second wait and then see what the first created.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7795))")
+        .bind(format!("walbrook target table {}", table.quoted()))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| classify(&e, None, &format!("locking {table} for its definition")))?;
     let Some(existing) = target_columns(tx, table).await? else {
         if !create {
             return Err(SinkError::fatal(format!(

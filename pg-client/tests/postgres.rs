@@ -230,6 +230,26 @@ async fn the_sink_reports_its_checkpoint_and_rejects_nothing_valid() {
     assert_eq!(sink.checkpoint("c1").await.unwrap(), Some(position));
 }
 
+/// Scale-out instances start together and each creates the checkpoint table when missing;
+/// PostgreSQL's `CREATE TABLE IF NOT EXISTS` alone fails for all but one of them when they race
+/// (a clean-clone CI run failed on exactly that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_connecting_at_once_all_create_the_checkpoint_table() {
+    for round in 0..5 {
+        let target_db = PgServer::shared().fresh_database(&format!("sink_pg_race{round}"));
+        let connects = (0..8).map(|_| PgSink::connect(PgSinkOptions::new(target_db.url())));
+        for (i, result) in futures::future::join_all(connects)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if let Err(e) = result {
+                panic!("round {round}: sink {i} failed to connect: {e}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn transactions_larger_than_a_batch_are_applied_completely() {
     let mut setup = Setup::start(
