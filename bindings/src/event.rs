@@ -197,6 +197,20 @@ impl ChangeEvent {
         self.inner.stream_sequence()
     }
 
+    /// 0-based index of the event within its stream message (0 unless the message carries
+    /// several events, docs/protocol.md §3.6). The events of one message share its
+    /// `stream_sequence`.
+    #[getter]
+    fn message_index(&self) -> u32 {
+        self.inner.message_index()
+    }
+
+    /// How many events the event's stream message carries (1 for a message of its own).
+    #[getter]
+    fn message_events(&self) -> u32 {
+        self.inner.message_events()
+    }
+
     /// How many times JetStream delivered it (more than 1 after a redelivery).
     #[getter]
     fn delivered(&self) -> u64 {

@@ -38,6 +38,11 @@ def test_operations_arrive_in_order_with_rows(db):
     assert events[0].commit_lsn == events[1].commit_lsn
     assert [(e.ordinal, e.source.last) for e in events[:2]] == [(0, False), (1, True)]
     assert events[2].commit_lsn > events[1].commit_lsn
+    # The two inserts share one stream message (protocol §3.6); the rest have their own.
+    assert [(e.message_index, e.message_events) for e in events] == [
+        (0, 2), (1, 2), (0, 1), (0, 1), (0, 1), (0, 1)
+    ]
+    assert events[0].stream_sequence == events[1].stream_sequence < events[2].stream_sequence
     # After close, iteration ends.
     assert list(sub) == []
 

@@ -60,9 +60,10 @@ pub struct CommonArgs {
     /// checkpoint in the target, or a durable consumer) resumes instead.
     #[arg(long, env = "WALBROOK_SINK_SNAPSHOT")]
     snapshot: bool,
-    /// Most events per batch.
-    #[arg(long, env = "WALBROOK_SINK_BATCH_EVENTS", default_value_t = 500)]
-    batch_events: usize,
+    /// Most events per batch (default: 5000 for `postgres`, whose batches shrink as changes
+    /// to the same keys collapse; 500 for the others).
+    #[arg(long, env = "WALBROOK_SINK_BATCH_EVENTS")]
+    batch_events: Option<usize>,
     /// Most payload bytes per batch.
     #[arg(long, env = "WALBROOK_SINK_BATCH_BYTES", default_value_t = 4 << 20)]
     batch_bytes: usize,
@@ -175,7 +176,8 @@ impl CommonArgs {
         Ok((format!("{}-{}", self.consumer, self.instance), mine))
     }
 
-    pub(crate) fn runner_options(&self) -> anyhow::Result<RunnerOptions> {
+    /// The runner's options for the sink named `sink` ([`Sink::name`]).
+    pub(crate) fn runner_options(&self, sink: &str) -> anyhow::Result<RunnerOptions> {
         let (consumer, tables) = self.assignment()?;
         let mut options = RunnerOptions::new(consumer, tables);
         options.start = match self.start.as_str() {
@@ -186,7 +188,8 @@ impl CommonArgs {
                     .with_context(|| format!("--start {lsn:?}: beginning, new or an LSN"))?,
             ),
         };
-        options.max_batch_events = self.batch_events.max(1);
+        let default_events = if sink == "postgres" { 5000 } else { 500 };
+        options.max_batch_events = self.batch_events.unwrap_or(default_events).max(1);
         options.max_batch_bytes = self.batch_bytes.max(1);
         options.max_batch_wait = self.batch_wait;
         options.retry = RetryPolicy {
@@ -226,7 +229,7 @@ pub(crate) async fn run_sink<S: Sink>(
 ) -> anyhow::Result<()> {
     // Everything that can be refused without a connection is checked first, so a bad
     // command line fails at once instead of after connecting (or after a bootstrap).
-    let options = common.runner_options()?;
+    let options = common.runner_options(sink.name())?;
     let consumer = options.consumer.clone();
     let tables = options.tables.clone();
     if common.snapshot {

@@ -60,6 +60,7 @@ pub struct Subscription {
     ack_wait: Duration,
     max_ack_pending: Option<usize>,
     dead_letter: Option<String>,
+    decode_ahead: usize,
 }
 
 impl Subscription {
@@ -83,6 +84,7 @@ impl Subscription {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: None,
             dead_letter: None,
+            decode_ahead: 0,
         }
     }
 
@@ -114,7 +116,8 @@ impl Subscription {
 
     /// How many messages may be fetched ahead of the caller (default 256): the pull batch
     /// size, and so the bound on what the SDK buffers (an ephemeral subscription pulls at most
-    /// 500 at a time whatever this says).
+    /// 500 at a time whatever this says). A durable subscription also pulls at most 16 MiB
+    /// (or four of the server's largest messages) at a time.
     pub fn prefetch(mut self, messages: usize) -> Subscription {
         self.prefetch = messages.max(1);
         self
@@ -156,6 +159,16 @@ impl Subscription {
     /// `_` and `-`.
     pub fn dead_letter(mut self, name: impl Into<String>) -> Subscription {
         self.dead_letter = Some(name.into());
+        self
+    }
+
+    /// Decodes up to `events` events ahead of the caller, in a task of its own (default 0:
+    /// messages are decoded when the caller asks for the next event). A caller that spends
+    /// its time waiting on something else between events (a sink writing a batch to its
+    /// target) then finds the next events decoded: decoding and the caller's work overlap.
+    /// The task ends when the [`ChangeStream`] is dropped.
+    pub fn decode_ahead(mut self, events: usize) -> Subscription {
+        self.decode_ahead = events;
         self
     }
 
@@ -368,6 +381,7 @@ pub(crate) async fn subscribe(
             let messages = consumer
                 .stream()
                 .max_messages_per_batch(subscription.prefetch)
+                .max_bytes_per_batch(prefetch_bytes(js))
                 .messages()
                 .await
                 .map_err(|e| nats_err("starting to pull", e))?
@@ -430,11 +444,46 @@ pub(crate) async fn subscribe(
             }
         })
         .flat_map(futures::stream::iter);
+    let events: Events = match subscription.decode_ahead {
+        0 => Box::pin(events),
+        ahead => decoded_ahead(Box::pin(events), ahead),
+    };
     Ok(ChangeStream {
-        events: Box::pin(events),
+        events,
         consumer,
         durable,
     })
+}
+
+/// The bytes a durable subscription pulls at a time, besides [`Subscription::prefetch`]
+/// messages: messages may carry up to 1,000 events each (protocol §3.6), so a count alone
+/// let a consumer buffer hundreds of 256 KiB messages. At least four of the server's
+/// largest messages, so every message fits a pull.
+fn prefetch_bytes(js: &jetstream::Context) -> usize {
+    const PREFETCH_BYTES: usize = 16 << 20;
+    PREFETCH_BYTES.max(js.client().server_info().max_payload.saturating_mul(4))
+}
+
+/// Drives `events` in a task of its own, `ahead` events ahead of the returned stream's
+/// reader ([`Subscription::decode_ahead`]). The task ends when the reader is dropped, also
+/// while it waits for the next message.
+fn decoded_ahead(mut events: Events, ahead: usize) -> Events {
+    let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => return,
+                next = events.next() => next,
+            };
+            let Some(item) = next else { return };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
 
 /// Where a subscription with [`Subscription::dead_letter`] sends undecodable messages.

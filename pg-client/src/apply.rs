@@ -278,55 +278,69 @@ const REGROUP: usize = usize::MAX;
 /// violation): the batch is applied again with upserts.
 const UPSERT_AGAIN: usize = usize::MAX - 1;
 
-/// What a multi-row statement does.
+/// What an event does to its key, in a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GroupKind {
-    /// `INSERT … ON CONFLICT (key) DO UPDATE`: inserts, snapshot rows, and updates that keep
-    /// the key and carry every value (an update of a missing row inserts it, as the
-    /// one-statement form does).
-    Upsert,
-    /// A plain `INSERT`, without `ON CONFLICT`: runs of inserts, in the first attempt at a
-    /// batch. PostgreSQL's speculative insertion (`ON CONFLICT`) about doubled the server's
-    /// cost of an insert run; a target already holding a row (a snapshot bootstrap's overlap,
-    /// a pre-filled table) makes the statement fail with a unique violation, and the batch is
-    /// applied again with upserts.
-    Insert,
-    /// `DELETE … WHERE (key) IN (SELECT … FROM unnest(…))`.
+enum Change {
+    /// Its new row is the key's row (inserts, snapshot rows, and updates that keep the key
+    /// and carry every value).
+    Row,
+    /// The key's row is gone.
     Delete,
 }
 
-/// Consecutive events of one kind on one table with the same columns, written as one
-/// multi-row statement. An upsert group holds distinct keys (a repeated key starts the
-/// next group, so the later change lands after the earlier one); a delete group may repeat
-/// a key (deleting twice deletes once).
-struct Group<'a> {
-    kind: GroupKind,
+/// The state a segment leaves a key in: the last change to it, and how the key's first
+/// change in the segment found it.
+#[derive(Debug, Clone, Copy)]
+struct Final<'a> {
+    /// The event of the last change (the one blamed if writing it fails).
+    index: usize,
+    change: Change,
+    /// The new row ([`Change::Row`]) or the old key ([`Change::Delete`]).
+    row: &'a Row,
+    /// The key's first change in the segment is an insert: the source did not have the row
+    /// before it, so a plain `INSERT` may write it (see [`Segment::flush`]).
+    inserted: bool,
+}
+
+/// A run of consecutive events on one table, each of which sets a key's row or deletes it,
+/// reduced to the state each key is left in and written by at most three multi-row
+/// statements: a `DELETE` of the keys left deleted, a plain `INSERT` of the rows of keys
+/// the segment inserted, and an `INSERT … ON CONFLICT DO UPDATE` of the others.
+///
+/// Collapsing is exact: every event of a segment carries the key's whole row (an update
+/// with an unchanged TOAST value, a key change, a truncate, a table without a key, and a
+/// new table version end the segment), so the key's last change alone decides its state in
+/// the target, and changes to different keys of one table commute. The statements run in
+/// that order (deletes first free unique values that rows may take); a statement the
+/// target refuses (a constraint the source does not have, say) makes the batch be applied
+/// again one statement per event, in stream order, which blames the right event.
+struct Segment<'a> {
     table: TableName,
     target: Vec<String>,
-    signature: Vec<String>,
-    keys: std::collections::HashSet<String>,
-    rows: Vec<(usize, &'a Row)>,
+    /// The columns the rows set (every row of a segment has the same).
+    signature: Option<Vec<String>>,
+    /// Each key's final state, keyed by the key's text, in the order keys first appeared.
+    keys: HashMap<String, usize>,
+    finals: Vec<Final<'a>>,
+    /// Events the segment holds.
+    events: usize,
 }
 
 /// The most rows of one multi-row statement (its parameters are one array per column, so
 /// the row count does not meet PostgreSQL's limit of 65,535 parameters).
 const GROUP_ROWS: usize = 5000;
 
-/// The group kind and row of an event that can join a multi-row statement.
-fn groupable(event: &ChangeEvent, plain_inserts: bool) -> Option<(GroupKind, &Row)> {
+/// The change and row of an event that can join a segment.
+fn collapsible(event: &ChangeEvent) -> Option<(Change, &Row)> {
     match event.op() {
-        Op::Insert if plain_inserts => event
-            .after()
-            .filter(|row| has_key(row) && !has_unchanged(row))
-            .map(|row| (GroupKind::Insert, row)),
         Op::Insert | Op::Read | Op::Update => event
             .after()
             .filter(|row| has_key(row) && !has_unchanged(row))
-            .map(|row| (GroupKind::Upsert, row)),
+            .map(|row| (Change::Row, row)),
         Op::Delete => event
             .before()
             .filter(|row| has_key(row))
-            .map(|row| (GroupKind::Delete, row)),
+            .map(|row| (Change::Delete, row)),
         Op::UpdateKey | Op::Truncate => None,
     }
 }
@@ -337,6 +351,158 @@ fn key_text(row: &Row) -> String {
         .map(|(_, v)| walbrook_client::value_to_json(v).to_string())
         .collect::<Vec<_>>()
         .join("\u{0}")
+}
+
+fn key_columns(row: &Row) -> impl Iterator<Item = &Column> {
+    row.columns().iter().filter(|c| c.is_key)
+}
+
+impl<'a> Segment<'a> {
+    fn new(table: TableName, target: Vec<String>) -> Segment<'a> {
+        Segment {
+            table,
+            target,
+            signature: None,
+            keys: HashMap::new(),
+            finals: Vec::new(),
+            events: 0,
+        }
+    }
+
+    /// Adds the event at `index` if it fits: same key columns, and for a row the same
+    /// columns as the segment's other rows. Returns false (and adds nothing) otherwise.
+    fn add(&mut self, index: usize, change: Change, row: &'a Row, op: Op) -> bool {
+        if let Some(first) = self.finals.first()
+            && !key_columns(first.row)
+                .map(|c| &c.name)
+                .eq(key_columns(row).map(|c| &c.name))
+        {
+            return false;
+        }
+        if change == Change::Row {
+            let names = || set_values(row, &self.target, true).map(|(c, _)| &c.name);
+            match &self.signature {
+                Some(s) if !names().eq(s.iter()) => return false,
+                Some(_) => {}
+                None => self.signature = Some(names().cloned().collect()),
+            }
+        }
+        self.events += 1;
+        let key = key_text(row);
+        match self.keys.get(&key) {
+            Some(&at) => {
+                let f = &mut self.finals[at];
+                f.index = index;
+                f.change = change;
+                f.row = row;
+            }
+            None => {
+                self.keys.insert(key, self.finals.len());
+                self.finals.push(Final {
+                    index,
+                    change,
+                    row,
+                    inserted: op == Op::Insert,
+                });
+            }
+        }
+        true
+    }
+
+    /// Writes the segment: deletes, plain inserts (when `plain_inserts`), upserts.
+    async fn flush(
+        self,
+        tx: &mut Transaction<'static, Postgres>,
+        plain_inserts: bool,
+        timing: &mut Timing,
+    ) -> Result<(), SinkError> {
+        let mut deletes = Vec::new();
+        let mut inserts = Vec::new();
+        let mut upserts = Vec::new();
+        for f in &self.finals {
+            match f.change {
+                Change::Delete => deletes.push(*f),
+                Change::Row if f.inserted && plain_inserts => inserts.push(*f),
+                Change::Row => upserts.push(*f),
+            }
+        }
+        timing.events += self.events;
+        timing.written += self.finals.len();
+        for (kind, finals) in [
+            (Kind::Delete, deletes),
+            (Kind::Insert, inserts),
+            (Kind::Upsert, upserts),
+        ] {
+            for chunk in finals.chunks(GROUP_ROWS) {
+                write(&self.table, &self.target, kind, chunk, tx, timing).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a multi-row statement does (in the order a segment runs them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `INSERT … ON CONFLICT (key) DO UPDATE` (an update of a row the target lacks inserts
+    /// it, as the one-statement form does).
+    Upsert,
+    /// A plain `INSERT`, without `ON CONFLICT`, of rows the segment inserted, in the first
+    /// attempt at a batch. PostgreSQL's speculative insertion (`ON CONFLICT`) about doubled
+    /// the server's cost of an insert run; a target already holding a row (a snapshot
+    /// bootstrap's overlap, a pre-filled table) makes the statement fail with a unique
+    /// violation, and the batch is applied again with upserts.
+    Insert,
+    /// `DELETE … WHERE (key) IN (SELECT … FROM unnest(…))`.
+    Delete,
+}
+
+async fn write(
+    table: &TableName,
+    target: &[String],
+    kind: Kind,
+    finals: &[Final<'_>],
+    tx: &mut Transaction<'static, Postgres>,
+    timing: &mut Timing,
+) -> Result<(), SinkError> {
+    if finals.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let rows: Vec<&Row> = finals.iter().map(|f| f.row).collect();
+    let statement = match kind {
+        Kind::Upsert => upsert_rows(table, &rows, target, true),
+        Kind::Insert => upsert_rows(table, &rows, target, false),
+        Kind::Delete => delete_rows(table, &rows),
+    }
+    // A value that cannot be written: find the event to blame one statement at a time.
+    .map_err(|m| SinkError::rejected(REGROUP, format!("{table}: {m}")))?;
+    let built = std::time::Instant::now();
+    timing.build += built - started;
+    timing.statements += 1;
+    let result = statement.execute_raw(tx).await;
+    timing.execute += built.elapsed();
+    timing.kinds[kind as usize] += built.elapsed();
+    match result {
+        Ok(_) => Ok(()),
+        Err(e)
+            if kind == Kind::Insert
+                && e.as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "23505") =>
+        {
+            Err(SinkError::rejected(
+                UPSERT_AGAIN,
+                format!("{table}: a row is there already, upserting: {e}"),
+            ))
+        }
+        Err(e) => match classify(&e, Some(finals[0].index), &format!("applying to {table}")) {
+            e if e.kind() == walbrook_client::runner::SinkErrorKind::Rejected => {
+                Err(SinkError::rejected(REGROUP, e.message()))
+            }
+            e => Err(e),
+        },
+    }
 }
 
 /// One `DELETE FROM t WHERE (k1, k2) IN (SELECT … FROM unnest(…))` of several rows' keys
@@ -372,51 +538,12 @@ struct Timing {
     execute: std::time::Duration,
     /// Multi-row statements run.
     statements: u32,
-}
-
-async fn flush(
-    group: &mut Option<Group<'_>>,
-    tx: &mut Transaction<'static, Postgres>,
-    timing: &mut Timing,
-) -> Result<(), SinkError> {
-    let Some(g) = group.take() else { return Ok(()) };
-    let started = std::time::Instant::now();
-    let rows: Vec<&Row> = g.rows.iter().map(|(_, r)| *r).collect();
-    let first = g.rows[0].0;
-    let statement = match g.kind {
-        GroupKind::Upsert => upsert_rows(&g.table, &rows, &g.target, true),
-        GroupKind::Insert => upsert_rows(&g.table, &rows, &g.target, false),
-        GroupKind::Delete => delete_rows(&g.table, &rows),
-    }
-    .map_err(|m| SinkError::rejected(first, format!("{}: {m}", g.table)))?;
-    let built = std::time::Instant::now();
-    timing.build += built - started;
-    timing.statements += 1;
-    let result = statement.execute_raw(tx).await;
-    timing.execute += built.elapsed();
-    let result = match result {
-        Err(e)
-            if g.kind == GroupKind::Insert
-                && e.as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| c == "23505") =>
-        {
-            return Err(SinkError::rejected(
-                UPSERT_AGAIN,
-                format!("{}: a row is there already, upserting: {e}", g.table),
-            ));
-        }
-        other => other.map_err(|e| classify(&e, Some(first), &format!("applying to {}", g.table))),
-    };
-    match result {
-        Ok(_) => Ok(()),
-        Err(e)
-            if e.kind() == walbrook_client::runner::SinkErrorKind::Rejected && rows.len() > 1 =>
-        {
-            Err(SinkError::rejected(REGROUP, e.message()))
-        }
-        Err(e) => Err(e),
-    }
+    /// Events collapsed into segments.
+    events: usize,
+    /// Rows and keys the segments wrote.
+    written: usize,
+    /// Waiting for each kind of multi-row statement: deletes, plain inserts, upserts.
+    kinds: [std::time::Duration; 3],
 }
 
 pub(crate) async fn apply(
@@ -444,7 +571,7 @@ async fn apply_with(
     let options = &sink.options;
     let started = std::time::Instant::now();
     let mut timing = Timing::default();
-    let mut group: Option<Group<'_>> = None;
+    let mut segment: Option<Segment<'_>> = None;
     // One apply at a time (the runner never overlaps them for this sink); the lock also
     // guards the table cache.
     let mut known = sink.known.lock().await;
@@ -454,35 +581,28 @@ async fn apply_with(
         .begin()
         .await
         .map_err(|e| classify(&e, None, "beginning a transaction"))?;
-    let mut last: Option<(Position, String)> = None;
+    // The last change of the stream (snapshot rows are not positions).
+    let mut last: Option<usize> = None;
     for (i, event) in events.iter().enumerate() {
         let src = event.source();
         let table = options.target(&src.schema, &src.table);
         let reject = |message: String| SinkError::rejected(i, format!("{table}: {message}"));
-        let mut entry = changed.get(&table).or_else(|| known.get(&table)).cloned();
         let fingerprint = event.fingerprint();
-        let candidate = if grouped {
-            groupable(event, plain_inserts)
-        } else {
-            None
-        };
-        // A new schema to reconcile (DDL) writes the pending group first; so does anything
+        let candidate = if grouped { collapsible(event) } else { None };
+        // A new schema to reconcile (DDL) writes the pending segment first; so does anything
         // that cannot join it (checked below).
         let reconciles = event.after().is_some()
-            && !entry
-                .as_ref()
+            && !changed
+                .get(&table)
+                .or_else(|| known.get(&table))
                 .is_some_and(|e| e.seen.contains(&fingerprint));
-        let joins = group
+        let joins = segment
             .as_ref()
             .is_some_and(|g| candidate.is_some() && g.table == table && !reconciles);
-        if !joins {
-            flush(&mut group, &mut tx, &mut timing).await?;
+        if !joins && let Some(g) = segment.take() {
+            g.flush(&mut tx, plain_inserts, &mut timing).await?;
         }
-        if let Some(after) = event.after()
-            && !entry
-                .as_ref()
-                .is_some_and(|e| e.seen.contains(&fingerprint))
-        {
+        if reconciles && let Some(after) = event.after() {
             let columns = ddl::reconcile(
                 &mut tx,
                 &table,
@@ -492,68 +612,47 @@ async fn apply_with(
             )
             .await?
             .unwrap_or_default();
-            let mut e = entry.unwrap_or_default();
+            let mut e = changed
+                .get(&table)
+                .or_else(|| known.get(&table))
+                .cloned()
+                .unwrap_or_default();
             e.columns = columns;
             e.seen.push(fingerprint);
-            changed.insert(table.clone(), e.clone());
-            entry = Some(e);
+            changed.insert(table.clone(), e);
+        } else if changed.get(&table).or_else(|| known.get(&table)).is_none()
+            && let Some(columns) = ddl::target_columns(&mut tx, &table).await?
+        {
+            changed.insert(
+                table.clone(),
+                TargetTable {
+                    columns,
+                    seen: Vec::new(),
+                },
+            );
         }
-        let columns = match entry {
-            Some(e) => e.columns,
-            None => match ddl::target_columns(&mut tx, &table).await? {
-                Some(c) => {
-                    changed.insert(
-                        table.clone(),
-                        TargetTable {
-                            columns: c.clone(),
-                            seen: Vec::new(),
-                        },
-                    );
-                    c
-                }
-                // A delete or truncate of a table the target does not have: nothing to do.
-                None => Vec::new(),
-            },
-        };
+        // Empty for a delete or truncate of a table the target does not have: nothing to do.
+        let columns: &[String] = changed
+            .get(&table)
+            .or_else(|| known.get(&table))
+            .map_or(&[], |e| &e.columns);
         if op_is_change(event.op()) {
-            last = Some((Position::of(event), src.database.clone()));
+            last = Some(i);
         }
         if columns.is_empty() {
             continue;
         }
-        if let Some((kind, row)) = candidate {
-            let signature: Vec<String> = match kind {
-                GroupKind::Upsert | GroupKind::Insert => set_values(row, &columns, true)
-                    .map(|(c, _)| c.name.clone())
-                    .collect(),
-                GroupKind::Delete => row
-                    .columns()
-                    .iter()
-                    .filter(|c| c.is_key)
-                    .map(|c| c.name.clone())
-                    .collect(),
-            };
-            let key = key_text(row);
-            let fits = group.as_ref().is_some_and(|g| {
-                g.kind == kind
-                    && g.table == table
-                    && g.signature == signature
-                    && (kind == GroupKind::Delete || !g.keys.contains(&key))
-                    && g.rows.len() < GROUP_ROWS
-            });
-            if !fits {
-                flush(&mut group, &mut tx, &mut timing).await?;
+        if let Some((change, row)) = candidate {
+            let g = segment.get_or_insert_with(|| Segment::new(table.clone(), columns.to_vec()));
+            if !g.add(i, change, row, event.op()) {
+                if let Some(g) = segment.take() {
+                    g.flush(&mut tx, plain_inserts, &mut timing).await?;
+                }
+                let mut g = Segment::new(table.clone(), columns.to_vec());
+                let added = g.add(i, change, row, event.op());
+                debug_assert!(added, "an empty segment takes any collapsible event");
+                segment = Some(g);
             }
-            let g = group.get_or_insert_with(|| Group {
-                kind,
-                table: table.clone(),
-                target: columns.clone(),
-                signature,
-                keys: Default::default(),
-                rows: Vec::new(),
-            });
-            g.keys.insert(key);
-            g.rows.push((i, row));
             continue;
         }
         match event.op() {
@@ -561,7 +660,7 @@ async fn apply_with(
                 let after = event
                     .after()
                     .ok_or_else(|| reject("insert without a row".into()))?;
-                upsert(&table, after, &columns)
+                upsert(&table, after, columns)
                     .map_err(reject)?
                     .execute(&mut tx, i, &table)
                     .await?;
@@ -578,7 +677,7 @@ async fn apply_with(
                     _ => after,
                 };
                 let affected =
-                    match update(&table, after, identity, &columns, key_change).map_err(&reject)? {
+                    match update(&table, after, identity, columns, key_change).map_err(&reject)? {
                         Some(s) => s.execute(&mut tx, i, &table).await?,
                         None => 1,
                     };
@@ -592,7 +691,7 @@ async fn apply_with(
                                 .into(),
                         ));
                     }
-                    upsert(&table, after, &columns)
+                    upsert(&table, after, columns)
                         .map_err(&reject)?
                         .execute(&mut tx, i, &table)
                         .await?;
@@ -602,7 +701,7 @@ async fn apply_with(
                 let before = event
                     .before()
                     .ok_or_else(|| reject("delete without the old key".into()))?;
-                delete(&table, before, &columns)
+                delete(&table, before, columns)
                     .map_err(reject)?
                     .execute(&mut tx, i, &table)
                     .await?;
@@ -616,14 +715,16 @@ async fn apply_with(
             }
         }
     }
-    flush(&mut group, &mut tx, &mut timing).await?;
-    if let Some((position, database)) = last {
+    if let Some(g) = segment.take() {
+        g.flush(&mut tx, plain_inserts, &mut timing).await?;
+    }
+    if let Some(i) = last {
         ddl::write_checkpoint(
             &mut tx,
             &options.checkpoint_table,
             consumer,
-            &database,
-            position,
+            &events[i].source().database,
+            Position::of(&events[i]),
         )
         .await?;
     }
@@ -637,6 +738,11 @@ async fn apply_with(
         grouped,
         plain_inserts,
         statements = timing.statements,
+        collapsed = timing.events,
+        delete_us = timing.kinds[Kind::Delete as usize].as_micros() as u64,
+        insert_us = timing.kinds[Kind::Insert as usize].as_micros() as u64,
+        upsert_us = timing.kinds[Kind::Upsert as usize].as_micros() as u64,
+        written = timing.written,
         build_us = timing.build.as_micros() as u64,
         execute_us = timing.execute.as_micros() as u64,
         commit_us = committing.elapsed().as_micros() as u64,

@@ -46,11 +46,19 @@ async fn run_sink(
     consumer: &str,
     tables: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    run_sink_with(setup, target_url, RunnerOptions::new(consumer, [tables])).await
+}
+
+async fn run_sink_with(
+    setup: &Setup,
+    target_url: &str,
+    options: RunnerOptions,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let client = setup.client().await;
     let sink = PgSink::connect(PgSinkOptions::new(target_url))
         .await
         .unwrap();
-    let mut runner = Runner::new(client, sink, RunnerOptions::new(consumer, [tables]));
+    let mut runner = Runner::new(client, sink, options);
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
@@ -307,5 +315,112 @@ async fn inserts_of_rows_the_target_already_has_are_applied_as_upserts() {
     // statement per event: at most one per source transaction.
     let inserts = statements(&target, "p", "INSERT").await;
     assert!((1..=2).contains(&inserts), "{inserts} INSERT statements");
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn changes_to_the_same_keys_collapse_into_one_statement_per_kind() {
+    // One batch of several transactions on one table: inserts, updates of the rows just
+    // inserted and of older rows, deletes of rows inserted in the batch and of older rows,
+    // re-inserts of deleted keys. Each key's last change alone decides its row, so the batch
+    // is written by one DELETE, one plain INSERT and one upsert.
+    const TABLE: &str = "CREATE TABLE c (id int PRIMARY KEY, v text, n int)";
+    let mut setup = Setup::start("shapes_collapse", TABLE, "public.c").await;
+    let target_db = PgServer::shared().fresh_database("shapes_collapse_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute(&format!(
+            "{TABLE}; {STATEMENT_LOG} {}",
+            log_statements_of("c")
+        ))
+        .await
+        .unwrap();
+    // The older rows arrive (and are counted) first.
+    setup
+        .exec(&["INSERT INTO c SELECT g, 'old', 0 FROM generate_series(1, 100) g"])
+        .await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), "collapse", "public.c").await;
+    wait_equal(&setup.sql, &target, &["c"], Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap();
+    target.batch_execute("TRUNCATE statements").await.unwrap();
+    setup
+        .exec(&[
+            "BEGIN;
+             INSERT INTO c SELECT g, 'new', 0 FROM generate_series(101, 300) g;
+             UPDATE c SET v = 'updated', n = n + 1 WHERE id BETWEEN 90 AND 150;
+             COMMIT",
+            "BEGIN;
+             DELETE FROM c WHERE id BETWEEN 1 AND 10 OR id BETWEEN 201 AND 220;
+             UPDATE c SET n = n + 5 WHERE id BETWEEN 140 AND 160;
+             INSERT INTO c VALUES (5, 'reborn', 5), (205, 'reborn', 205);
+             COMMIT",
+            "BEGIN;
+             UPDATE c SET v = 'again', n = n * 2 WHERE id % 7 = 0;
+             DELETE FROM c WHERE id BETWEEN 295 AND 300;
+             COMMIT",
+        ])
+        .await;
+    // Every stored change in one batch: the runner waits for more up to `max_batch_wait`.
+    let mut options = RunnerOptions::new("collapse", ["public.c"]);
+    options.max_batch_wait = Duration::from_secs(3);
+    let (stop, task) = run_sink_with(&setup, &target_db.url(), options).await;
+    wait_equal(&setup.sql, &target, &["c"], Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let statements_of = |op| statements(&target, "c", op);
+    let (inserts, updates, deletes) = (
+        statements_of("INSERT").await,
+        statements_of("UPDATE").await,
+        statements_of("DELETE").await,
+    );
+    // 200 + 61 + 30 + 21 + 2 + 43 + 6 changes; INSERT … ON CONFLICT DO UPDATE fires both
+    // statement triggers, so the plain insert and the upsert are 2 INSERTs and 1 UPDATE.
+    assert_eq!(
+        (inserts, updates, deletes),
+        (2, 1, 1),
+        "statements (INSERT, UPDATE, DELETE) for one batch of 363 changes"
+    );
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn collapsed_changes_the_target_refuses_are_applied_again_in_stream_order() {
+    // The target has a unique constraint the collapsed order breaks: `a` gives its value to
+    // `c` after `b` took `a`'s old one. Written key by key (a, b, c with their last rows) the
+    // first statement meets a unique violation; the batch is applied again one change at a
+    // time, in stream order, and nothing is dead-lettered.
+    const TABLE: &str = "CREATE TABLE u (id text PRIMARY KEY, v text)";
+    let mut setup = Setup::start("shapes_order", TABLE, "public.u").await;
+    let target_db = PgServer::shared().fresh_database("shapes_order_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute("CREATE TABLE u (id text PRIMARY KEY, v text UNIQUE)")
+        .await
+        .unwrap();
+    setup
+        .exec(&["INSERT INTO u VALUES ('a', 'x'), ('b', 'p'), ('c', 'q')"])
+        .await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), "order", "public.u").await;
+    wait_equal(&setup.sql, &target, &["u"], Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap();
+    setup
+        .exec(&["BEGIN;
+                 UPDATE u SET v = 'y' WHERE id = 'a';
+                 UPDATE u SET v = 'r' WHERE id = 'b';
+                 UPDATE u SET v = 'p' WHERE id = 'a';
+                 INSERT INTO u VALUES ('d', 'x');
+                 COMMIT"])
+        .await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), "order", "public.u").await;
+    wait_equal(&setup.sql, &target, &["u"], Duration::from_secs(60)).await;
+    let client = setup.client().await;
+    let letters = walbrook_client::runner::list_dead_letters(&client, "order")
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
+    stop.cancel();
+    task.await.unwrap();
     setup.stop().await;
 }
