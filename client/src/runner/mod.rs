@@ -130,6 +130,9 @@ pub struct Runner<S: Sink> {
     carry: Option<Result<ChangeEvent, Error>>,
     /// Continuity of the current subscription's delivery sequence.
     deliveries: delivery::DeliverySequence,
+    /// The acknowledgements of the last applied batch, sent while the next one is collected
+    /// and applied (its events are durable in the target already); `true` when all worked.
+    acks: Option<tokio::task::JoinHandle<bool>>,
 }
 
 impl<S: Sink> std::fmt::Debug for Runner<S> {
@@ -160,6 +163,7 @@ impl<S: Sink> Runner<S> {
             checkpoint: None,
             processed: 0,
             carry: None,
+            acks: None,
             deliveries: delivery::DeliverySequence::default(),
         }
     }
@@ -395,6 +399,23 @@ impl<S: Sink> Runner<S> {
     /// Runs until `shutdown` is cancelled (returns `Ok`) or a fatal error. Transient NATS
     /// and sink errors are retried; nothing is acknowledged before the sink made it durable.
     pub async fn run(&mut self, shutdown: CancellationToken) -> Result<(), RunError> {
+        let result = self.run_subscribed(&shutdown).await;
+        // What was applied is acknowledged before returning (a durable consumer would
+        // deliver it again, to be skipped).
+        self.settle_acks().await;
+        result
+    }
+
+    /// Waits for the acknowledgements in flight; false when one failed.
+    async fn settle_acks(&mut self) -> bool {
+        match self.acks.take() {
+            Some(acks) => acks.await.unwrap_or(false),
+            None => true,
+        }
+    }
+
+    async fn run_subscribed(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
+        let shutdown = shutdown.clone();
         self.checkpoint = self
             .retry_sink(&shutdown, |sink| {
                 let consumer = self.options.consumer.clone();
@@ -409,6 +430,8 @@ impl<S: Sink> Runner<S> {
         let mut attempt = 0u32;
         let mut first = true;
         loop {
+            // A recreated consumer starts after the acknowledged floor (without checkpoint).
+            self.settle_acks().await;
             let subscribed = match dead_letter::ensure_stream(&self.client).await {
                 Ok(()) => self.subscribe(first).await,
                 Err(e) => Err(e),
@@ -835,14 +858,6 @@ impl<S: Sink> Runner<S> {
             )
         });
         let mut flow = Flow::Continue;
-        if ack {
-            let acks = futures::future::join_all(events.iter().map(|e| e.ack())).await;
-            if let Some(e) = acks.into_iter().find_map(Result::err) {
-                // Durable in the target already: a redelivery is skipped or idempotent.
-                tracing::warn!("acknowledging failed, resubscribing: {e}");
-                flow = Flow::Resubscribe;
-            }
-        }
         if let Some((position, sequence, commit_time)) = last {
             // Snapshot rows (and bootstrap batches) are not positions of the change stream.
             if ack && events.iter().all(|e| e.op() != crate::Op::Read) {
@@ -854,6 +869,25 @@ impl<S: Sink> Runner<S> {
                 .applied((events.len() - dead) as u64, lag, position.commit_lsn.0);
         }
         self.metrics.batch(started.elapsed());
+        if ack {
+            // One batch's acknowledgements in flight at a time: the previous batch's are
+            // settled before this one's are sent.
+            if !self.settle_acks().await {
+                flow = Flow::Resubscribe;
+            }
+            self.acks = Some(tokio::spawn(async move {
+                let acks = futures::future::join_all(events.iter().map(|e| e.ack())).await;
+                match acks.into_iter().find_map(Result::err) {
+                    Some(e) => {
+                        // Durable in the target already: a redelivery is skipped or
+                        // idempotent.
+                        tracing::warn!("acknowledging failed, resubscribing: {e}");
+                        false
+                    }
+                    None => true,
+                }
+            }));
+        }
         flow
     }
 }
