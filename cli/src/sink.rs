@@ -60,7 +60,7 @@ pub struct CommonArgs {
     /// checkpoint in the target, or a durable consumer) resumes instead.
     #[arg(long, env = "WALBROOK_SINK_SNAPSHOT")]
     snapshot: bool,
-    /// Most events per batch (default: 5000 for `postgres`, whose batches shrink as changes
+    /// Most events per batch (default: 2000 for `postgres`, whose batches shrink as changes
     /// to the same keys collapse; 500 for the others).
     #[arg(long, env = "WALBROOK_SINK_BATCH_EVENTS")]
     batch_events: Option<usize>,
@@ -188,7 +188,7 @@ impl CommonArgs {
                     .with_context(|| format!("--start {lsn:?}: beginning, new or an LSN"))?,
             ),
         };
-        let default_events = if sink == "postgres" { 5000 } else { 500 };
+        let default_events = if sink == "postgres" { 2000 } else { 500 };
         options.max_batch_events = self.batch_events.unwrap_or(default_events).max(1);
         options.max_batch_bytes = self.batch_bytes.max(1);
         options.max_batch_wait = self.batch_wait;

@@ -284,7 +284,8 @@ pub struct ChangeEvent {
     pub(crate) before: Option<Row>,
     pub(crate) after: Option<Row>,
     pub(crate) fingerprint: Fingerprint,
-    pub(crate) subject: String,
+    /// Shared by the events of one message.
+    pub(crate) subject: std::sync::Arc<str>,
     pub(crate) stream_sequence: u64,
     /// The consumer's delivery sequence (0 when not delivered by a consumer).
     pub(crate) consumer_sequence: u64,
@@ -297,7 +298,8 @@ pub struct ChangeEvent {
     pub(crate) message_events: u32,
     /// The event as stored (for dead letters): the single-object message.
     pub(crate) payload: bytes::Bytes,
-    pub(crate) headers: Option<async_nats::HeaderMap>,
+    /// Shared by the events of one message.
+    pub(crate) headers: Option<std::sync::Arc<async_nats::HeaderMap>>,
 }
 
 impl ChangeEvent {
@@ -376,7 +378,7 @@ impl ChangeEvent {
     /// The stored message's headers (for an event of a message carrying several, the
     /// message's, including `Walbrook-Events`; see [`ChangeEvent::event_headers`]).
     pub fn headers(&self) -> Option<&async_nats::HeaderMap> {
-        self.headers.as_ref()
+        self.headers.as_deref()
     }
 
     /// The headers the event would have had as a message of its own (docs/protocol.md §3.3):
@@ -386,7 +388,7 @@ impl ChangeEvent {
     /// carry these.
     pub fn event_headers(&self) -> Option<async_nats::HeaderMap> {
         use walbrook_protocol::headers as h;
-        let original = self.headers.as_ref()?;
+        let original = self.headers.as_deref()?;
         if self.message_events <= 1 {
             return Some(original.clone());
         }
@@ -489,7 +491,7 @@ impl Serialize for ChangeEvent {
         s.serialize_field("before", &self.before)?;
         s.serialize_field("after", &self.after)?;
         s.serialize_field("fingerprint", &self.fingerprint.to_string())?;
-        s.serialize_field("subject", &self.subject)?;
+        s.serialize_field("subject", &*self.subject)?;
         s.serialize_field("stream_sequence", &self.stream_sequence)?;
         s.end()
     }

@@ -167,7 +167,7 @@ impl EventSchema {
             before: decoded.before,
             after: decoded.after,
             fingerprint: self.fingerprint,
-            subject: String::new(),
+            subject: "".into(),
             stream_sequence: 0,
             consumer_sequence: 0,
             delivered: 0,

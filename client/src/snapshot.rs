@@ -288,6 +288,9 @@ async fn decode_batch(
     let (stream_sequence, consumer_sequence, delivered) = delivery(&message)?;
     let payload = message.payload.clone();
     let headers = message.headers.clone();
+    // The rows of one message share its subject and headers.
+    let shared_subject: std::sync::Arc<str> = subject.as_str().into();
+    let shared_headers = headers.clone().map(std::sync::Arc::new);
     let undecoded = |e: Error| {
         e.for_message(UndecodedMessage {
             subject: subject.clone(),
@@ -338,7 +341,7 @@ async fn decode_batch(
             before: decoded.before,
             after: decoded.after,
             fingerprint,
-            subject: subject.clone(),
+            subject: shared_subject.clone(),
             stream_sequence,
             consumer_sequence,
             delivered,
@@ -346,7 +349,7 @@ async fn decode_batch(
             message_index: 0,
             message_events: 1,
             payload: row,
-            headers: headers.clone(),
+            headers: shared_headers.clone(),
         });
     }
     Ok(events)

@@ -657,7 +657,7 @@ pub(crate) async fn decode_stored(
         before: decoded.before,
         after: decoded.after,
         fingerprint,
-        subject,
+        subject: subject.into(),
         stream_sequence,
         consumer_sequence: 0,
         delivered: 1,
@@ -665,7 +665,7 @@ pub(crate) async fn decode_stored(
         message_index: 0,
         message_events: 1,
         payload,
-        headers,
+        headers: headers.map(Arc::new),
     })
 }
 
@@ -708,6 +708,9 @@ fn shared_events(
     ack: impl Fn(usize) -> AckHandle,
 ) -> Vec<ChangeEvent> {
     let events = u32::try_from(decoded.len()).unwrap_or(u32::MAX);
+    // The events of one message share its subject and headers.
+    let subject: Arc<str> = subject.into();
+    let headers = headers.clone().map(Arc::new);
     decoded
         .into_iter()
         .enumerate()
@@ -717,7 +720,7 @@ fn shared_events(
             before: d.before,
             after: d.after,
             fingerprint,
-            subject: subject.to_owned(),
+            subject: subject.clone(),
             stream_sequence,
             consumer_sequence,
             delivered,
@@ -794,7 +797,7 @@ pub(crate) async fn decode_message(
         before: decoded.before,
         after: decoded.after,
         fingerprint,
-        subject,
+        subject: subject.into(),
         stream_sequence,
         consumer_sequence,
         delivered,
@@ -802,7 +805,7 @@ pub(crate) async fn decode_message(
         message_index: 0,
         message_events: 1,
         payload,
-        headers,
+        headers: headers.map(Arc::new),
     })
 }
 

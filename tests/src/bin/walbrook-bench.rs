@@ -1458,7 +1458,7 @@ fn apply_bench(
         "walbrook_sink_seconds": walbrook_secs,
         "walbrook_sink_changes_per_second": total_changes as f64 / walbrook_secs,
         "ratio_walbrook_to_native": ratio,
-        "sink_batch_events": std::env::var("BENCH_SINK_BATCH_EVENTS").unwrap_or_else(|_| "default (500)".into()),
+        "sink_batch_events": std::env::var("BENCH_SINK_BATCH_EVENTS").unwrap_or_else(|_| "default (2000 for sink postgres)".into()),
         "targets_equal_source": expected,
     });
     let path = out.join("apply.json");
