@@ -679,11 +679,7 @@ pub(crate) async fn decode_stored_events(
     headers: Option<async_nats::HeaderMap>,
     payload: bytes::Bytes,
 ) -> Result<Vec<ChangeEvent>, Error> {
-    let count = headers
-        .as_ref()
-        .and_then(|h| h.get(walbrook_protocol::headers::EVENTS))
-        .map(|v| v.as_str().to_owned());
-    let Some(count) = count else {
+    let Some(count) = shared_count(headers.as_ref()) else {
         return decode_stored(cache, objects, subject, stream_sequence, headers, payload)
             .await
             .map(|event| vec![event]);
@@ -731,6 +727,14 @@ fn shared_events(
             headers: headers.clone(),
         })
         .collect()
+}
+
+/// The `Walbrook-Events` header of a message carrying several events (protocol §3.6), as
+/// sent; `None` for a message of one event.
+fn shared_count(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get(walbrook_protocol::headers::EVENTS))
+        .map(|v| v.as_str().to_owned())
 }
 
 /// A delivered message's stream sequence, consumer sequence and delivery count.
@@ -819,12 +823,7 @@ pub(crate) async fn decode_messages(
     message: Message,
     durable: bool,
 ) -> Result<Vec<ChangeEvent>, Error> {
-    let count = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(walbrook_protocol::headers::EVENTS))
-        .map(|v| v.as_str().to_owned());
-    let Some(count) = count else {
+    let Some(count) = shared_count(message.headers.as_ref()) else {
         return decode_message(cache, objects, message, durable)
             .await
             .map(|event| vec![event]);

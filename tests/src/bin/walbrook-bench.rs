@@ -165,14 +165,14 @@ fn sinks_bench(
             source.slot_name()
         ))
         .expect("slot");
-    let mut producer = Reaped(spawn_producer(
+    let mut producer = spawn_producer(
         walbrook,
         &source,
         nats_url,
         "SINKS",
         "public.sink_t",
         &out.join("producer-sinks.log"),
-    ));
+    );
     let mut first = 1;
     while first <= events {
         let last = (first + 999).min(events);
@@ -322,7 +322,22 @@ fn sinks_bench(
 /// A child process killed and reaped when dropped: a benchmark that panics (a timeout, a
 /// short stream) leaves no sink or producer running (two webhook sinks of a failed run
 /// outlived it by an hour).
+/// A child process killed and reaped when dropped, also when a benchmark part panics.
 struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -1190,26 +1205,28 @@ fn spawn_producer(
     root: &str,
     tables: &str,
     log: &std::path::Path,
-) -> std::process::Child {
+) -> Reaped {
     let log = std::fs::File::create(log).ok();
-    Command::new(walbrook)
-        .arg("produce")
-        .env("WALBROOK_PG_URL", db.url())
-        .env("WALBROOK_NATS_URL", nats_url)
-        .env("WALBROOK_TABLES", tables)
-        .env("WALBROOK_SLOT", db.slot_name())
-        .env("WALBROOK_PUBLICATION", db.publication_name())
-        .env("WALBROOK_ROOT", root)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log.map_or_else(Stdio::null, Stdio::from))
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (build it next to walbrook-bench)",
-                walbrook.display()
-            )
-        })
+    Reaped(
+        Command::new(walbrook)
+            .arg("produce")
+            .env("WALBROOK_PG_URL", db.url())
+            .env("WALBROOK_NATS_URL", nats_url)
+            .env("WALBROOK_TABLES", tables)
+            .env("WALBROOK_SLOT", db.slot_name())
+            .env("WALBROOK_PUBLICATION", db.publication_name())
+            .env("WALBROOK_ROOT", root)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log.map_or_else(Stdio::null, Stdio::from))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (build it next to walbrook-bench)",
+                    walbrook.display()
+                )
+            }),
+    )
 }
 
 /// Starts `walbrook sink postgres` reading `source`'s stream into `target_url`.
@@ -1221,31 +1238,33 @@ fn spawn_pg_sink(
     root: &str,
     tables: &str,
     log: &std::path::Path,
-) -> std::process::Child {
+) -> Reaped {
     let log = std::fs::File::create(log).ok();
-    Command::new(walbrook)
-        .args(["sink", "postgres"])
-        .env("WALBROOK_NATS_URL", nats_url)
-        .env("WALBROOK_ROOT", root)
-        .env("WALBROOK_SINK_SOURCE_DB", source.name())
-        .env("WALBROOK_SINK_CONSUMER", "bench")
-        .env("WALBROOK_SINK_TABLES", tables)
-        .env("WALBROOK_SINK_TARGET_URL", target_url)
-        .env(
-            "RUST_LOG",
-            // Profiling: e.g. walbrook_pg_client=debug,walbrook_client::runner=debug.
-            std::env::var("BENCH_SINK_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        // Experiments: the sink's --batch-events (default: the sink's own default).
-        .envs(
-            std::env::var("BENCH_SINK_BATCH_EVENTS")
-                .ok()
-                .map(|n| ("WALBROOK_SINK_BATCH_EVENTS", n)),
-        )
-        .stdout(Stdio::null())
-        .stderr(log.map_or_else(Stdio::null, Stdio::from))
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", walbrook.display()))
+    Reaped(
+        Command::new(walbrook)
+            .args(["sink", "postgres"])
+            .env("WALBROOK_NATS_URL", nats_url)
+            .env("WALBROOK_ROOT", root)
+            .env("WALBROOK_SINK_SOURCE_DB", source.name())
+            .env("WALBROOK_SINK_CONSUMER", "bench")
+            .env("WALBROOK_SINK_TABLES", tables)
+            .env("WALBROOK_SINK_TARGET_URL", target_url)
+            .env(
+                "RUST_LOG",
+                // Profiling: e.g. walbrook_pg_client=debug,walbrook_client::runner=debug.
+                std::env::var("BENCH_SINK_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            // Experiments: the sink's --batch-events (default: the sink's own default).
+            .envs(
+                std::env::var("BENCH_SINK_BATCH_EVENTS")
+                    .ok()
+                    .map(|n| ("WALBROOK_SINK_BATCH_EVENTS", n)),
+            )
+            .stdout(Stdio::null())
+            .stderr(log.map_or_else(Stdio::null, Stdio::from))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", walbrook.display())),
+    )
 }
 
 /// Waits until `slot` has confirmed `lsn` (panics when `child` exits first).
