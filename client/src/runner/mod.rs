@@ -384,8 +384,8 @@ impl<S: Sink> Runner<S> {
                     .durable(self.options.consumer.clone())
                     .start(start)
                     .prefetch(self.options.max_batch_events.max(1))
-                    // The next batch is decoded while the sink writes this one.
-                    .decode_ahead(self.options.max_batch_events.max(1))
+                    // The next two batches are decoded while the sink writes this one.
+                    .decode_ahead(self.options.max_batch_events.saturating_mul(2).max(1))
                     .ack_wait(self.options.ack_wait)
                     // A batch may hold up to 16 times `max_batch_events` unacknowledged
                     // events (one large source transaction), plus what is prefetched: with
