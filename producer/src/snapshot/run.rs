@@ -203,12 +203,16 @@ async fn publish_all(
         .await
         .map_err(|e| format!("preparing the session: {e}"))?;
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, String>>(1);
+    // Chunk buffers go back to the reader once published: allocating a fresh 4 MiB
+    // buffer per chunk cost page faults on new memory (up to 16% of the producer's CPU).
+    let (recycle, recycled) = mpsc::channel::<BytesMut>(RECYCLED_BUFFERS);
     let reader = tokio::spawn(read_rows(
         reader_sql,
         Arc::clone(table),
         filter.clone(),
         info.chunk_size,
         tx,
+        recycled,
     ));
     let _abort_reader = AbortOnDrop(reader);
     let desc = table.encoder.desc();
@@ -313,6 +317,11 @@ async fn publish_all(
             timing.publishing += pushed.elapsed();
         }
         timing.encoding += started.elapsed() - (timing.publishing - published_before);
+        drop(values);
+        if let Ok(buffer) = chunk.try_into_mut() {
+            // Full means the reader has spares; this one is freed.
+            let _ = recycle.try_send(buffer);
+        }
         // Rows are counted as acked in order: a confirm marker per chunk.
         publisher.push_confirm(Lsn(rows));
         progress.update(publisher.confirmed());
@@ -368,6 +377,9 @@ struct Timing {
     publishing: Duration,
     recording: Duration,
 }
+
+/// Chunk buffers waiting for the reader to reuse them.
+const RECYCLED_BUFFERS: usize = 2;
 
 /// Upper bound of a row batch's body; the server's `max_payload` may lower it.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -469,11 +481,12 @@ async fn read_rows(
     filter: FilterSql,
     chunk_size: u32,
     tx: mpsc::Sender<Result<Bytes, String>>,
+    recycled: mpsc::Receiver<BytesMut>,
 ) {
     let result = if table.key.is_empty() {
         read_unkeyed(&sql, &table, &filter, chunk_size, &tx).await
     } else {
-        read_keyed(&sql, &table, &filter, chunk_size, &tx).await
+        read_keyed(&sql, &table, &filter, chunk_size, &tx, recycled).await
     };
     if let Err(e) = result {
         let _ = tx.send(Err(format!("reading the table: {e}"))).await;
@@ -502,6 +515,7 @@ async fn read_keyed(
     filter: &FilterSql,
     chunk_size: u32,
     tx: &mpsc::Sender<Result<Bytes, String>>,
+    mut recycled: mpsc::Receiver<BytesMut>,
 ) -> Result<(), String> {
     let columns = table.encoder.desc().columns.len();
     let mut last: Option<Vec<String>> = None;
@@ -520,7 +534,14 @@ async fn read_keyed(
         let query = table.chunk_query(filter, last.as_deref(), chunk_size);
         let stream = copy_out(sql, &query).await?;
         futures::pin_mut!(stream);
-        let mut data = BytesMut::with_capacity(expected);
+        let mut data = match recycled.try_recv() {
+            Ok(mut buffer) => {
+                buffer.clear();
+                buffer.reserve(expected);
+                buffer
+            }
+            Err(_) => BytesMut::with_capacity(expected),
+        };
         while let Some(part) = stream.next().await {
             data.extend_from_slice(&part.map_err(|e| db_message(&e))?);
         }
@@ -549,6 +570,7 @@ async fn read_keyed(
             }
         }
         last = Some(key);
+        drop(final_row); // its values share the buffer, which the publisher recycles
         let full = memchr::memchr_iter(b'\n', &data).count() == chunk_size as usize;
         let sending = std::time::Instant::now();
         if tx.send(Ok(data)).await.is_err() {
