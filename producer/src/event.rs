@@ -204,6 +204,63 @@ impl TableEncoder {
         after: Option<&pgoutput::Tuple>,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
+        self.write_start(op, source, out);
+        for (schema, tuple) in [(&self.before, before), (&self.after, after)] {
+            match tuple {
+                None => write_long(0, out),
+                Some(tuple) => {
+                    write_long(1, out);
+                    let values = self.text_values(tuple)?;
+                    self.write_record(schema, &values, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The start of every event of `op` whose `source` equals `source` up to its
+    /// `ordinal` (the rows of one snapshot, docs/protocol.md §8.2), for
+    /// [`TableEncoder::encode_after_text_into`].
+    pub fn source_prefix(&self, op: Op, source: &Source) -> SourcePrefix {
+        let mut out = Vec::with_capacity(64 + source.table.len() * 2);
+        self.write_prefix(op, source, &mut out);
+        SourcePrefix(out)
+    }
+
+    /// [`TableEncoder::encode_into`] of an event without `before` whose `after` values are
+    /// already text (a snapshot row read straight from its COPY buffer, docs/protocol.md
+    /// §8.2), its start copied from `prefix`, made by [`TableEncoder::source_prefix`] of
+    /// the same op and a source that differs from `source` at most in `ordinal`, `last`
+    /// and `sent_at_micros`: the same bytes as `encode_into` given the values as a tuple.
+    pub fn encode_after_text_into(
+        &self,
+        prefix: &SourcePrefix,
+        source: &Source,
+        after: &[ColumnValue<'_>],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        if after.len() != self.desc.columns.len() {
+            return Err(EncodeError::Arity {
+                table: self.table(),
+                expected: self.desc.columns.len(),
+                got: after.len(),
+            });
+        }
+        out.extend_from_slice(&prefix.0);
+        write_source_rest(source, out);
+        write_long(0, out);
+        write_long(1, out);
+        self.write_record(&self.after, after, out)
+    }
+
+    /// The single-object header, the op and the `source` record.
+    fn write_start(&self, op: Op, source: &Source, out: &mut Vec<u8>) {
+        self.write_prefix(op, source, out);
+        write_source_rest(source, out);
+    }
+
+    /// [`TableEncoder::write_start`] up to the source's `ordinal`.
+    fn write_prefix(&self, op: Op, source: &Source, out: &mut Vec<u8>) {
         out.extend_from_slice(&walbrook_pgtype_avro::fingerprint::SINGLE_OBJECT_MAGIC);
         out.extend_from_slice(&self.fingerprint.to_bytes());
         write_long(i64::try_from(op.index()).expect("six symbols"), out);
@@ -214,25 +271,21 @@ impl TableEncoder {
         write_long(lsn_long(source.commit_lsn), out);
         write_long(lsn_long(source.lsn), out);
         write_long(source.commit_ts_micros, out);
-        write_long(i64::try_from(source.ordinal).unwrap_or(i64::MAX), out);
-        out.push(u8::from(source.last));
-        write_long(source.sent_at_micros, out);
-        for (schema, tuple) in [(&self.before, before), (&self.after, after)] {
-            match tuple {
-                None => write_long(0, out),
-                Some(tuple) => {
-                    write_long(1, out);
-                    let values = self.text_values(tuple)?;
-                    schema
-                        .write_text_body(&values, out)
-                        .map_err(|e| EncodeError::Value {
-                            table: self.table(),
-                            detail: describe_error(&e),
-                        })?;
-                }
-            }
-        }
-        Ok(())
+    }
+
+    /// One `before` or `after` record's body.
+    fn write_record(
+        &self,
+        schema: &TableSchema,
+        values: &[ColumnValue<'_>],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        schema
+            .write_text_body(values, out)
+            .map_err(|e| EncodeError::Value {
+                table: self.table(),
+                detail: describe_error(&e),
+            })
     }
 
     /// The same event built as Avro values and encoded by apache-avro: the reference
@@ -314,6 +367,18 @@ impl TableEncoder {
             detail: describe_error(&e),
         })
     }
+}
+
+/// The encoded start of events that share op and source up to `ordinal` (see
+/// [`TableEncoder::source_prefix`]).
+#[derive(Debug, Clone)]
+pub struct SourcePrefix(Vec<u8>);
+
+/// The source record from `ordinal` on.
+fn write_source_rest(source: &Source, out: &mut Vec<u8>) {
+    write_long(i64::try_from(source.ordinal).unwrap_or(i64::MAX), out);
+    out.push(u8::from(source.last));
+    write_long(source.sent_at_micros, out);
 }
 
 /// Describes a pgtype-avro error by column, type, OID and kind, without the value
@@ -491,6 +556,79 @@ mod tests {
                 assert_eq!(direct, reference, "{identity:?} {op:?}");
             }
         }
+    }
+
+    #[test]
+    fn text_values_encode_like_a_tuple() {
+        let desc = RelationDesc {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec![
+                column("id", 20, -1, true, true),
+                column("note", 25, -1, false, false),
+                column("amount", 1700, (12 << 16 | 2) + 4, false, false),
+                column("at", 1184, -1, false, true),
+            ],
+            replica_identity: ReplicaIdentity::Default,
+        };
+        let encoder = TableEncoder::new(desc).unwrap();
+        let source = Source {
+            database: "shop".into(),
+            schema: "public".into(),
+            table: "t".into(),
+            xid: 0,
+            commit_lsn: Lsn(0x16B_3F20),
+            lsn: Lsn(0x16B_3F20),
+            commit_ts_micros: 1_700_000_000_123_456,
+            ordinal: 41,
+            last: false,
+            sent_at_micros: 1_700_000_000_223_456,
+        };
+        let tuple = pgoutput::Tuple(vec![
+            text("-42"),
+            pgoutput::ColumnValue::Null,
+            text("1234.50"),
+            text("2024-01-02 03:04:05.123456+00"),
+        ]);
+        let values = [
+            ColumnValue::Text("-42"),
+            ColumnValue::Null,
+            ColumnValue::Text("1234.50"),
+            ColumnValue::Text("2024-01-02 03:04:05.123456+00"),
+        ];
+        // The prefix of the snapshot's first row serves every later one.
+        let first = Source {
+            ordinal: 0,
+            sent_at_micros: 0,
+            ..source.clone()
+        };
+        let prefix = encoder.source_prefix(Op::Read, &first);
+        let mut direct = Vec::new();
+        encoder
+            .encode_after_text_into(&prefix, &source, &values, &mut direct)
+            .unwrap();
+        let reference = encoder
+            .encode_with_values(Op::Read, &source, None, Some(&tuple))
+            .unwrap();
+        assert_eq!(direct, reference);
+        assert!(matches!(
+            encoder.encode_after_text_into(&prefix, &source, &values[..3], &mut Vec::new()),
+            Err(EncodeError::Arity {
+                expected: 4,
+                got: 3,
+                ..
+            })
+        ));
+        let bad = [
+            ColumnValue::Text("x"),
+            ColumnValue::Null,
+            ColumnValue::Null,
+            ColumnValue::Null,
+        ];
+        assert!(matches!(
+            encoder.encode_after_text_into(&prefix, &source, &bad, &mut Vec::new()),
+            Err(EncodeError::Value { .. })
+        ));
     }
 
     #[test]

@@ -73,8 +73,45 @@ impl Iterator for Rows {
     }
 }
 
+/// The values of `line`, one row of a chunk that is valid UTF-8 (without its
+/// terminator), as slices of it when no value holds an escape: `Ok(true)` and `values`
+/// filled (`\N` alone is NULL). `Ok(false)` when some value holds an escape (then
+/// `values` is unspecified and [`row`] reads the line); an error when the row has another
+/// number of columns than `columns`.
+pub fn plain_row<'a>(
+    line: &'a str,
+    columns: usize,
+    values: &mut Vec<walbrook_pgtype_avro::ColumnValue<'a>>,
+) -> Result<bool, CopyTextError> {
+    use walbrook_pgtype_avro::ColumnValue as Value;
+    values.clear();
+    if columns == 0 && line.is_empty() {
+        return Ok(true);
+    }
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\t', line.as_bytes()).chain(std::iter::once(line.len())) {
+        // Tabs are ASCII, so both ends are character boundaries.
+        let field = &line[start..end];
+        start = end + 1;
+        if field == "\\N" {
+            values.push(Value::Null);
+        } else if memchr::memchr(b'\\', field.as_bytes()).is_some() {
+            return Ok(false);
+        } else {
+            values.push(Value::Text(field));
+        }
+    }
+    if values.len() != columns {
+        return Err(CopyTextError::Columns {
+            expected: columns,
+            found: values.len(),
+        });
+    }
+    Ok(true)
+}
+
 /// The row in `data[start..end]` (without its terminator).
-fn row(data: &Bytes, start: usize, end: usize, columns: usize) -> Result<Tuple, CopyTextError> {
+pub fn row(data: &Bytes, start: usize, end: usize, columns: usize) -> Result<Tuple, CopyTextError> {
     if columns == 0 && start == end {
         // A table without columns: COPY writes an empty line per row.
         return Ok(Tuple(Vec::new()));
@@ -216,6 +253,45 @@ mod tests {
             }
         );
         assert!(rows(&Bytes::new(), 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn plain_rows_borrow_their_values_and_leave_escapes_to_the_general_path() {
+        use walbrook_pgtype_avro::ColumnValue as Value;
+        let mut values = Vec::new();
+        assert_eq!(plain_row("1\tone\t\\N\t", 4, &mut values), Ok(true));
+        assert_eq!(
+            values,
+            [
+                Value::Text("1"),
+                Value::Text("one"),
+                Value::Null,
+                Value::Text("")
+            ]
+        );
+        for escaped in ["1\ta\\tb", "1\t\\\\N", "1\t\\N2", "1\t\\x41"] {
+            assert_eq!(plain_row(escaped, 2, &mut values), Ok(false), "{escaped}");
+        }
+        assert_eq!(
+            plain_row("1\t2\t3", 2, &mut values),
+            Err(CopyTextError::Columns {
+                expected: 2,
+                found: 3
+            })
+        );
+        assert_eq!(plain_row("", 0, &mut values), Ok(true));
+        assert!(values.is_empty());
+        // Whatever the split, both paths read the same values.
+        let data = Bytes::from_static(b"7\t\\N\tx y\n");
+        let tuple = row(&data, 0, data.len() - 1, 3).unwrap();
+        assert_eq!(plain_row("7\t\\N\tx y", 3, &mut values), Ok(true));
+        for (general, plain) in tuple.0.iter().zip(&values) {
+            match (general, plain) {
+                (ColumnValue::Text(a), Value::Text(b)) => assert_eq!(&a[..], b.as_bytes()),
+                (ColumnValue::Null, Value::Null) => {}
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

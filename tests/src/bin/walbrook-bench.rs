@@ -802,7 +802,7 @@ fn backlog_bench(pg: &PgServer, nats: &NatsServer, walbrook: &std::path::Path, a
         path.display()
     );
 
-    snapshot_bench(pg, &db, &nats.url(), walbrook, args.rows, &args.out);
+    snapshot_bench(pg, &db, nats, walbrook, args.rows, &args.out);
 }
 
 /// (f) Commit → receive latency at a steady rate; see the module docs.
@@ -964,14 +964,264 @@ fn latency_bench(
 }
 
 /// (d) and (e): COPY of the table versus a Walbrook snapshot of it into JetStream.
+///
+/// Both sides must read the same table state. The backlog part leaves `bench` as 1,000
+/// freshly committed, never vacuumed transactions; whichever reads it first pays for
+/// setting hint bits, and autovacuum (1M inserted rows pass its insert threshold) or a
+/// checkpoint may run during one side and not the other. So the timed pairs run on a
+/// prepared table: `VACUUM (ANALYZE)`, `CHECKPOINT` and an untimed warm-up COPY, then
+/// COPY, snapshot, snapshot, COPY (ABBA: drift in the machine's state favours neither
+/// side); the ratio is the sum of both COPY times over the sum of both snapshot times.
+/// Before that, one pair runs on the table as the backlog left it (COPY first, then
+/// the snapshot, then COPY again: the method of earlier runs), reported as `as_loaded`
+/// for comparison. Every step records its CPU use (busy cores of the machine; CPU
+/// seconds of the producer and nats-server) and whether autovacuum or a checkpoint ran.
 fn snapshot_bench(
     pg: &PgServer,
     db: &walbrook_harness::TestDb<'_>,
-    nats_url: &str,
+    nats: &NatsServer,
     walbrook: &std::path::Path,
     rows: u64,
     out: &std::path::Path,
 ) {
+    let nats_url = nats.url();
+    let nats_pid = nats.process_info().map(|p| p.pid);
+    let mut producer = spawn_producer_logging(
+        walbrook,
+        db,
+        &nats_url,
+        "BENCH",
+        "public.bench",
+        &out.join("producer-snapshot.log"),
+        // The snapshot's own timing of its reader and publisher ("snapshot rows read",
+        // "snapshot rows published").
+        "warn,walbrook_producer::snapshot=debug",
+    );
+    let pids = Pids {
+        producer: producer.id(),
+        nats: nats_pid,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let client = runtime.block_on(async {
+        let client = async_nats::connect(&nats_url).await.expect("nats");
+        let listing = format!("BENCH.{}.rpc.snapshots", db.name());
+        while client.request(listing.clone(), "{}".into()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        client
+    });
+    let copy = || measure(pg, db, &pids, || time_copy(pg, db));
+    let snapshot = || {
+        measure(pg, db, &pids, || {
+            runtime.block_on(time_snapshot(&client, db.name(), rows))
+        })
+    };
+
+    eprintln!("snapshot benchmark, table as the backlog left it: COPY, snapshot, COPY");
+    let loaded_copy = copy();
+    let loaded_snapshot = snapshot();
+    let loaded_copy_again = copy();
+
+    eprintln!("snapshot benchmark: VACUUM (ANALYZE), CHECKPOINT, warm-up COPY");
+    let prepare = Instant::now();
+    db.psql("VACUUM (ANALYZE) bench").expect("vacuum");
+    db.psql("CHECKPOINT").expect("checkpoint");
+    time_copy(pg, db);
+    let prepare_secs = prepare.elapsed().as_secs_f64();
+    eprintln!("snapshot benchmark, prepared table: COPY, snapshot, snapshot, COPY");
+    let copy_a = copy();
+    let snapshot_a = snapshot();
+    let snapshot_b = snapshot();
+    let copy_b = copy();
+    let peak_kib = peak_rss_kib(pids.producer).unwrap_or(0);
+    let _ = producer.kill();
+    let _ = producer.wait();
+
+    let copy_secs = (copy_a.seconds + copy_b.seconds) / 2.0;
+    let snapshot_secs = (snapshot_a.seconds + snapshot_b.seconds) / 2.0;
+    let ratio = copy_secs / snapshot_secs;
+    let chunk_size = snapshot_a.detail["chunk_size"].clone();
+    let result = serde_json::json!({
+        "benchmark": "snapshot",
+        "rows": rows,
+        "method": "VACUUM (ANALYZE), CHECKPOINT, warm-up COPY; then COPY, snapshot, snapshot, COPY; \
+                   ratio = mean COPY seconds / mean snapshot seconds",
+        "copy_seconds": copy_secs,
+        "copy_rows_per_second": rows as f64 / copy_secs,
+        "snapshot_seconds": snapshot_secs,
+        "snapshot_rows_per_second": rows as f64 / snapshot_secs,
+        "ratio_snapshot_to_copy": ratio,
+        "ratio_first_pair": copy_a.seconds / snapshot_a.seconds,
+        "ratio_second_pair": copy_b.seconds / snapshot_b.seconds,
+        "producer_peak_rss_mib": peak_kib as f64 / 1024.0,
+        "chunk_size": chunk_size,
+        "steps": {
+            "copy_a": copy_a.json(),
+            "snapshot_a": snapshot_a.json(),
+            "snapshot_b": snapshot_b.json(),
+            "copy_b": copy_b.json(),
+        },
+        "preparation_seconds": prepare_secs,
+        "as_loaded": {
+            "ratio_snapshot_to_first_copy": loaded_copy.seconds / loaded_snapshot.seconds,
+            "ratio_snapshot_to_second_copy": loaded_copy_again.seconds / loaded_snapshot.seconds,
+            "copy": loaded_copy.json(),
+            "snapshot": loaded_snapshot.json(),
+            "copy_again": loaded_copy_again.json(),
+        },
+    });
+    let path = out.join("snapshot.json");
+    write_result(&path, result.clone());
+    println!(
+        "snapshot, {rows} rows (prepared table, COPY/snapshot/snapshot/COPY): COPY {:.0} rows/s, \
+         walbrook snapshot into JetStream {:.0} rows/s (ratio {ratio:.2}; pairs {:.2}, {:.2}), \
+         producer peak RSS {:.0} MiB; table as loaded: ratio {:.2} ({})",
+        rows as f64 / copy_secs,
+        rows as f64 / snapshot_secs,
+        copy_a.seconds / snapshot_a.seconds,
+        copy_b.seconds / snapshot_b.seconds,
+        peak_kib as f64 / 1024.0,
+        loaded_copy.seconds / loaded_snapshot.seconds,
+        path.display()
+    );
+}
+
+/// Process ids whose CPU time a snapshot benchmark step records.
+struct Pids {
+    producer: u32,
+    nats: Option<u32>,
+}
+
+/// One timed step of the snapshot benchmark and what ran on the machine meanwhile.
+struct Step {
+    seconds: f64,
+    /// Average busy cores of the whole machine (from `/proc/stat`).
+    busy_cores: f64,
+    producer_cpu_seconds: f64,
+    nats_cpu_seconds: f64,
+    /// Autovacuum or autoanalyze runs on `bench` that finished during the step.
+    autovacuum_runs: i64,
+    /// Checkpoints that finished during the step.
+    checkpoints: i64,
+    /// Step-specific fields (the snapshot's id and chunk size).
+    detail: serde_json::Value,
+}
+
+impl Step {
+    fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "seconds": self.seconds,
+            "busy_cores": self.busy_cores,
+            "producer_cpu_seconds": self.producer_cpu_seconds,
+            "nats_cpu_seconds": self.nats_cpu_seconds,
+            "autovacuum_runs": self.autovacuum_runs,
+            "checkpoints": self.checkpoints,
+        });
+        if let (Some(v), Some(detail)) = (v.as_object_mut(), self.detail.as_object()) {
+            v.extend(detail.clone());
+        }
+        v
+    }
+}
+
+/// Runs `step` (which returns its own timed seconds) and records the machine around it.
+fn measure(
+    pg: &PgServer,
+    db: &walbrook_harness::TestDb<'_>,
+    pids: &Pids,
+    step: impl FnOnce() -> (f64, serde_json::Value),
+) -> Step {
+    let counters = || {
+        let text = pg
+            .psql(
+                db.name(),
+                "SELECT (SELECT autovacuum_count + autoanalyze_count FROM pg_stat_user_tables
+                          WHERE relname = 'bench')
+                        || ' ' || (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)",
+            )
+            .unwrap_or_default();
+        let mut it = text
+            .split_whitespace()
+            .map(|v| v.parse::<i64>().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    };
+    let (vacuums, checkpoints) = counters();
+    let machine = machine_ticks();
+    let producer = process_ticks(pids.producer);
+    let nats = pids.nats.map_or(0, process_ticks);
+    let (seconds, detail) = step();
+    let machine_after = machine_ticks();
+    let producer_after = process_ticks(pids.producer);
+    let nats_after = pids.nats.map_or(0, process_ticks);
+    // Statistics reach the cumulative views within about a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (vacuums_after, checkpoints_after) = counters();
+    let tick = clock_ticks_per_second();
+    let total = (machine_after.0 - machine.0) as f64;
+    let busy = total - (machine_after.1 - machine.1) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let step = Step {
+        seconds,
+        busy_cores: if total > 0.0 {
+            busy / total * cores
+        } else {
+            0.0
+        },
+        producer_cpu_seconds: (producer_after - producer) as f64 / tick,
+        nats_cpu_seconds: (nats_after - nats) as f64 / tick,
+        autovacuum_runs: vacuums_after - vacuums,
+        checkpoints: checkpoints_after - checkpoints,
+        detail,
+    };
+    eprintln!("  {}", step.json());
+    step
+}
+
+/// (all, idle + iowait) jiffies of the machine.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (fields.iter().sum(), idle)
+}
+
+/// User + system CPU jiffies of process `pid` (0 when it is gone).
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces: state is field 3, utime 14.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// `getconf CLK_TCK` (the unit of `/proc` CPU times).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Seconds of `COPY (SELECT …) TO STDOUT` of `bench` through psql to /dev/null.
+fn time_copy(pg: &PgServer, db: &walbrook_harness::TestDb<'_>) -> (f64, serde_json::Value) {
     let psql = pg.bin_dir().expect("own cluster").join("psql");
     let started = Instant::now();
     let status = Command::new(&psql)
@@ -981,87 +1231,76 @@ fn snapshot_bench(
         .status()
         .expect("psql");
     assert!(status.success(), "COPY failed");
-    let copy_secs = started.elapsed().as_secs_f64();
-    eprintln!("COPY TO STDOUT: {copy_secs:.2}s");
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("COPY TO STDOUT: {secs:.2}s");
+    (secs, serde_json::json!({ "step": "copy" }))
+}
 
-    let mut producer = spawn_producer(
-        walbrook,
-        db,
-        nats_url,
-        "BENCH",
-        "public.bench",
-        &out.join("producer-snapshot.log"),
+/// Seconds of one snapshot of `public.bench`: from the RPC request until JetStream
+/// stored its `end` message (the stored message's time, so the listing's poll interval
+/// does not count).
+async fn time_snapshot(
+    client: &async_nats::Client,
+    database: &str,
+    rows: u64,
+) -> (f64, serde_json::Value) {
+    let rpc = format!("BENCH.{database}.rpc.snapshot");
+    let listing = format!("BENCH.{database}.rpc.snapshots");
+    let requested = std::time::SystemTime::now();
+    let started = Instant::now();
+    let reply = client
+        .request(rpc, r#"{"schema":"public","table":"bench"}"#.into())
+        .await
+        .expect("snapshot RPC");
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload).expect("accepted");
+    let id = info["id"].as_str().expect("snapshot id").to_string();
+    loop {
+        let answer = client
+            .request(listing.clone(), format!(r#"{{"id":"{id}"}}"#).into())
+            .await
+            .expect("listing");
+        let list: serde_json::Value =
+            serde_json::from_slice(&answer.payload).expect("listing JSON");
+        match list["snapshots"][0]["status"].as_str() {
+            Some("done") => {
+                assert_eq!(list["snapshots"][0]["rows"], rows, "every row");
+                break;
+            }
+            Some("running") => {}
+            other => panic!("snapshot ended {other:?}: {list}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let polled = started.elapsed().as_secs_f64();
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .get_stream(info["stream"].as_str().expect("stream"))
+        .await
+        .expect("snapshot stream");
+    let end = stream
+        .get_last_raw_message_by_subject(info["subject"].as_str().expect("subject"))
+        .await
+        .expect("end message");
+    assert!(
+        end.headers
+            .get("Walbrook-Snapshot-Control")
+            .is_some_and(|v| v.as_str() == "end"),
+        "the snapshot's last message is its end"
     );
-    let pid = producer.id();
-    let (snapshot_secs, peak_kib) =
-        tokio::runtime::Runtime::new()
-            .expect("runtime")
-            .block_on(async {
-                let client = async_nats::connect(nats_url).await.expect("nats");
-                let rpc = format!("BENCH.{}.rpc.snapshot", db.name());
-                let listing = format!("BENCH.{}.rpc.snapshots", db.name());
-                while client.request(listing.clone(), "{}".into()).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let started = Instant::now();
-                let reply = client
-                    .request(rpc, r#"{"schema":"public","table":"bench"}"#.into())
-                    .await
-                    .expect("snapshot RPC");
-                let info: serde_json::Value =
-                    serde_json::from_slice(&reply.payload).expect("accepted");
-                let id = info["id"].as_str().expect("snapshot id").to_string();
-                let mut peak_kib = 0;
-                loop {
-                    if let Some(kib) = peak_rss_kib(pid) {
-                        peak_kib = peak_kib.max(kib);
-                    }
-                    let answer = client
-                        .request(listing.clone(), format!(r#"{{"id":"{id}"}}"#).into())
-                        .await
-                        .expect("listing");
-                    let list: serde_json::Value =
-                        serde_json::from_slice(&answer.payload).expect("listing JSON");
-                    match list["snapshots"][0]["status"].as_str() {
-                        Some("done") => {
-                            assert_eq!(list["snapshots"][0]["rows"], rows, "every row");
-                            break;
-                        }
-                        Some("running") => {}
-                        other => panic!("snapshot ended {other:?}: {list}"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                (started.elapsed().as_secs_f64(), peak_kib)
-            });
-    let _ = producer.kill();
-    let _ = producer.wait();
-    eprintln!(
-        "walbrook snapshot: {snapshot_secs:.2}s (producer peak RSS {} MiB)",
-        peak_kib / 1024
-    );
-    let ratio = copy_secs / snapshot_secs;
-    let result = serde_json::json!({
-        "benchmark": "snapshot",
-        "rows": rows,
-        "copy_seconds": copy_secs,
-        "copy_rows_per_second": rows as f64 / copy_secs,
-        "snapshot_seconds": snapshot_secs,
-        "snapshot_rows_per_second": rows as f64 / snapshot_secs,
-        "ratio_snapshot_to_copy": ratio,
-        "producer_peak_rss_mib": peak_kib as f64 / 1024.0,
-        "chunk_size": 10_000,
-    });
-    let path = out.join("snapshot.json");
-    write_result(&path, result.clone());
-    println!(
-        "snapshot, {rows} rows: COPY {:.0} rows/s, walbrook snapshot into JetStream {:.0} rows/s \
-         (ratio {ratio:.2}), producer peak RSS {:.0} MiB ({})",
-        rows as f64 / copy_secs,
-        rows as f64 / snapshot_secs,
-        peak_kib as f64 / 1024.0,
-        path.display()
-    );
+    let requested_nanos = requested
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let secs = (end.time.unix_timestamp_nanos() - requested_nanos) as f64 / 1e9;
+    eprintln!("walbrook snapshot: {secs:.2}s (done seen after {polled:.2}s)");
+    (
+        secs,
+        serde_json::json!({
+            "step": "snapshot",
+            "id": id,
+            "chunk_size": info["chunk_size"],
+            "done_seen_after_seconds": polled,
+        }),
+    )
 }
 
 /// Seconds between JetStream storing the first and the last event: the producer's
@@ -1160,7 +1399,13 @@ fn raw_jetstream(nats_url: &str, count: u64, size: usize, walbrook_headers: bool
             for ack in window {
                 ack.await.expect("ack");
             }
-            started.elapsed().as_secs_f64()
+            let secs = started.elapsed().as_secs_f64();
+            // Gone before the snapshot benchmark: for the duplicate window (2 min) a
+            // stream keeps every Nats-Msg-Id in memory, and nats-server's garbage
+            // collector then scans them all, which cost the snapshot that followed
+            // 0.2–0.5 s of nats-server CPU per 1M rows (docs/testing.md).
+            js.delete_stream(name).await.expect("delete the raw stream");
+            secs
         })
 }
 
@@ -1206,6 +1451,19 @@ fn spawn_producer(
     tables: &str,
     log: &std::path::Path,
 ) -> Reaped {
+    spawn_producer_logging(walbrook, db, nats_url, root, tables, log, "warn")
+}
+
+/// [`spawn_producer`] with `RUST_LOG` set to `filter`.
+fn spawn_producer_logging(
+    walbrook: &std::path::Path,
+    db: &walbrook_harness::TestDb<'_>,
+    nats_url: &str,
+    root: &str,
+    tables: &str,
+    log: &std::path::Path,
+    filter: &str,
+) -> Reaped {
     let log = std::fs::File::create(log).ok();
     Reaped(
         Command::new(walbrook)
@@ -1216,7 +1474,7 @@ fn spawn_producer(
             .env("WALBROOK_SLOT", db.slot_name())
             .env("WALBROOK_PUBLICATION", db.publication_name())
             .env("WALBROOK_ROOT", root)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log.map_or_else(Stdio::null, Stdio::from))
             .spawn()
