@@ -660,3 +660,95 @@ async fn connecting_checks_credentials_and_reports_kinds() {
     .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Auth, "{error}");
 }
+
+#[tokio::test]
+async fn decoding_ahead_keeps_stream_order_and_errors_in_place() {
+    // `Subscription::decode_ahead` decodes in a task of its own: the caller must see exactly
+    // what an inline subscription sees — every event once, in stream order (events of
+    // shared messages included), and an undecodable message as an error in its place.
+    let mut setup = Setup::start(
+        "client_ahead",
+        "CREATE TABLE a (id int PRIMARY KEY)",
+        "public.a",
+    )
+    .await;
+    let client = setup.client().await;
+    let shape = |events: &[walbrook_client::ChangeEvent]| -> Vec<(Op, i64, u64, u32)> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e.op(),
+                    int8(e.after().or(e.before()).and_then(|r| r.get("id"))),
+                    e.stream_sequence(),
+                    e.message_index(),
+                )
+            })
+            .collect()
+    };
+    let mut inline = client
+        .subscribe(Subscription::table("public.a"))
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            "INSERT INTO a SELECT generate_series(1, 20)",
+            "INSERT INTO a SELECT generate_series(21, 40)",
+        ])
+        .await;
+    // Stored before the garbage (the inline reader has them).
+    let mut expected = shape(&events(&mut inline, 40).await);
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let garbage = js
+        .publish(setup.wal_subject("public", "a"), "not avro".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    setup
+        .exec(&[
+            "UPDATE a SET id = id + 100 WHERE id <= 5",
+            "DELETE FROM a WHERE id BETWEEN 36 AND 40",
+        ])
+        .await;
+    let error = next(&mut inline).await.unwrap_err();
+    assert_eq!(error.stream_sequence(), Some(garbage), "{error}");
+    expected.extend(shape(&events(&mut inline, 10).await));
+    assert_quiet(&mut inline, Duration::from_millis(500)).await;
+    let mut ahead = client
+        .subscribe(Subscription::table("public.a").decode_ahead(3))
+        .await
+        .unwrap();
+    let mut durable_ahead = client
+        .subscribe(
+            Subscription::table("public.a")
+                .durable("ahead")
+                .decode_ahead(7),
+        )
+        .await
+        .unwrap();
+    let mut seen = vec![expected];
+    for stream in [&mut ahead, &mut durable_ahead] {
+        let before = events(stream, 40).await;
+        let error = next(stream).await.unwrap_err();
+        assert_eq!(error.stream_sequence(), Some(garbage), "{error}");
+        let after = events(stream, 10).await;
+        let mut got = shape(&before);
+        got.extend(shape(&after));
+        seen.push(got);
+        for event in before.iter().chain(&after) {
+            event.ack().await.unwrap();
+        }
+        assert_quiet(stream, Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "decode_ahead(3) differs from inline decoding"
+    );
+    assert_eq!(seen[0], seen[2], "a durable decode_ahead(7) differs");
+    // The two 20-row inserts are shared messages: 20 events each, one stream sequence.
+    assert_eq!(seen[0][19].3, 19);
+    assert_eq!(seen[0][0].2, seen[0][19].2);
+    setup.stop().await;
+}
