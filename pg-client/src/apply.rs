@@ -591,11 +591,10 @@ async fn apply_with(
         let candidate = if grouped { collapsible(event) } else { None };
         // A new schema to reconcile (DDL) writes the pending segment first; so does anything
         // that cannot join it (checked below).
-        let reconciles = event.after().is_some()
-            && !changed
-                .get(&table)
-                .or_else(|| known.get(&table))
-                .is_some_and(|e| e.seen.contains(&fingerprint));
+        let cached = cached_target(&changed, &known, &table);
+        let described = cached.is_some();
+        let reconciles =
+            event.after().is_some() && !cached.is_some_and(|e| e.seen.contains(&fingerprint));
         let joins = segment
             .as_ref()
             .is_some_and(|g| candidate.is_some() && g.table == table && !reconciles);
@@ -612,17 +611,13 @@ async fn apply_with(
             )
             .await?
             .unwrap_or_default();
-            let mut e = changed
-                .get(&table)
-                .or_else(|| known.get(&table))
+            let mut e = cached_target(&changed, &known, &table)
                 .cloned()
                 .unwrap_or_default();
             e.columns = columns;
             e.seen.push(fingerprint);
             changed.insert(table.clone(), e);
-        } else if changed.get(&table).or_else(|| known.get(&table)).is_none()
-            && let Some(columns) = ddl::target_columns(&mut tx, &table).await?
-        {
+        } else if !described && let Some(columns) = ddl::target_columns(&mut tx, &table).await? {
             changed.insert(
                 table.clone(),
                 TargetTable {
@@ -632,10 +627,8 @@ async fn apply_with(
             );
         }
         // Empty for a delete or truncate of a table the target does not have: nothing to do.
-        let columns: &[String] = changed
-            .get(&table)
-            .or_else(|| known.get(&table))
-            .map_or(&[], |e| &e.columns);
+        let columns: &[String] =
+            cached_target(&changed, &known, &table).map_or(&[], |e| &e.columns);
         if op_is_change(event.op()) {
             last = Some(i);
         }
@@ -750,6 +743,15 @@ async fn apply_with(
         "applied"
     );
     Ok(Applied::default())
+}
+
+/// What is known of `table`: as changed by this batch so far, else as committed before.
+fn cached_target<'m>(
+    changed: &'m HashMap<TableName, TargetTable>,
+    known: &'m HashMap<TableName, TargetTable>,
+    table: &TableName,
+) -> Option<&'m TargetTable> {
+    changed.get(table).or_else(|| known.get(table))
 }
 
 /// Whether an op is a change of the stream (positions of snapshot rows are not checkpoints).
