@@ -2,39 +2,16 @@
 
 use std::collections::HashMap;
 
-use sqlx::postgres::Postgres;
-use sqlx::{AssertSqlSafe, Transaction};
+use bytes::{BufMut, BytesMut};
+use tokio_postgres::types::{ToSql, Type};
 use walbrook_client::runner::{Applied, Position, SinkError};
 use walbrook_client::{ChangeEvent, Column, Op, PgValue, Row};
 use walbrook_pgtype_avro::render_text;
 
+use crate::connection::{Tx, classify};
 use crate::ddl::{self, TargetTable};
 use crate::sql::quote_ident;
 use crate::{PgSink, TableName};
-
-/// Classifies a database error: connection trouble, serialization failures, deadlocks and
-/// server shutdowns are transient; data and constraint errors reject the event at `index`
-/// (fatal when no event is to blame); privilege and configuration errors are fatal.
-pub(crate) fn classify(error: &sqlx::Error, index: Option<usize>, context: &str) -> SinkError {
-    let message = format!("{context}: {error}");
-    match error {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            let class = code.get(..2).unwrap_or("");
-            match class {
-                "08" | "40" | "53" | "55" | "57" | "58" | "XX" => SinkError::transient(message),
-                _ if code == "42501" || class == "28" => SinkError::fatal(message),
-                "22" | "23" | "42" | "2B" | "P0" | "44" => match index {
-                    Some(i) => SinkError::rejected(i, format!("{message} (SQLSTATE {code})")),
-                    None => SinkError::fatal(format!("{message} (SQLSTATE {code})")),
-                },
-                _ => SinkError::transient(format!("{message} (SQLSTATE {code})")),
-            }
-        }
-        sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => SinkError::fatal(message),
-        _ => SinkError::transient(message),
-    }
-}
 
 /// A parameter: one value in PostgreSQL's text form, or a column of values (a `text[]`
 /// array, for the `unnest` statements of groups).
@@ -65,7 +42,7 @@ impl Statement {
 
     async fn execute(
         self,
-        tx: &mut Transaction<'static, Postgres>,
+        tx: &mut Tx<'_>,
         index: usize,
         table: &TableName,
     ) -> Result<u64, SinkError> {
@@ -74,18 +51,24 @@ impl Statement {
             .map_err(|e| classify(&e, Some(index), &format!("applying to {table}")))
     }
 
-    async fn execute_raw(
-        self,
-        tx: &mut Transaction<'static, Postgres>,
-    ) -> Result<u64, sqlx::Error> {
-        let mut query = sqlx::query(AssertSqlSafe(self.sql));
-        for p in self.params {
-            query = match p {
-                Param::Text(v) => query.bind(v),
-                Param::Array(v) => query.bind(v),
-            };
+    /// Runs the statement: every parameter is text (or `text[]`), cast in the SQL to the
+    /// column's type, as PostgreSQL's own text form is lossless for every type.
+    async fn execute_raw(self, tx: &mut Tx<'_>) -> Result<u64, tokio_postgres::Error> {
+        let mut types = Vec::with_capacity(self.params.len());
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            match p {
+                Param::Text(v) => {
+                    types.push(Type::TEXT);
+                    params.push(v);
+                }
+                Param::Array(v) => {
+                    types.push(Type::TEXT_ARRAY);
+                    params.push(v);
+                }
+            }
         }
-        query.execute(&mut **tx).await.map(|r| r.rows_affected())
+        tx.execute(&self.sql, &types, &params).await
     }
 }
 
@@ -316,7 +299,8 @@ struct Final<'a> {
 /// again one statement per event, in stream order, which blames the right event.
 struct Segment<'a> {
     table: TableName,
-    target: Vec<String>,
+    /// The target table's columns (and types).
+    target: TargetTable,
     /// The columns the rows set (every row of a segment has the same).
     signature: Option<Vec<String>>,
     /// Each key's final state, keyed by the key's text, in the order keys first appeared.
@@ -345,12 +329,26 @@ fn collapsible(event: &ChangeEvent) -> Option<(Change, &Row)> {
     }
 }
 
+/// A key's identity in a segment: its values' text forms (lossless, so distinct values
+/// have distinct texts), each marked by its kind and ended by a NUL (which no text value
+/// holds). A value without a text form (it fails later, blaming its event) is marked apart.
 fn key_text(row: &Row) -> String {
-    row.iter()
-        .filter(|(c, _)| c.is_key)
-        .map(|(_, v)| walbrook_client::value_to_json(v).to_string())
-        .collect::<Vec<_>>()
-        .join("\u{0}")
+    let mut key = String::new();
+    for (c, v) in row.iter().filter(|(c, _)| c.is_key) {
+        match render(c, v) {
+            Ok(Some(text)) => {
+                key.push('t');
+                key.push_str(&text);
+            }
+            Ok(None) => key.push('n'),
+            Err(_) => {
+                key.push('j');
+                key.push_str(&walbrook_client::value_to_json(v).to_string());
+            }
+        }
+        key.push('\0');
+    }
+    key
 }
 
 fn key_columns(row: &Row) -> impl Iterator<Item = &Column> {
@@ -358,7 +356,7 @@ fn key_columns(row: &Row) -> impl Iterator<Item = &Column> {
 }
 
 impl<'a> Segment<'a> {
-    fn new(table: TableName, target: Vec<String>) -> Segment<'a> {
+    fn new(table: TableName, target: TargetTable) -> Segment<'a> {
         Segment {
             table,
             target,
@@ -380,7 +378,7 @@ impl<'a> Segment<'a> {
             return false;
         }
         if change == Change::Row {
-            let names = || set_values(row, &self.target, true).map(|(c, _)| &c.name);
+            let names = || set_values(row, &self.target.columns, true).map(|(c, _)| &c.name);
             match &self.signature {
                 Some(s) if !names().eq(s.iter()) => return false,
                 Some(_) => {}
@@ -412,7 +410,7 @@ impl<'a> Segment<'a> {
     /// Writes the segment: deletes, plain inserts (when `plain_inserts`), upserts.
     async fn flush(
         self,
-        tx: &mut Transaction<'static, Postgres>,
+        tx: &mut Tx<'_>,
         plain_inserts: bool,
         timing: &mut Timing,
     ) -> Result<(), SinkError> {
@@ -459,10 +457,10 @@ enum Kind {
 
 async fn write(
     table: &TableName,
-    target: &[String],
+    target: &TargetTable,
     kind: Kind,
     finals: &[Final<'_>],
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Tx<'_>,
     timing: &mut Timing,
 ) -> Result<(), SinkError> {
     if finals.is_empty() {
@@ -470,26 +468,34 @@ async fn write(
     }
     let started = std::time::Instant::now();
     let rows: Vec<&Row> = finals.iter().map(|f| f.row).collect();
-    let statement = match kind {
-        Kind::Upsert => upsert_rows(table, &rows, target, true),
-        Kind::Insert => upsert_rows(table, &rows, target, false),
-        Kind::Delete => delete_rows(table, &rows),
+    let copy = match kind {
+        Kind::Insert => copy_rows(table, &rows, target),
+        Kind::Upsert | Kind::Delete => Ok(None),
+    };
+    let copy = copy.map_err(|m| SinkError::rejected(REGROUP, format!("{table}: {m}")))?;
+    let statement = match (kind, &copy) {
+        (_, Some(_)) => Ok(None),
+        (Kind::Upsert, None) => upsert_rows(table, &rows, &target.columns, true).map(Some),
+        (Kind::Insert, None) => upsert_rows(table, &rows, &target.columns, false).map(Some),
+        (Kind::Delete, None) => delete_rows(table, &rows).map(Some),
     }
     // A value that cannot be written: find the event to blame one statement at a time.
     .map_err(|m| SinkError::rejected(REGROUP, format!("{table}: {m}")))?;
     let built = std::time::Instant::now();
     timing.build += built - started;
     timing.statements += 1;
-    let result = statement.execute_raw(tx).await;
+    let result = match (copy, statement) {
+        (Some((sql, data)), _) => tx.copy_in(&sql, data).await,
+        (None, Some(statement)) => statement.execute_raw(tx).await,
+        (None, None) => unreachable!("a statement is built when there is no COPY"),
+    };
     timing.execute += built.elapsed();
     timing.kinds[kind as usize] += built.elapsed();
     match result {
         Ok(_) => Ok(()),
         Err(e)
             if kind == Kind::Insert
-                && e.as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| c == "23505") =>
+                && e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
         {
             Err(SinkError::rejected(
                 UPSERT_AGAIN,
@@ -503,6 +509,67 @@ async fn write(
             e => Err(e),
         },
     }
+}
+
+/// `COPY t (c1, c2 …) FROM STDIN` of `rows` (with the same columns) and the rows in COPY's
+/// text format, or `None` when a column's type in the target is not its source type: COPY
+/// reads a value with the target column type's input function, the statement form casts it
+/// to the source type first (a `timestamptz` written to a `timestamp` column keeps its
+/// instant only with the cast). The tables the sink creates have the source's types.
+///
+/// COPY writes rows in batches (PostgreSQL's multi-insert), without a statement's
+/// per-row projection and `unnest`: about 40% less server time than the `INSERT … SELECT`.
+fn copy_rows(
+    table: &TableName,
+    rows: &[&Row],
+    target: &TargetTable,
+) -> Result<Option<(String, bytes::Bytes)>, String> {
+    let columns: Vec<&Column> = set_values(rows[0], &target.columns, true)
+        .map(|(c, _)| c)
+        .collect();
+    if !columns
+        .iter()
+        .all(|c| target.has_type(&c.name, &c.type_name))
+    {
+        return Ok(None);
+    }
+    let mut data = BytesMut::with_capacity(rows.len() * 16 * columns.len());
+    for r in rows {
+        // Every row of a group has the same columns (its signature), in the same order.
+        for (j, (c, v)) in set_values(r, &target.columns, true).enumerate() {
+            if j > 0 {
+                data.put_u8(b'\t');
+            }
+            match render(c, v)? {
+                None => data.put_slice(b"\\N"),
+                Some(text) => copy_escape(&mut data, &text),
+            }
+        }
+        data.put_u8(b'\n');
+    }
+    let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let sql = format!("COPY {} ({}) FROM STDIN", table.quoted(), names.join(", "));
+    Ok(Some((sql, data.freeze())))
+}
+
+/// Appends `text` escaped for COPY's text format: backslash, newline, carriage return and
+/// tab are written as backslash sequences (so a value can never end the data with `\.`).
+fn copy_escape(out: &mut BytesMut, text: &str) {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.put_slice(&bytes[start..i]);
+        out.put_slice(escaped);
+        start = i + 1;
+    }
+    out.put_slice(&bytes[start..]);
 }
 
 /// One `DELETE FROM t WHERE (k1, k2) IN (SELECT … FROM unnest(…))` of several rows' keys
@@ -574,61 +641,70 @@ async fn apply_with(
     let mut segment: Option<Segment<'_>> = None;
     // One apply at a time (the runner never overlaps them for this sink); the lock also
     // guards the table cache.
-    let mut known = sink.known.lock().await;
-    let mut changed: HashMap<TableName, TargetTable> = HashMap::new();
+    let mut state = sink.state.lock().await;
+    let state = &mut *state;
+    let known = &mut state.known;
     let mut tx = sink
-        .pool
+        .connection(&mut state.connection)
+        .await?
         .begin()
-        .await
-        .map_err(|e| classify(&e, None, "beginning a transaction"))?;
+        .await?;
+    let mut changed: HashMap<TableName, TargetTable> = HashMap::new();
     // The last change of the stream (snapshot rows are not positions).
     let mut last: Option<usize> = None;
+    // The target of each source table met in the batch (mapping it once, not per event).
+    let mut targets: Vec<(&str, &str, TableName)> = Vec::new();
     for (i, event) in events.iter().enumerate() {
         let src = event.source();
-        let table = options.target(&src.schema, &src.table);
+        let at = match targets
+            .iter()
+            .position(|(s, t, _)| *s == src.schema && *t == src.table)
+        {
+            Some(at) => at,
+            None => {
+                let target = options.target(&src.schema, &src.table);
+                targets.push((&src.schema, &src.table, target));
+                targets.len() - 1
+            }
+        };
+        let table = &targets[at].2;
         let reject = |message: String| SinkError::rejected(i, format!("{table}: {message}"));
         let fingerprint = event.fingerprint();
         let candidate = if grouped { collapsible(event) } else { None };
         // A new schema to reconcile (DDL) writes the pending segment first; so does anything
         // that cannot join it (checked below).
-        let cached = cached_target(&changed, &known, &table);
+        let cached = cached_target(&changed, known, table);
         let described = cached.is_some();
         let reconciles =
             event.after().is_some() && !cached.is_some_and(|e| e.seen.contains(&fingerprint));
         let joins = segment
             .as_ref()
-            .is_some_and(|g| candidate.is_some() && g.table == table && !reconciles);
+            .is_some_and(|g| candidate.is_some() && g.table == *table && !reconciles);
         if !joins && let Some(g) = segment.take() {
             g.flush(&mut tx, plain_inserts, &mut timing).await?;
         }
         if reconciles && let Some(after) = event.after() {
             let columns = ddl::reconcile(
                 &mut tx,
-                &table,
+                table,
                 after.columns(),
                 options.create_tables,
                 options.follow_schema,
             )
             .await?
             .unwrap_or_default();
-            let mut e = cached_target(&changed, &known, &table)
+            let mut e = cached_target(&changed, known, table)
                 .cloned()
                 .unwrap_or_default();
-            e.columns = columns;
+            e.set_columns(columns);
             e.seen.push(fingerprint);
             changed.insert(table.clone(), e);
-        } else if !described && let Some(columns) = ddl::target_columns(&mut tx, &table).await? {
-            changed.insert(
-                table.clone(),
-                TargetTable {
-                    columns,
-                    seen: Vec::new(),
-                },
-            );
+        } else if !described && let Some(columns) = ddl::target_columns(&mut tx, table).await? {
+            changed.insert(table.clone(), TargetTable::with_columns(columns));
         }
         // Empty for a delete or truncate of a table the target does not have: nothing to do.
-        let columns: &[String] =
-            cached_target(&changed, &known, &table).map_or(&[], |e| &e.columns);
+        let described = cached_target(&changed, known, table);
+        let columns: &[String] = described.map_or(&[], |e| &e.columns);
         if op_is_change(event.op()) {
             last = Some(i);
         }
@@ -636,12 +712,14 @@ async fn apply_with(
             continue;
         }
         if let Some((change, row)) = candidate {
-            let g = segment.get_or_insert_with(|| Segment::new(table.clone(), columns.to_vec()));
+            let new_segment =
+                || Segment::new(table.clone(), described.cloned().unwrap_or_default());
+            let g = segment.get_or_insert_with(new_segment);
             if !g.add(i, change, row, event.op()) {
                 if let Some(g) = segment.take() {
                     g.flush(&mut tx, plain_inserts, &mut timing).await?;
                 }
-                let mut g = Segment::new(table.clone(), columns.to_vec());
+                let mut g = new_segment();
                 let added = g.add(i, change, row, event.op());
                 debug_assert!(added, "an empty segment takes any collapsible event");
                 segment = Some(g);
@@ -653,9 +731,9 @@ async fn apply_with(
                 let after = event
                     .after()
                     .ok_or_else(|| reject("insert without a row".into()))?;
-                upsert(&table, after, columns)
+                upsert(table, after, columns)
                     .map_err(reject)?
-                    .execute(&mut tx, i, &table)
+                    .execute(&mut tx, i, table)
                     .await?;
             }
             Op::Update | Op::UpdateKey => {
@@ -670,8 +748,8 @@ async fn apply_with(
                     _ => after,
                 };
                 let affected =
-                    match update(&table, after, identity, columns, key_change).map_err(&reject)? {
-                        Some(s) => s.execute(&mut tx, i, &table).await?,
+                    match update(table, after, identity, columns, key_change).map_err(&reject)? {
+                        Some(s) => s.execute(&mut tx, i, table).await?,
                         None => 1,
                     };
                 if affected == 0 {
@@ -684,9 +762,9 @@ async fn apply_with(
                                 .into(),
                         ));
                     }
-                    upsert(&table, after, columns)
+                    upsert(table, after, columns)
                         .map_err(&reject)?
-                        .execute(&mut tx, i, &table)
+                        .execute(&mut tx, i, table)
                         .await?;
                 }
             }
@@ -694,15 +772,14 @@ async fn apply_with(
                 let before = event
                     .before()
                     .ok_or_else(|| reject("delete without the old key".into()))?;
-                delete(&table, before, columns)
+                delete(table, before, columns)
                     .map_err(reject)?
-                    .execute(&mut tx, i, &table)
+                    .execute(&mut tx, i, table)
                     .await?;
             }
             Op::Truncate => {
                 let sql = format!("TRUNCATE {}", table.quoted());
-                sqlx::query(AssertSqlSafe(sql))
-                    .execute(&mut *tx)
+                tx.batch(&sql)
                     .await
                     .map_err(|e| classify(&e, Some(i), &format!("truncating {table}")))?;
             }
@@ -722,9 +799,7 @@ async fn apply_with(
         .await?;
     }
     let committing = std::time::Instant::now();
-    tx.commit()
-        .await
-        .map_err(|e| classify(&e, None, "committing"))?;
+    tx.commit().await?;
     known.extend(changed);
     tracing::debug!(
         events = events.len(),

@@ -1,13 +1,12 @@
 //! Target tables: creating them from the event schema, following added and dropped columns,
 //! and the checkpoint table.
 
-use sqlx::postgres::{PgPool, Postgres};
-use sqlx::{AssertSqlSafe, Row as _, Transaction};
+use tokio_postgres::types::Type;
 use walbrook_client::runner::{Position, SinkError};
 use walbrook_client::{Column, Lsn};
 
 use crate::TableName;
-use crate::apply::classify;
+use crate::connection::{Connection, Tx, classify};
 use crate::sql::quote_ident;
 
 /// What the sink knows of a target table.
@@ -15,12 +14,36 @@ use crate::sql::quote_ident;
 pub(crate) struct TargetTable {
     /// Column names in the target.
     pub(crate) columns: Vec<String>,
+    /// Their types as `format_type` writes them (`numeric(12,2)`), in the same order.
+    pub(crate) types: Vec<String>,
     /// Fingerprints whose columns were reconciled with the target.
     pub(crate) seen: Vec<walbrook_client::Fingerprint>,
 }
 
+impl TargetTable {
+    /// A table of `columns` (name, type).
+    pub(crate) fn with_columns(columns: Vec<(String, String)>) -> TargetTable {
+        let mut table = TargetTable::default();
+        table.set_columns(columns);
+        table
+    }
+
+    /// Replaces the columns with `columns` (name, type).
+    pub(crate) fn set_columns(&mut self, columns: Vec<(String, String)>) {
+        (self.columns, self.types) = columns.into_iter().unzip();
+    }
+
+    /// Whether the target's column `name` has the type `type_name`.
+    pub(crate) fn has_type(&self, name: &str, type_name: &str) -> bool {
+        self.columns
+            .iter()
+            .position(|c| c == name)
+            .is_some_and(|i| self.types[i] == type_name)
+    }
+}
+
 pub(crate) async fn create_checkpoint_table(
-    pool: &PgPool,
+    conn: &mut Connection,
     table: &TableName,
 ) -> Result<(), SinkError> {
     let sql = format!(
@@ -36,22 +59,23 @@ pub(crate) async fn create_checkpoint_table(
     // CREATE TABLE IF NOT EXISTS is not safe against a concurrent creation (it fails with a
     // unique violation on pg_type or pg_class). A transaction-scoped advisory lock keyed by the
     // table's name serialises the creations; the second one then sees the table.
-    let attempt = async {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7795))")
-            .bind(format!("walbrook checkpoint table {}", table.quoted()))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
-        tx.commit().await
-    };
-    attempt
+    let context = "creating the checkpoint table";
+    let mut tx = conn.begin().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7795))",
+        &[Type::TEXT],
+        &[&format!("walbrook checkpoint table {}", table.quoted())],
+    )
+    .await
+    .map_err(|e| classify(&e, None, context))?;
+    tx.batch(&sql)
         .await
-        .map_err(|e| classify(&e, None, "creating the checkpoint table"))
+        .map_err(|e| classify(&e, None, context))?;
+    tx.commit().await
 }
 
 pub(crate) async fn read_checkpoint(
-    pool: &PgPool,
+    conn: &mut Connection,
     table: &TableName,
     consumer: &str,
 ) -> Result<Option<Position>, SinkError> {
@@ -59,12 +83,15 @@ pub(crate) async fn read_checkpoint(
         "SELECT (commit_lsn - '0/0'::pg_lsn)::text, ordinal FROM {} WHERE consumer = $1",
         table.quoted()
     );
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(consumer)
-        .fetch_optional(pool)
+    let mut tx = conn.begin().await?;
+    let rows = tx
+        .query(&sql, &[Type::TEXT], &[&consumer])
         .await
         .map_err(|e| classify(&e, None, "reading the checkpoint"))?;
-    let Some(row) = row else { return Ok(None) };
+    tx.commit().await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
     let lsn: String = row.get(0);
     let ordinal: i64 = row.get(1);
     let lsn: u64 = lsn
@@ -79,7 +106,7 @@ pub(crate) async fn read_checkpoint(
 /// Moves the checkpoint of `consumer` forward to `position` (never backward: a replayed dead
 /// letter does not rewind it).
 pub(crate) async fn write_checkpoint(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Tx<'_>,
     table: &TableName,
     consumer: &str,
     database: &str,
@@ -95,39 +122,49 @@ pub(crate) async fn write_checkpoint(
                                       ELSE EXCLUDED.source_database END
            WHERE (c.commit_lsn, c.ordinal) < (EXCLUDED.commit_lsn, EXCLUDED.ordinal)"
     );
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(consumer)
-        .bind(database)
-        .bind(position.commit_lsn.to_string())
-        .bind(i64::try_from(position.ordinal).unwrap_or(i64::MAX))
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| classify(&e, None, "writing the checkpoint"))?;
+    tx.execute(
+        &sql,
+        &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8],
+        &[
+            &consumer,
+            &database,
+            &position.commit_lsn.to_string(),
+            &i64::try_from(position.ordinal).unwrap_or(i64::MAX),
+        ],
+    )
+    .await
+    .map_err(|e| classify(&e, None, "writing the checkpoint"))?;
     Ok(())
 }
 
-/// The columns of a target table, `None` when it does not exist.
+/// The columns (name, type) of a target table, `None` when it does not exist.
 pub(crate) async fn target_columns(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Tx<'_>,
     table: &TableName,
-) -> Result<Option<Vec<String>>, SinkError> {
-    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(table.quoted())
-        .fetch_one(&mut **tx)
+) -> Result<Option<Vec<(String, String)>>, SinkError> {
+    let quoted = table.quoted();
+    let exists = tx
+        .query("SELECT to_regclass($1)::text", &[Type::TEXT], &[&quoted])
         .await
         .map_err(|e| classify(&e, None, "looking up the target table"))?;
-    if exists.is_none() {
+    if exists
+        .first()
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .is_none()
+    {
         return Ok(None);
     }
-    let columns: Vec<String> = sqlx::query_scalar(
-        "SELECT attname::text FROM pg_attribute
-         WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-    )
-    .bind(table.quoted())
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(|e| classify(&e, None, "reading the target's columns"))?;
-    Ok(Some(columns))
+    let columns = tx
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+             ORDER BY attnum",
+            &[Type::TEXT],
+            &[&quoted],
+        )
+        .await
+        .map_err(|e| classify(&e, None, "reading the target's columns"))?;
+    Ok(Some(columns.iter().map(|r| (r.get(0), r.get(1))).collect()))
 }
 
 /// `CREATE TABLE` from the schema's columns: types as PostgreSQL names them (with their
@@ -161,23 +198,25 @@ pub(crate) fn create_table_sql(table: &TableName, columns: &[Column]) -> String 
 
 /// Makes the target table match `columns` (the full column list of a source table version):
 /// creates it when missing (if allowed), adds the columns it lacks and drops those the source
-/// dropped (if following the schema). Returns the target's columns afterwards, or `None` if
-/// the table does not exist and may not be created.
+/// dropped (if following the schema). Returns the target's columns (name, type) afterwards,
+/// or `None` if the table does not exist and may not be created.
 pub(crate) async fn reconcile(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Tx<'_>,
     table: &TableName,
     columns: &[Column],
     create: bool,
     follow: bool,
-) -> Result<Option<Vec<String>>, SinkError> {
+) -> Result<Option<Vec<(String, String)>>, SinkError> {
     // Sinks sharing a target (scale-out instances, or two consumers of one database) may
     // reconcile the same table at once; a transaction-scoped advisory lock per table makes the
     // second wait and then see what the first created.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7795))")
-        .bind(format!("walbrook target table {}", table.quoted()))
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| classify(&e, None, &format!("locking {table} for its definition")))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7795))",
+        &[Type::TEXT],
+        &[&format!("walbrook target table {}", table.quoted())],
+    )
+    .await
+    .map_err(|e| classify(&e, None, &format!("locking {table} for its definition")))?;
     let Some(existing) = target_columns(tx, table).await? else {
         if !create {
             return Err(SinkError::fatal(format!(
@@ -185,19 +224,23 @@ pub(crate) async fn reconcile(
             )));
         }
         let sql = create_table_sql(table, columns);
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(&mut **tx)
+        tx.batch(&sql)
             .await
             .map_err(|e| classify(&e, None, &format!("creating {table}")))?;
         tracing::info!(%table, "created the target table");
-        return Ok(Some(columns.iter().map(|c| c.name.clone()).collect()));
+        return Ok(Some(
+            columns
+                .iter()
+                .map(|c| (c.name.clone(), c.type_name.clone()))
+                .collect(),
+        ));
     };
     if !follow {
         return Ok(Some(existing));
     }
     let mut now = existing.clone();
     for c in columns {
-        if !existing.contains(&c.name) {
+        if !existing.iter().any(|(name, _)| name == &c.name) {
             // Nullable: rows already in the target have no value for it.
             let sql = format!(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
@@ -205,27 +248,25 @@ pub(crate) async fn reconcile(
                 quote_ident(&c.name),
                 c.type_name
             );
-            sqlx::query(AssertSqlSafe(sql))
-                .execute(&mut **tx)
+            tx.batch(&sql)
                 .await
                 .map_err(|e| classify(&e, None, &format!("adding column {} to {table}", c.name)))?;
             tracing::info!(%table, column = %c.name, "added a column the source added");
-            now.push(c.name.clone());
+            now.push((c.name.clone(), c.type_name.clone()));
         }
     }
-    for name in &existing {
+    for (name, _) in &existing {
         if !columns.iter().any(|c| &c.name == name) {
             let sql = format!(
                 "ALTER TABLE {} DROP COLUMN IF EXISTS {}",
                 table.quoted(),
                 quote_ident(name)
             );
-            sqlx::query(AssertSqlSafe(sql))
-                .execute(&mut **tx)
+            tx.batch(&sql)
                 .await
                 .map_err(|e| classify(&e, None, &format!("dropping column {name} of {table}")))?;
             tracing::info!(%table, column = %name, "dropped a column the source dropped");
-            now.retain(|n| n != name);
+            now.retain(|(n, _)| n != name);
         }
     }
     Ok(Some(now))

@@ -10,21 +10,26 @@
 //! * Source transactions are never split across target transactions (the runner ends
 //!   batches at transaction boundaries, see `walbrook_client::runner`); several source
 //!   transactions are batched into one target transaction.
-//! * Values are bound as PostgreSQL's own text form with an explicit cast to the column's
-//!   type (`$1::numeric(10,2)`), so every type is lossless; identifiers are always quoted.
+//! * Values are sent as PostgreSQL's own text form: rows the batch inserts go through one
+//!   `COPY … FROM STDIN` per table when the target's column types are the source's,
+//!   everything else is bound with an explicit cast to the column's type
+//!   (`$1::numeric(10,2)`), so every type is lossless; identifiers are always quoted.
+//! * One connection, owned by the sink and opened again after it breaks: tokio-postgres
+//!   (with `TCP_NODELAY`, which `COPY` needs: sqlx's connections wait out Nagle's delay on
+//!   every `COPY`), TLS and credentials from the URL as libpq reads them
+//!   (`walbrook_pg_connect`), statements prepared once per connection.
 //! * Target tables are created from the event schema (types, NOT NULL, primary key) when
 //!   asked, and follow columns added or dropped at the source.
 //!
 //! docs/sinks.md describes the options and guarantees.
 
 mod apply;
+mod connection;
 mod ddl;
 mod sql;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::Mutex;
 use walbrook_client::ChangeEvent;
 use walbrook_client::runner::{Applied, Position, Sink, SinkError};
@@ -85,8 +90,6 @@ pub struct PgSinkOptions {
     pub follow_schema: bool,
     /// The checkpoint table (default `public.walbrook_checkpoint`).
     pub checkpoint_table: TableName,
-    /// Connections in the pool (default 2).
-    pub max_connections: u32,
 }
 
 impl PgSinkOptions {
@@ -99,7 +102,6 @@ impl PgSinkOptions {
             create_tables: true,
             follow_schema: true,
             checkpoint_table: TableName::new("public", "walbrook_checkpoint"),
-            max_connections: 2,
         }
     }
 
@@ -122,39 +124,55 @@ impl PgSinkOptions {
 /// The PostgreSQL sink. See the [crate docs](crate).
 #[derive(Debug)]
 pub struct PgSink {
-    pool: PgPool,
+    settings: walbrook_pg_connect::PgSettings,
     options: PgSinkOptions,
-    /// What is known of each target table: its columns (name → type), keyed by target table;
-    /// updated after each commit.
-    known: Mutex<HashMap<TableName, ddl::TargetTable>>,
+    /// The connection and what is known of the target; one apply at a time (the runner
+    /// never overlaps them), so the lock is never contended.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The target connection (`None` until opened, and after it broke).
+    connection: Option<connection::Connection>,
+    /// What is known of each target table: its columns, keyed by target table; updated
+    /// after each commit.
+    known: HashMap<TableName, ddl::TargetTable>,
 }
 
 impl PgSink {
     /// Connects to the target and creates the checkpoint table when missing.
     pub async fn connect(options: PgSinkOptions) -> Result<PgSink, SinkError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&options.url)
-            .await
-            .map_err(|e| apply::classify(&e, None, "connecting to the target"))?;
+        let settings = walbrook_pg_connect::PgSettings::parse(&options.url)
+            .map_err(|e| SinkError::fatal(format!("the target URL: {e}")))?;
         let sink = PgSink {
-            pool,
+            settings,
             options,
-            known: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
         };
-        ddl::create_checkpoint_table(&sink.pool, &sink.options.checkpoint_table).await?;
+        {
+            let mut state = sink.state.lock().await;
+            let conn = sink.connection(&mut state.connection).await?;
+            ddl::create_checkpoint_table(conn, &sink.options.checkpoint_table).await?;
+        }
         Ok(sink)
-    }
-
-    /// The connection pool (for tests and tools).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// The options.
     pub fn options(&self) -> &PgSinkOptions {
         &self.options
+    }
+
+    /// The open connection in `slot`, opened (again) when there is none or it broke.
+    async fn connection<'s>(
+        &self,
+        slot: &'s mut Option<connection::Connection>,
+    ) -> Result<&'s mut connection::Connection, SinkError> {
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = None;
+            *slot = Some(connection::Connection::open(&self.settings).await?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
     }
 }
 
@@ -164,15 +182,15 @@ impl Sink for PgSink {
     }
 
     async fn checkpoint(&self, consumer: &str) -> Result<Option<Position>, SinkError> {
-        ddl::read_checkpoint(&self.pool, &self.options.checkpoint_table, consumer).await
+        let mut state = self.state.lock().await;
+        let conn = self.connection(&mut state.connection).await?;
+        ddl::read_checkpoint(conn, &self.options.checkpoint_table, consumer).await
     }
 
     async fn store_checkpoint(&self, consumer: &str, position: Position) -> Result<(), SinkError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| apply::classify(&e, None, "beginning a transaction"))?;
+        let mut state = self.state.lock().await;
+        let conn = self.connection(&mut state.connection).await?;
+        let mut tx = conn.begin().await?;
         ddl::write_checkpoint(
             &mut tx,
             &self.options.checkpoint_table,
@@ -181,9 +199,7 @@ impl Sink for PgSink {
             position,
         )
         .await?;
-        tx.commit()
-            .await
-            .map_err(|e| apply::classify(&e, None, "committing the checkpoint"))
+        tx.commit().await
     }
 
     async fn apply(&self, consumer: &str, events: &[ChangeEvent]) -> Result<Applied, SinkError> {

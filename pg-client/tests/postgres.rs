@@ -559,3 +559,54 @@ async fn tables_map_to_other_names_and_schemas() {
     task.await.unwrap();
     setup.stop().await;
 }
+
+#[tokio::test]
+async fn the_target_connection_uses_tls_as_the_url_says_and_refuses_what_it_must() {
+    use walbrook_client::Lsn;
+    use walbrook_client::runner::{Position, SinkErrorKind};
+    let ca = walbrook_harness::TestCa::new("walbrook").unwrap();
+    let impostor = walbrook_harness::TestCa::new("impostor").unwrap();
+    // The server takes only TLS with a client certificate from `ca`; the harness URL has
+    // sslmode=require and that certificate.
+    let pg = PgServer::start_tls(&ca).unwrap();
+    let db = pg.fresh_database("sink_tls");
+    let verified = |ca_file: &std::path::Path| {
+        db.url().replace("@127.0.0.1:", "@localhost:").replace(
+            "sslmode=require",
+            &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+        )
+    };
+    let sink = PgSink::connect(PgSinkOptions::new(verified(ca.ca_file())))
+        .await
+        .unwrap();
+    let position = Position {
+        commit_lsn: Lsn(0x1_0000_0042),
+        ordinal: 7,
+    };
+    sink.store_checkpoint("tls", position).await.unwrap();
+    assert_eq!(sink.checkpoint("tls").await.unwrap(), Some(position));
+
+    // A server certificate from another CA: refused, and for good (not retried).
+    let error = PgSink::connect(PgSinkOptions::new(verified(impostor.ca_file())))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), SinkErrorKind::Fatal, "{error}");
+    assert!(error.message().contains("TLS"), "{error}");
+    // No client certificate: the server refuses the login (SQLSTATE 28000), for good.
+    let without_cert: String = {
+        let url = db.url();
+        let (base, query) = url.split_once('?').unwrap();
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.starts_with("sslcert=") && !p.starts_with("sslkey="))
+            .collect();
+        format!("{base}?{}", kept.join("&"))
+    };
+    let error = PgSink::connect(PgSinkOptions::new(without_cert))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), SinkErrorKind::Fatal, "{error}");
+    // A plain-text connection to it: refused too.
+    let plain = db.url().replace("sslmode=require", "sslmode=disable");
+    assert!(PgSink::connect(PgSinkOptions::new(plain)).await.is_err());
+}

@@ -15,11 +15,16 @@ use walbrook_pg_client::{PgSink, PgSinkOptions};
 use common::{Setup, connect, rows, wait_equal};
 
 /// Counts the target's statements per table and kind, so a test can tell that a run of
-/// changes was written as one multi-row statement.
+/// changes was written as one multi-row statement (and whether by `COPY`: the first word of
+/// the statement that fired the trigger).
 const STATEMENT_LOG: &str = "
-CREATE TABLE statements (tbl text, op text);
+CREATE TABLE statements (tbl text, op text, command text);
 CREATE FUNCTION log_statement() RETURNS trigger LANGUAGE plpgsql AS
-  $$ BEGIN INSERT INTO statements VALUES (TG_TABLE_NAME, TG_OP); RETURN NULL; END $$;
+  $$ BEGIN
+       INSERT INTO statements
+         VALUES (TG_TABLE_NAME, TG_OP, upper(split_part(ltrim(current_query()), ' ', 1)));
+       RETURN NULL;
+     END $$;
 ";
 
 fn log_statements_of(table: &str) -> String {
@@ -34,6 +39,18 @@ async fn statements(target: &tokio_postgres::Client, table: &str, op: &str) -> i
         .query_one(
             "SELECT count(*) FROM statements WHERE tbl = $1 AND op = $2",
             &[&table, &op],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Statements on `table` that were a `COPY`.
+async fn copies(target: &tokio_postgres::Client, table: &str) -> i64 {
+    target
+        .query_one(
+            "SELECT count(*) FROM statements WHERE tbl = $1 AND command = 'COPY'",
+            &[&table],
         )
         .await
         .unwrap()
@@ -227,9 +244,11 @@ async fn a_refused_row_inside_a_multi_row_update_dead_letters_exactly_that_event
 
 #[tokio::test]
 async fn awkward_values_cross_the_array_parameters_of_a_large_group() {
-    // Multi-row statements carry one `text[]` parameter per column (`unnest`): values that
-    // look like array syntax, the string "NULL" beside real NULLs, quotes, backslashes and
-    // empty values must arrive unchanged, in a group larger than the former 1,000-row cap.
+    // Multi-row statements carry one `text[]` parameter per column (`unnest`), inserted rows
+    // go by COPY's text format: values that look like array syntax, the string "NULL" and
+    // COPY's `\N` beside real NULLs, quotes, backslashes, tabs, line breaks, COPY's
+    // end-of-data line `\.` and empty values must arrive unchanged, in a group larger than
+    // the former 1,000-row cap.
     const TABLE: &str = r#"CREATE TABLE odd (
         k text, n int, s text, tags text[], doc jsonb, amount numeric(12,3), raw bytea,
         PRIMARY KEY (k, n))"#;
@@ -247,7 +266,8 @@ async fn awkward_values_cross_the_array_parameters_of_a_large_group() {
         .exec(&[
             r#"BEGIN;
              INSERT INTO odd
-               SELECT (ARRAY['plain', 'NULL', '', 'a,b', '{x}', 'q"uo''te', E'back\\slash', ' sp '])[g % 8 + 1],
+               SELECT (ARRAY['plain', 'NULL', '', 'a,b', '{x}', 'q"uo''te', E'back\\slash', ' sp ',
+                             E'ta\tb', E'new\nline', E'c\rr', E'\\N', E'\\.', E'x\n\\.\ny'])[g % 14 + 1],
                       g,
                       CASE WHEN g % 5 = 0 THEN NULL WHEN g % 5 = 1 THEN 'NULL' ELSE '{' || g || ',"}' END,
                       CASE WHEN g % 4 = 0 THEN NULL WHEN g % 4 = 1 THEN '{}'
@@ -267,9 +287,83 @@ async fn awkward_values_cross_the_array_parameters_of_a_large_group() {
     wait_equal(&setup.sql, &target, &["odd"], Duration::from_secs(60)).await;
     stop.cancel();
     task.await.unwrap();
-    // 1,200 inserts in one statement, the 120 updates in one, the 120 deletes in one.
+    // 1,200 inserts in one COPY, the 120 updates in one statement, the 120 deletes in one.
     assert_eq!(statements(&target, "odd", "INSERT").await, 2);
+    assert_eq!(copies(&target, "odd").await, 1);
     assert_eq!(statements(&target, "odd", "DELETE").await, 1);
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn inserts_go_by_copy_only_into_columns_of_the_source_type() {
+    // COPY reads a value with the target column's input function, a statement casts it to
+    // the source type first. A `timestamptz` written to a `timestamp` column differs: the
+    // cast converts the instant to the session's time zone, timestamp's input drops the
+    // offset. Into a target with other types, inserts are statements (and keep the
+    // instant); into one the sink creates, they are one COPY.
+    const SOURCE: &str = "CREATE TABLE tz (id int PRIMARY KEY, at timestamptz NOT NULL)";
+    let mut setup = Setup::start("shapes_copy_types", SOURCE, "public.tz").await;
+    let other_db = PgServer::shared().fresh_database("shapes_copy_types_other");
+    let same_db = PgServer::shared().fresh_database("shapes_copy_types_same");
+    let other = connect(&other_db.url()).await;
+    other
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET timezone = 'Asia/Tokyo';
+             CREATE TABLE tz (id int PRIMARY KEY, at timestamp NOT NULL);
+             {STATEMENT_LOG} {}",
+            other_db.name(),
+            log_statements_of("tz")
+        ))
+        .await
+        .unwrap();
+    let same = connect(&same_db.url()).await;
+    same.batch_execute(&format!(
+        "{SOURCE}; {STATEMENT_LOG} {}",
+        log_statements_of("tz")
+    ))
+    .await
+    .unwrap();
+    setup
+        .exec(&["INSERT INTO tz SELECT g, timestamptz '2024-01-01 20:00:00+00' + g * interval '1 minute'
+                   FROM generate_series(1, 300) g"])
+        .await;
+    let (stop, task) = run_sink(&setup, &other_db.url(), "copy_types_other", "public.tz").await;
+    let (stop_same, task_same) =
+        run_sink(&setup, &same_db.url(), "copy_types_same", "public.tz").await;
+    wait_equal(&setup.sql, &same, &["tz"], Duration::from_secs(60)).await;
+    let expected: Vec<String> = setup
+        .sql
+        .query(
+            "SELECT (id, (at AT TIME ZONE 'Asia/Tokyo'))::text FROM tz ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let query = "SELECT (id, at)::text FROM tz ORDER BY id";
+    let got = loop {
+        let got: Vec<String> = other
+            .query(query, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if got.len() == expected.len() || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (stop, task) in [(stop, task), (stop_same, task_same)] {
+        stop.cancel();
+        task.await.unwrap();
+    }
+    assert_eq!(got, expected, "the instants, as Tokyo wall times");
+    assert_eq!(copies(&other, "tz").await, 0);
+    assert_eq!(copies(&same, "tz").await, 1);
     setup.stop().await;
 }
 

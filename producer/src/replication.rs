@@ -92,7 +92,7 @@ impl ConnectionTarget {
         let database = config.get_dbname().unwrap_or(&user).to_string();
         // TLS as the URL's libpq parameters say (crate::postgres); never a silent
         // fallback to plain text.
-        let tls = settings.replication_tls();
+        let tls = crate::postgres::replication_tls(&settings);
         Ok(ConnectionTarget {
             host,
             port,
