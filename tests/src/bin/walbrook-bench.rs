@@ -49,6 +49,24 @@ impl Args {
     }
 }
 
+/// `walbrook-bench --help`.
+const USAGE: &str =
+    "walbrook-bench: Walbrook against the physical references, same machine, same run
+(docs/testing.md, Benchmarks). Results as JSON in --out, with summary.txt and chart.png.
+
+  --out DIR              where results go (default results)
+  --only PARTS           comma-separated: backlog (with the snapshot), latency, apply,
+                         memory, sinks (default all)
+  --rows N               backlog and snapshot table rows (default 1000000)
+  --rows-per-tx M        rows per source transaction of the backlog (default 1000)
+  --latency-rate R       changes/s of the latency run (default 5000)
+  --latency-seconds S    its length (default 20)
+  --apply-changes N      changes of the apply workload (default 200000)
+  --memory-rows N        rows of the memory run's one transaction (default 1000000)
+  --sink-events N        events of the webhook/search sink runs (default 50000)
+
+Environment: BENCH_SINK_BATCH_EVENTS, BENCH_SINK_RUST_LOG (see docs/testing.md).";
+
 fn parse_args() -> Args {
     let mut args = Args {
         rows: 1_000_000,
@@ -63,7 +81,13 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value\n\n{USAGE}"));
         match flag.as_str() {
             "--rows" => args.rows = value.parse().expect("--rows N"),
             "--rows-per-tx" => args.rows_per_tx = value.parse().expect("--rows-per-tx M"),
@@ -84,7 +108,7 @@ fn parse_args() -> Args {
             "--apply-changes" => args.apply_changes = value.parse().expect("--apply-changes N"),
             "--memory-rows" => args.memory_rows = value.parse().expect("--memory-rows N"),
             "--sink-events" => args.sink_events = value.parse().expect("--sink-events N"),
-            other => panic!("unknown flag {other}"),
+            other => panic!("unknown flag {other}\n\n{USAGE}"),
         }
     }
     args
