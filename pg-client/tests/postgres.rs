@@ -610,3 +610,56 @@ async fn the_target_connection_uses_tls_as_the_url_says_and_refuses_what_it_must
     let plain = db.url().replace("sslmode=require", "sslmode=disable");
     assert!(PgSink::connect(PgSinkOptions::new(plain)).await.is_err());
 }
+
+#[tokio::test]
+async fn a_broken_target_connection_is_opened_again_and_nothing_is_lost() {
+    // The sink owns one connection to the target. When the target ends it (here by
+    // pg_terminate_backend, as a restart or a failover would), the batch in flight fails as
+    // transient, the runner retries, and the sink opens a new connection.
+    let mut setup = Setup::start(
+        "sink_pg_reconnect",
+        "CREATE TABLE r (id int PRIMARY KEY, v text)",
+        "public.r",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_reconnect_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&["INSERT INTO r SELECT g, 'first ' || g FROM generate_series(1, 100) g"])
+        .await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let client = setup.client().await;
+    let mut runner = Runner::new(client, sink, RunnerOptions::new("reconnect", ["public.r"]));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    wait_equal(&setup.sql, &target, &["r"], Duration::from_secs(60)).await;
+    let ended: i64 = target
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended >= 1, "the sink's connection was not found");
+    setup
+        .exec(&[
+            "INSERT INTO r SELECT g, 'second ' || g FROM generate_series(101, 200) g",
+            "UPDATE r SET v = 'updated' WHERE id % 7 = 0",
+            "DELETE FROM r WHERE id % 11 = 0",
+        ])
+        .await;
+    wait_equal(&setup.sql, &target, &["r"], Duration::from_secs(60)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let client = setup.client().await;
+    let letters = walbrook_client::runner::list_dead_letters(&client, "reconnect")
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
+    setup.stop().await;
+}
