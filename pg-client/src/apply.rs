@@ -303,6 +303,11 @@ struct Segment<'a> {
     target: TargetTable,
     /// The columns the rows set (every row of a segment has the same).
     signature: Option<Vec<String>>,
+    /// The column list (shared by the rows of one table version) whose key columns and
+    /// whose set columns were checked already: rows with the same list pass without
+    /// comparing names again.
+    key_layout: Option<&'a [Column]>,
+    signature_layout: Option<&'a [Column]>,
     /// Each key's final state, keyed by the key's text, in the order keys first appeared.
     keys: HashMap<String, usize>,
     finals: Vec<Final<'a>>,
@@ -361,6 +366,8 @@ impl<'a> Segment<'a> {
             table,
             target,
             signature: None,
+            key_layout: None,
+            signature_layout: None,
             keys: HashMap::new(),
             finals: Vec::new(),
             events: 0,
@@ -370,20 +377,28 @@ impl<'a> Segment<'a> {
     /// Adds the event at `index` if it fits: same key columns, and for a row the same
     /// columns as the segment's other rows. Returns false (and adds nothing) otherwise.
     fn add(&mut self, index: usize, change: Change, row: &'a Row, op: Op) -> bool {
-        if let Some(first) = self.finals.first()
-            && !key_columns(first.row)
-                .map(|c| &c.name)
-                .eq(key_columns(row).map(|c| &c.name))
-        {
-            return false;
+        let layout = row.columns();
+        let same = |checked: Option<&[Column]>| checked.is_some_and(|c| std::ptr::eq(c, layout));
+        if !same(self.key_layout) {
+            if let Some(first) = self.finals.first()
+                && !key_columns(first.row)
+                    .map(|c| &c.name)
+                    .eq(key_columns(row).map(|c| &c.name))
+            {
+                return false;
+            }
+            self.key_layout = Some(layout);
         }
-        if change == Change::Row {
+        // A row of a segment carries every value (no unchanged TOAST value), so the columns
+        // it sets depend on its column list alone.
+        if change == Change::Row && !same(self.signature_layout) {
             let names = || set_values(row, &self.target.columns, true).map(|(c, _)| &c.name);
             match &self.signature {
                 Some(s) if !names().eq(s.iter()) => return false,
                 Some(_) => {}
                 None => self.signature = Some(names().cloned().collect()),
             }
+            self.signature_layout = Some(layout);
         }
         self.events += 1;
         let key = key_text(row);
@@ -683,7 +698,9 @@ async fn apply_with(
         if !joins && let Some(g) = segment.take() {
             g.flush(&mut tx, plain_inserts, &mut timing).await?;
         }
-        if reconciles && let Some(after) = event.after() {
+        // What is known of the table after this event's DDL (looked up again only if it
+        // changed).
+        let described = if reconciles && let Some(after) = event.after() {
             let columns = ddl::reconcile(
                 &mut tx,
                 table,
@@ -699,11 +716,14 @@ async fn apply_with(
             e.set_columns(columns);
             e.seen.push(fingerprint);
             changed.insert(table.clone(), e);
+            cached_target(&changed, known, table)
         } else if !described && let Some(columns) = ddl::target_columns(&mut tx, table).await? {
             changed.insert(table.clone(), TargetTable::with_columns(columns));
-        }
+            cached_target(&changed, known, table)
+        } else {
+            cached
+        };
         // Empty for a delete or truncate of a table the target does not have: nothing to do.
-        let described = cached_target(&changed, known, table);
         let columns: &[String] = described.map_or(&[], |e| &e.columns);
         if op_is_change(event.op()) {
             last = Some(i);
