@@ -259,24 +259,40 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts a cluster of `size` nodes (3 for R3 streams).
+    ///
+    /// Its route and client ports are probed free first (every node must know the routes
+    /// before it starts), so another process may take one before a node binds it: the whole
+    /// cluster is then started again on fresh ports.
     pub fn start(size: usize) -> Result<NatsCluster> {
-        let cluster_ports = (0..size).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let routes = (0..size).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+            let clients = (0..size).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+            match Self::start_on(&routes, &clients) {
+                Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Starts one node per (route port, client port).
+    fn start_on(cluster_ports: &[u16], client_ports: &[u16]) -> Result<NatsCluster> {
         let routes = cluster_ports
             .iter()
             .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut nodes = Vec::with_capacity(size);
-        for (i, cluster_port) in cluster_ports.iter().enumerate() {
+        let mut nodes = Vec::with_capacity(cluster_ports.len());
+        for (i, (cluster_port, client_port)) in cluster_ports.iter().zip(client_ports).enumerate() {
             let config = format!(
                 "server_name: wb-node-{i}\n\
                  cluster {{\n  name: walbrook-test\n  listen: \"127.0.0.1:{cluster_port}\"\n  \
                  routes: [{routes}]\n}}\n"
             );
-            let client_port = free_port()?;
             nodes.push(NatsServer::start_inner(
                 Some(&config),
-                Some(client_port),
+                Some(*client_port),
                 &format!("wb-node-{i}"),
             )?);
         }
@@ -313,5 +329,20 @@ mod tests {
         let log = "[1] [INF] Listening for client connections on 127.0.0.1:40123\n\
                    [1] [INF] Server is ready";
         assert_eq!(listening_port(log), Some(40123));
+    }
+
+    /// A node whose probed port was taken fails with the text `NatsCluster::start` retries
+    /// on (with fresh ports), whether the client or the route port was taken.
+    #[test]
+    fn a_cluster_node_on_a_taken_port_fails_with_address_already_in_use() {
+        let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let free = || free_port().unwrap();
+        for (routes, clients) in [([free()], [port]), ([port], [free()])] {
+            let error = NatsCluster::start_on(&routes, &clients)
+                .expect_err("the port is taken")
+                .to_string();
+            assert!(error.contains("address already in use"), "{error}");
+        }
     }
 }
