@@ -10,8 +10,8 @@
 //! * Source transactions are never split across target transactions (the runner ends
 //!   batches at transaction boundaries, see `walbrook_client::runner`); several source
 //!   transactions are batched into one target transaction.
-//! * Values are sent as PostgreSQL's own text form: rows the batch inserts go through one
-//!   `COPY … FROM STDIN` per table when the target's column types are the source's,
+//! * Values are sent as PostgreSQL's own text form: the rows a collapsed run of changes
+//!   inserts go by one `COPY … FROM STDIN` when the target's column types are the source's;
 //!   everything else is bound with an explicit cast to the column's type
 //!   (`$1::numeric(10,2)`), so every type is lossless; identifiers are always quoted.
 //! * One connection, owned by the sink and opened again after it breaks: tokio-postgres
