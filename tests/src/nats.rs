@@ -296,6 +296,20 @@ impl NatsCluster {
                 &format!("wb-node-{i}"),
             )?);
         }
+        // A taken route port is reported after "Server is ready" (routes listen in the
+        // background), so the nodes' logs are read once more.
+        std::thread::sleep(Duration::from_millis(300));
+        for node in &nodes {
+            let log = node.dir.join(format!("nats-{}.log", node.starts));
+            let detail = log_tail(&log, 20);
+            if detail.contains("address already in use") {
+                return Err(HarnessError::Startup {
+                    server: "nats-server (cluster node)".into(),
+                    detail,
+                    log,
+                });
+            }
+        }
         Ok(NatsCluster { nodes })
     }
 
@@ -332,7 +346,8 @@ mod tests {
     }
 
     /// A node whose probed port was taken fails with the text `NatsCluster::start` retries
-    /// on (with fresh ports), whether the client or the route port was taken.
+    /// on (with fresh ports), whether the client port was taken (before "Server is ready")
+    /// or the route port (reported after it).
     #[test]
     fn a_cluster_node_on_a_taken_port_fails_with_address_already_in_use() {
         let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
