@@ -297,18 +297,24 @@ impl NatsCluster {
             )?);
         }
         // A taken route port is reported after "Server is ready" (routes listen in the
-        // background), so the nodes' logs are read once more.
-        std::thread::sleep(Duration::from_millis(300));
-        for node in &nodes {
-            let log = node.dir.join(format!("nats-{}.log", node.starts));
-            let detail = log_tail(&log, 20);
-            if detail.contains("address already in use") {
-                return Err(HarnessError::Startup {
-                    server: "nats-server (cluster node)".into(),
-                    detail,
-                    log,
-                });
-            }
+        // background, a few milliseconds later), so the nodes' logs are watched for a second.
+        let logs: Vec<PathBuf> = nodes
+            .iter()
+            .map(|n| n.dir.join(format!("nats-{}.log", n.starts)))
+            .collect();
+        let in_use = tools::wait_for(Duration::from_secs(1), || {
+            logs.iter().find(|log| {
+                std::fs::read_to_string(log)
+                    .unwrap_or_default()
+                    .contains("address already in use")
+            })
+        });
+        if let Some(log) = in_use {
+            return Err(HarnessError::Startup {
+                server: "nats-server (cluster node)".into(),
+                detail: log_tail(log, 20),
+                log: log.clone(),
+            });
         }
         Ok(NatsCluster { nodes })
     }
