@@ -470,6 +470,14 @@ enum Kind {
     Delete,
 }
 
+/// How a multi-row write goes to the target.
+enum Write {
+    /// `COPY … FROM STDIN` and its data (see [`copy_rows`]).
+    Copy(String, bytes::Bytes),
+    /// A statement with its parameters.
+    Statement(Statement),
+}
+
 async fn write(
     table: &TableName,
     target: &TargetTable,
@@ -483,26 +491,22 @@ async fn write(
     }
     let started = std::time::Instant::now();
     let rows: Vec<&Row> = finals.iter().map(|f| f.row).collect();
-    let copy = match kind {
-        Kind::Insert => copy_rows(table, &rows, target),
-        Kind::Upsert | Kind::Delete => Ok(None),
-    };
-    let copy = copy.map_err(|m| SinkError::rejected(REGROUP, format!("{table}: {m}")))?;
-    let statement = match (kind, &copy) {
-        (_, Some(_)) => Ok(None),
-        (Kind::Upsert, None) => upsert_rows(table, &rows, &target.columns, true).map(Some),
-        (Kind::Insert, None) => upsert_rows(table, &rows, &target.columns, false).map(Some),
-        (Kind::Delete, None) => delete_rows(table, &rows).map(Some),
+    let write = match kind {
+        Kind::Insert => copy_rows(table, &rows, target).and_then(|copy| match copy {
+            Some((sql, data)) => Ok(Write::Copy(sql, data)),
+            None => upsert_rows(table, &rows, &target.columns, false).map(Write::Statement),
+        }),
+        Kind::Upsert => upsert_rows(table, &rows, &target.columns, true).map(Write::Statement),
+        Kind::Delete => delete_rows(table, &rows).map(Write::Statement),
     }
     // A value that cannot be written: find the event to blame one statement at a time.
     .map_err(|m| SinkError::rejected(REGROUP, format!("{table}: {m}")))?;
     let built = std::time::Instant::now();
     timing.build += built - started;
     timing.statements += 1;
-    let result = match (copy, statement) {
-        (Some((sql, data)), _) => tx.copy_in(&sql, data).await,
-        (None, Some(statement)) => statement.execute_raw(tx).await,
-        (None, None) => unreachable!("a statement is built when there is no COPY"),
+    let result = match write {
+        Write::Copy(sql, data) => tx.copy_in(&sql, data).await,
+        Write::Statement(statement) => statement.execute_raw(tx).await,
     };
     timing.execute += built.elapsed();
     timing.kinds[kind as usize] += built.elapsed();
@@ -689,7 +693,7 @@ async fn apply_with(
         // A new schema to reconcile (DDL) writes the pending segment first; so does anything
         // that cannot join it (checked below).
         let cached = cached_target(&changed, known, table);
-        let described = cached.is_some();
+        let is_described = cached.is_some();
         let reconciles =
             event.after().is_some() && !cached.is_some_and(|e| e.seen.contains(&fingerprint));
         let joins = segment
@@ -717,7 +721,7 @@ async fn apply_with(
             e.seen.push(fingerprint);
             changed.insert(table.clone(), e);
             cached_target(&changed, known, table)
-        } else if !described && let Some(columns) = ddl::target_columns(&mut tx, table).await? {
+        } else if !is_described && let Some(columns) = ddl::target_columns(&mut tx, table).await? {
             changed.insert(table.clone(), TargetTable::with_columns(columns));
             cached_target(&changed, known, table)
         } else {
