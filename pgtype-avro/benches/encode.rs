@@ -1,5 +1,5 @@
 //! Encoding a 10-column mixed row (int8, text, numeric, timestamptz, uuid, bool, jsonb, float8,
-//! date, int4) from pgoutput text to an Avro single-object message.
+//! date, int4) from pgoutput text (or the binary COPY format) to an Avro single-object message.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use walbrook_pgtype_avro::{
@@ -47,6 +47,41 @@ const ROW: [ColumnValue<'static>; 10] = [
     ColumnValue::Text("42"),
 ];
 
+/// [`ROW`] in PostgreSQL's binary format (what `COPY … (FORMAT binary)` carries).
+fn binary_row() -> Vec<Vec<u8>> {
+    let days_since_2000: i32 = 19_783 - 10_957; // 2024-03-01
+    let micros = i64::from(days_since_2000) * 86_400_000_000
+        + (12 * 3600 + 34 * 60 + 56) * 1_000_000
+        + 789_012;
+    let numeric = [3i16, 1, 0, 2, 1, 2345, 6700]
+        .iter()
+        .flat_map(|x| x.to_be_bytes())
+        .collect();
+    let mut jsonb = vec![1u8];
+    jsonb.extend_from_slice(b"{\"a\": 1, \"b\": [true, null, \"x\"]}");
+    vec![
+        1_234_567_890i64.to_be_bytes().to_vec(),
+        b"a customer name of some length".to_vec(),
+        numeric,
+        micros.to_be_bytes().to_vec(),
+        uuid_bytes().to_vec(),
+        vec![1],
+        jsonb,
+        std::f64::consts::PI.to_be_bytes().to_vec(),
+        days_since_2000.to_be_bytes().to_vec(),
+        42i32.to_be_bytes().to_vec(),
+    ]
+}
+
+fn uuid_bytes() -> [u8; 16] {
+    let hex = "a0eebc999c0b4ef8bb6d6bb9bd380a11";
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
 fn bench(c: &mut Criterion) {
     let schemas = TableSchemas::new(&relation()).unwrap();
     let after = &schemas.after;
@@ -64,6 +99,26 @@ fn bench(c: &mut Criterion) {
             buf.clear();
             after
                 .write_text_single_object(std::hint::black_box(&ROW), &mut buf)
+                .unwrap();
+            buf.len()
+        })
+    });
+    let binary = binary_row();
+    let binary_row: Vec<ColumnValue<'_>> = binary.iter().map(|b| ColumnValue::Binary(b)).collect();
+    let mut text_bytes = Vec::new();
+    after
+        .write_text_single_object(&ROW, &mut text_bytes)
+        .unwrap();
+    buf.clear();
+    after
+        .write_text_single_object(&binary_row, &mut buf)
+        .unwrap();
+    assert_eq!(buf, text_bytes, "the binary row encodes like the text row");
+    g.bench_function("binary_to_single_object_direct", |b| {
+        b.iter(|| {
+            buf.clear();
+            after
+                .write_text_single_object(std::hint::black_box(&binary_row), &mut buf)
                 .unwrap();
             buf.len()
         })

@@ -260,7 +260,13 @@ fn decimal_bytes(text: &str, precision: u32, scale: u32) -> Option<Vec<u8>> {
     if neg {
         acc = -acc;
     }
-    let full = acc.to_be_bytes();
+    Some(minimal_bytes(acc))
+}
+
+/// The shortest big-endian two's complement form of `n` (Avro `decimal` bytes), as a
+/// slice of a fixed buffer: `(buffer, start)`.
+fn minimal_bytes_of(n: i128) -> ([u8; 16], usize) {
+    let full = n.to_be_bytes();
     let mut start = 0;
     while start < 15 {
         let (b, next) = (full[start], full[start + 1]);
@@ -270,7 +276,31 @@ fn decimal_bytes(text: &str, precision: u32, scale: u32) -> Option<Vec<u8>> {
             break;
         }
     }
-    Some(full[start..].to_vec())
+    (full, start)
+}
+
+fn minimal_bytes(n: i128) -> Vec<u8> {
+    let (full, start) = minimal_bytes_of(n);
+    full[start..].to_vec()
+}
+
+/// Writes the slot of a finite `numeric(p, s)` value given as its unscaled integer (the
+/// value times 10^s), which the caller checked has at most `p` digits: the same bytes as
+/// [`write_decimal_text`] of its text.
+pub(crate) fn write_decimal_unscaled(
+    ty: &PgType,
+    typmod: i32,
+    unscaled: i128,
+    nullable: bool,
+    unchanged: bool,
+    out: &mut Vec<u8>,
+) {
+    use crate::binary::{write_bytes, write_long};
+    if nullable || unchanged || branch_count(ty, typmod) > 1 {
+        write_long(i64::from(nullable), out);
+    }
+    let (full, start) = minimal_bytes_of(unscaled);
+    write_bytes(&full[start..], out);
 }
 
 pub(crate) fn decimal_text(unscaled: &BigInt, scale: u32) -> String {

@@ -15,6 +15,14 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// A value in PostgreSQL's binary format could not be read for its type.
+    #[error("cannot read a binary {type_name} value: {reason}")]
+    Binary {
+        /// The PostgreSQL type name.
+        type_name: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// A value of a column cannot be represented; wraps the underlying error with the column.
     #[error("column {column:?} (type {type_name}, oid {oid}): {source}")]
     Column {

@@ -51,6 +51,10 @@ pub enum ColumnValue<'a> {
     Unchanged,
     /// `t`: the value's text form.
     Text(&'a str),
+    /// The value in its type's binary (send/recv) format, as `COPY … (FORMAT binary)`
+    /// carries it; only for types [`crate::pg_binary::reads`] accepts (others are an
+    /// error).
+    Binary(&'a [u8]),
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +234,8 @@ impl TableSchema {
                 ColumnValue::Text(t) => {
                     parse_text(&c.pg_type, c.typmod, t).map_err(|e| self.col_err(s, e))?
                 }
+                ColumnValue::Binary(b) => crate::pg_binary::parse_binary(&c.pg_type, c.typmod, b)
+                    .map_err(|e| self.col_err(s, e))?,
             };
             let av = into_slot(&c.pg_type, c.typmod, v, s.nullable, s.unchanged)
                 .map_err(|e| self.col_err(s, e))?;
@@ -366,6 +372,14 @@ impl TableSchema {
                 ColumnValue::Text(t) => parse_text(&c.pg_type, c.typmod, t).and_then(|v| {
                     write_slot(&c.pg_type, c.typmod, &v, s.nullable, s.unchanged, out)
                 }),
+                ColumnValue::Binary(b) => crate::pg_binary::write_binary(
+                    &c.pg_type,
+                    c.typmod,
+                    b,
+                    s.nullable,
+                    s.unchanged,
+                    out,
+                ),
                 ColumnValue::Null => write_slot(
                     &c.pg_type,
                     c.typmod,

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use walbrook_pgtype_avro::types::BUILTIN_RANGES;
 use walbrook_pgtype_avro::{
@@ -140,6 +141,75 @@ fn resolve<'a>(
     })
 }
 
+/// A value's binary form as the server sent it.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// The binary forms of `table`'s values (a binary query result, the same bytes as
+/// `COPY … (FORMAT binary)`) give the same typed values and the same Avro bytes as their
+/// text forms. Returns how many values were checked.
+async fn check_binary_forms(
+    client: &Client,
+    table: &str,
+    ty: &str,
+    column: &ColumnDesc,
+    schemas: &TableSchemas,
+    texts: &[Vec<Option<String>>],
+) -> usize {
+    if !walbrook_pgtype_avro::pg_binary::reads(&column.pg_type) {
+        return 0;
+    }
+    let rows = client
+        .query(&format!("SELECT v FROM {table} ORDER BY id"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{ty}: {e:?}"));
+    assert_eq!(rows.len(), texts.len(), "{ty}");
+    for (row, text) in rows.iter().zip(texts) {
+        let id = text[0].as_deref().unwrap();
+        let raw: Option<Raw<'_>> = row.get(0);
+        let (from_text, from_binary) = match (text[1].as_deref(), &raw) {
+            (Some(t), Some(b)) => (ColumnValue::Text(t), ColumnValue::Binary(b.0)),
+            (None, None) => (ColumnValue::Null, ColumnValue::Null),
+            other => panic!("{ty}: NULL in one form only: {other:?}", other = other.0),
+        };
+        if let (Some(t), Some(b)) = (text[1].as_deref(), &raw) {
+            let typed = walbrook_pgtype_avro::parse_binary(&column.pg_type, column.typmod, b.0)
+                .unwrap_or_else(|e| panic!("{ty} {t:?}: {e}"));
+            let reference =
+                walbrook_pgtype_avro::parse_text(&column.pg_type, column.typmod, t).unwrap();
+            assert_eq!(format!("{typed:?}"), format!("{reference:?}"), "{ty} {t:?}");
+        }
+        for schema in [
+            &schemas.after,
+            schemas.before.as_ref().unwrap(),
+            &schemas.row,
+        ] {
+            let (mut expected, mut got) = (Vec::new(), Vec::new());
+            schema
+                .write_text_single_object(&[ColumnValue::Text(id), from_text], &mut expected)
+                .unwrap();
+            schema
+                .write_text_single_object(&[ColumnValue::Text(id), from_binary], &mut got)
+                .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", text[1]));
+            assert_eq!(got, expected, "{ty} {:?}", text[1]);
+            let value = schema
+                .encode_text(&[ColumnValue::Text(id), from_binary])
+                .unwrap_or_else(|e| panic!("{ty} {:?}: {e}", text[1]));
+            assert_eq!(schema.to_single_object(&value).unwrap(), expected, "{ty}");
+        }
+    }
+    rows.len()
+}
+
 async fn connect(url: &str, interval_style: &str) -> Client {
     connect_tz(url, interval_style, "UTC").await
 }
@@ -161,12 +231,12 @@ async fn run_round_trip(
     interval_style: &str,
     time_zone: &str,
     only: Option<&dyn Fn(&str) -> bool>,
-) -> usize {
+) -> (usize, usize) {
     let pg = walbrook_harness::PgServer::shared();
     let db = pg.fresh_database("pgtype_rt");
     let client = connect_tz(&db.url(), interval_style, time_zone).await;
     client.batch_execute(SETUP).await.unwrap();
-    let mut checked = 0;
+    let (mut checked, mut binary) = (0, 0);
     let mut failures = Vec::new();
     for (k, (ty, values)) in cases().into_iter().enumerate() {
         if only.is_some_and(|f| !f(ty)) {
@@ -226,6 +296,8 @@ async fn run_round_trip(
         let schemas = TableSchemas::new(&relation).unwrap_or_else(|e| panic!("{ty}: {e}"));
         let texts = simple(&client, &format!("SELECT id, v FROM {table} ORDER BY id")).await;
         assert_eq!(texts.len(), values.len(), "{ty}");
+        binary +=
+            check_binary_forms(&client, &table, ty, &relation.columns[1], &schemas, &texts).await;
         let mut rendered = Vec::new();
         for row in &texts {
             let id = row[0].as_deref().unwrap();
@@ -335,19 +407,21 @@ async fn run_round_trip(
         "round-trip failures:\n{}",
         failures.join("\n")
     );
-    checked
+    (checked, binary)
 }
 
 #[tokio::test]
 async fn every_type_round_trips_through_avro() {
-    let checked = run_round_trip("postgres", "UTC", None).await;
-    eprintln!("round-tripped {checked} values");
+    let (checked, binary) = run_round_trip("postgres", "UTC", None).await;
+    eprintln!("round-tripped {checked} values, {binary} of them also from their binary form");
     assert!(checked > 250, "only {checked} values checked");
+    assert!(binary > 100, "only {binary} binary values checked");
 }
 
 #[tokio::test]
 async fn intervals_round_trip_with_iso_8601_style() {
-    let checked = run_round_trip("iso_8601", "UTC", Some(&|t| t.starts_with("interval"))).await;
+    let (checked, _) =
+        run_round_trip("iso_8601", "UTC", Some(&|t| t.starts_with("interval"))).await;
     assert!(checked >= 10, "only {checked} values checked");
 }
 
@@ -356,8 +430,9 @@ async fn time_zones_other_than_utc_are_parsed() {
     // +05:45, a negative half-hour zone, and local mean time offsets with seconds for old dates.
     for tz in ["Asia/Kathmandu", "America/St_Johns", "Europe/Amsterdam"] {
         let only = |t: &str| t.contains("tz") || t.contains("timestamp") || t == "pair";
-        let checked = run_round_trip("postgres", tz, Some(&only)).await;
+        let (checked, binary) = run_round_trip("postgres", tz, Some(&only)).await;
         assert!(checked >= 15, "only {checked} values checked in {tz}");
+        assert!(binary >= 10, "only {binary} binary values checked in {tz}");
     }
 }
 

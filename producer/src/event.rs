@@ -228,8 +228,8 @@ impl TableEncoder {
     }
 
     /// [`TableEncoder::encode_into`] of an event without `before` whose `after` values are
-    /// already text (a snapshot row read straight from its COPY buffer, docs/protocol.md
-    /// §8.2), its start copied from `prefix`, made by [`TableEncoder::source_prefix`] of
+    /// given as text or binary forms (a snapshot row read straight from its COPY buffer,
+    /// docs/protocol.md §8.2), its start copied from `prefix`, made by [`TableEncoder::source_prefix`] of
     /// the same op and a source that differs from `source` at most in `ordinal`, `last`
     /// and `sent_at_micros`: the same bytes as `encode_into` given the values as a tuple.
     pub fn encode_after_text_into(

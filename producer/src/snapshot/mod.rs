@@ -13,6 +13,7 @@
 //!   message: on errors, on shutdown, and — published by a surviving or restarted
 //!   producer — when its producer was killed.
 
+mod copy_binary;
 mod copy_text;
 pub mod position;
 mod run;

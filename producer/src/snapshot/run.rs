@@ -4,6 +4,8 @@
 //! ```text
 //!  reader task (own SQL connection)         runner (owns the lock connection)
 //!  COPY (chunk query) ──► channel(1) ──►  encode (op READ) ──► Publisher (bounded window)
+//!  binary, or text when a column type
+//!  has no binary reader
 //!                                          progress to _walbrook.snapshots as acks arrive
 //! ```
 //! Memory is bounded by three chunks (one being read, one queued, one being published)
@@ -29,10 +31,10 @@ use crate::metrics::{KindLabels, Metrics, TableLabels};
 use crate::pgoutput::ColumnValue;
 use crate::publish::{OutMessage, Publisher, RetryPolicy, context_for};
 
-use super::copy_text;
 use super::position::{self, ConsistentPoint};
 use super::store;
 use super::table::{FilterSql, SnapshotTable};
+use super::{copy_binary, copy_text};
 
 /// Everything an accepted snapshot needs.
 pub(super) struct Run {
@@ -217,6 +219,7 @@ async fn publish_all(
     let _abort_reader = AbortOnDrop(reader);
     let desc = table.encoder.desc();
     let columns = desc.columns.len();
+    let binary = table.binary();
     let mut batch = RowBatch {
         subject: info.subject.clone(),
         snapshot: info.id.clone(),
@@ -253,44 +256,20 @@ async fn publish_all(
         timing.reading += waited.elapsed();
         let Some(chunk) = chunk else { break };
         let started = std::time::Instant::now();
-        // Parsed here, row by row, rather than by the reader. A chunk that is valid UTF-8
-        // (checked once) has its rows' values encoded straight from the buffer; a row
-        // with escapes, or any row of a chunk that is not, goes through a tuple (whose
-        // conversion names the offending column).
+        // Parsed here, row by row, rather than by the reader.
         let chunk = chunk?;
-        let text = std::str::from_utf8(&chunk).ok();
-        let mut values = Vec::with_capacity(columns);
+        let mut rows_of = RowsOf::new(&chunk, binary, columns);
         let published_before = timing.publishing;
         let limit = large.max_body().min(BATCH_BYTES);
         let sent_at = now_micros();
-        let mut start = 0;
-        while start < chunk.len() {
-            let end = memchr::memchr(b'\n', &chunk[start..])
-                .map(|i| start + i)
-                .ok_or_else(|| copy_text::CopyTextError::Truncated.to_string())?;
-            let line = start..end;
-            start = end + 1;
-            rows += 1;
-            source.ordinal = rows - 1;
+        loop {
+            source.ordinal = rows;
             source.sent_at_micros = sent_at;
             scratch.clear();
-            let plain = match text {
-                Some(text) => copy_text::plain_row(&text[line.clone()], columns, &mut values)
-                    .map_err(|e| e.to_string())?,
-                None => false,
-            };
-            let encoded = if plain {
-                table
-                    .encoder
-                    .encode_after_text_into(&prefix, &source, &values, &mut scratch)
-            } else {
-                let tuple = copy_text::row(&chunk, line.start, line.end, columns)
-                    .map_err(|e| e.to_string())?;
-                table
-                    .encoder
-                    .encode_into(Op::Read, &source, None, Some(&tuple), &mut scratch)
-            };
-            encoded.map_err(|e| format!("cannot encode row {rows}: {e}"))?;
+            if !rows_of.encode_next(&table.encoder, &prefix, &source, &mut scratch)? {
+                break;
+            }
+            rows += 1;
             let framed = batch::framed_len(scratch.len());
             if batch.rows > 0 && batch.body.len() + framed > limit {
                 let pushed = std::time::Instant::now();
@@ -317,7 +296,7 @@ async fn publish_all(
             timing.publishing += pushed.elapsed();
         }
         timing.encoding += started.elapsed() - (timing.publishing - published_before);
-        drop(values);
+        drop(rows_of);
         if let Ok(buffer) = chunk.try_into_mut() {
             // Full means the reader has spares; this one is freed.
             let _ = recycle.try_send(buffer);
@@ -364,6 +343,80 @@ async fn publish_all(
         .map_err(publish_err)?;
     publisher.flush().await.map_err(publish_err)?;
     Ok(rows)
+}
+
+/// The rows of one chunk, encoded one at a time.
+struct RowsOf<'c> {
+    chunk: &'c Bytes,
+    /// The chunk as text when it is text and valid UTF-8 (checked once): rows without
+    /// escapes are encoded straight from it.
+    text: Option<&'c str>,
+    binary: bool,
+    columns: usize,
+    start: usize,
+    values: Vec<walbrook_pgtype_avro::ColumnValue<'c>>,
+}
+
+impl<'c> RowsOf<'c> {
+    fn new(chunk: &'c Bytes, binary: bool, columns: usize) -> RowsOf<'c> {
+        RowsOf {
+            chunk,
+            text: (!binary).then(|| std::str::from_utf8(chunk).ok()).flatten(),
+            binary,
+            columns,
+            start: 0,
+            values: Vec::with_capacity(columns),
+        }
+    }
+
+    /// Encodes the next row as an event of `source` into `out`: `false` at the end. A
+    /// binary row's values, and a text row without escapes in a chunk that is valid UTF-8,
+    /// are encoded straight from the buffer; other text rows go through a tuple (whose
+    /// conversion names the offending column).
+    fn encode_next(
+        &mut self,
+        encoder: &crate::event::TableEncoder,
+        prefix: &crate::event::SourcePrefix,
+        source: &Source,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        let chunk: &'c Bytes = self.chunk;
+        if self.start >= chunk.len() {
+            return Ok(false);
+        }
+        let row = source.ordinal + 1;
+        let encoded = if self.binary {
+            match copy_binary::read(&chunk[self.start..], self.columns, Some(&mut self.values))
+                .map_err(|e| e.to_string())?
+            {
+                copy_binary::Next::Row(len) => self.start += len,
+                _ => return Err(copy_binary::CopyBinaryError::Truncated.to_string()),
+            }
+            encoder.encode_after_text_into(prefix, source, &self.values, out)
+        } else {
+            let end = memchr::memchr(b'\n', &chunk[self.start..])
+                .map(|i| self.start + i)
+                .ok_or_else(|| copy_text::CopyTextError::Truncated.to_string())?;
+            let line = self.start..end;
+            self.start = end + 1;
+            let plain = match self.text {
+                Some(text) => {
+                    copy_text::plain_row(&text[line.clone()], self.columns, &mut self.values)
+                        .map_err(|e| e.to_string())?
+                }
+                None => false,
+            };
+            if plain {
+                encoder.encode_after_text_into(prefix, source, &self.values, out)
+            } else {
+                let tuple = copy_text::row(chunk, line.start, line.end, self.columns)
+                    .map_err(|e| e.to_string())?;
+                encoder.encode_into(Op::Read, source, None, Some(&tuple), out)
+            }
+        };
+        encoded.map_err(|e| format!("cannot encode row {row}: {e}"))?;
+        Ok(true)
+    }
 }
 
 /// How often a running snapshot's acked row count is written to `_walbrook.snapshots`.
@@ -499,11 +552,94 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-/// `COPY (query) TO STDOUT` in text format (see [`copy_text`]).
-async fn copy_out(sql: &Client, query: &str) -> Result<CopyOutStream, String> {
-    sql.copy_out(&format!("COPY ({query}) TO STDOUT"))
+/// `COPY (query) TO STDOUT`, in binary when `binary` (see [`copy_binary`]), else in
+/// text (see [`copy_text`]).
+async fn copy_out(sql: &Client, query: &str, binary: bool) -> Result<CopyOutStream, String> {
+    let format = if binary { " (FORMAT binary)" } else { "" };
+    sql.copy_out(&format!("COPY ({query}) TO STDOUT{format}"))
         .await
         .map_err(|e| db_message(&e))
+}
+
+/// One key-ordered chunk as the reader hands it over.
+struct Chunk {
+    /// The rows: whole text lines, or binary rows without the header and trailer.
+    rows: Bytes,
+    count: usize,
+    /// The last row's key values as text (for the next chunk's query).
+    last_key: Vec<String>,
+}
+
+/// A text COPY's output as a [`Chunk`]; only the last row is parsed.
+fn text_chunk(table: &SnapshotTable, data: Bytes) -> Result<Option<Chunk>, String> {
+    let columns = table.encoder.desc().columns.len();
+    if data.is_empty() {
+        return Ok(None);
+    }
+    if data.last() != Some(&b'\n') {
+        return Err(copy_text::CopyTextError::Truncated.to_string());
+    }
+    let final_start = memchr::memrchr(b'\n', &data[..data.len() - 1]).map_or(0, |i| i + 1);
+    let final_row = copy_text::rows(&data.slice(final_start..), columns)
+        .map_err(|e| e.to_string())?
+        .pop()
+        .expect("one row");
+    let mut last_key = Vec::with_capacity(table.key.len());
+    for &i in &table.key {
+        match &final_row.0[i] {
+            ColumnValue::Text(bytes) => {
+                last_key.push(String::from_utf8_lossy(bytes).into_owned());
+            }
+            _ => return Err("a key column is NULL".into()),
+        }
+    }
+    drop(final_row); // its values share the buffer, which the publisher recycles
+    Ok(Some(Chunk {
+        count: memchr::memchr_iter(b'\n', &data).count(),
+        rows: data,
+        last_key,
+    }))
+}
+
+/// A binary COPY's output as a [`Chunk`]: the rows are walked (not decoded) for their
+/// count, and the last row's key values are read and rendered as text.
+fn binary_chunk(table: &SnapshotTable, data: Bytes) -> Result<Option<Chunk>, String> {
+    let desc = table.encoder.desc();
+    let truncated = || copy_binary::CopyBinaryError::Truncated.to_string();
+    let header = copy_binary::header_len(&data)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(truncated)?;
+    let scan = copy_binary::scan(&data[header..], desc.columns.len()).map_err(|e| e.to_string())?;
+    if scan.then != copy_binary::Next::End || header + scan.end + 2 != data.len() {
+        return Err(truncated());
+    }
+    let Some(last_start) = scan.last_start else {
+        return Ok(None);
+    };
+    let mut values = Vec::with_capacity(desc.columns.len());
+    copy_binary::read(
+        &data[header + last_start..],
+        desc.columns.len(),
+        Some(&mut values),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut last_key = Vec::with_capacity(table.key.len());
+    for &i in &table.key {
+        let column = &desc.columns[i];
+        let walbrook_pgtype_avro::ColumnValue::Binary(bytes) = values[i] else {
+            return Err("a key column is NULL".into());
+        };
+        let text = walbrook_pgtype_avro::parse_binary(&column.pg_type, column.typmod, bytes)
+            .and_then(|v| walbrook_pgtype_avro::render_text(&column.pg_type, &v))
+            .map_err(|e| format!("reading the key column {:?}: {e}", column.name))?
+            .ok_or("a key column is NULL")?;
+        last_key.push(text);
+    }
+    Ok(Some(Chunk {
+        rows: data.slice(header..header + scan.end),
+        count: scan.rows,
+        last_key,
+    }))
 }
 
 /// Key-ordered chunks, each one `COPY` of one statement (its own short transaction).
@@ -517,11 +653,12 @@ async fn read_keyed(
     tx: &mpsc::Sender<Result<Bytes, String>>,
     mut recycled: mpsc::Receiver<BytesMut>,
 ) -> Result<(), String> {
-    let columns = table.encoder.desc().columns.len();
+    let binary = table.binary();
     let mut last: Option<Vec<String>> = None;
     let (mut copying, mut handing_over) = (Duration::ZERO, Duration::ZERO);
     let report = |copying: Duration, handing_over: Duration| {
         tracing::debug!(
+            binary,
             copying_ms = copying.as_millis(),
             waiting_for_the_publisher_ms = handing_over.as_millis(),
             "snapshot rows read"
@@ -532,7 +669,7 @@ async fn read_keyed(
     loop {
         let started = std::time::Instant::now();
         let query = table.chunk_query(filter, last.as_deref(), chunk_size);
-        let stream = copy_out(sql, &query).await?;
+        let stream = copy_out(sql, &query, binary).await?;
         futures::pin_mut!(stream);
         let mut data = match recycled.try_recv() {
             Ok(mut buffer) => {
@@ -547,33 +684,19 @@ async fn read_keyed(
         }
         copying += started.elapsed();
         expected = data.len() + data.len() / 8;
-        let data = data.freeze();
-        if data.is_empty() {
+        let chunk = if binary {
+            binary_chunk(table, data.freeze())?
+        } else {
+            text_chunk(table, data.freeze())?
+        };
+        let Some(chunk) = chunk else {
             report(copying, handing_over);
             return Ok(());
-        }
-        if data.last() != Some(&b'\n') {
-            return Err(copy_text::CopyTextError::Truncated.to_string());
-        }
-        let final_start = memchr::memrchr(b'\n', &data[..data.len() - 1]).map_or(0, |i| i + 1);
-        let final_row = copy_text::rows(&data.slice(final_start..), columns)
-            .map_err(|e| e.to_string())?
-            .pop()
-            .expect("one row");
-        let mut key = Vec::with_capacity(table.key.len());
-        for &i in &table.key {
-            match &final_row.0[i] {
-                ColumnValue::Text(bytes) => {
-                    key.push(String::from_utf8_lossy(bytes).into_owned());
-                }
-                _ => return Err("a key column is NULL".into()),
-            }
-        }
-        last = Some(key);
-        drop(final_row); // its values share the buffer, which the publisher recycles
-        let full = memchr::memchr_iter(b'\n', &data).count() == chunk_size as usize;
+        };
+        last = Some(chunk.last_key);
+        let full = chunk.count == chunk_size as usize;
         let sending = std::time::Instant::now();
-        if tx.send(Ok(data)).await.is_err() {
+        if tx.send(Ok(chunk.rows)).await.is_err() {
             return Ok(());
         }
         handing_over += sending.elapsed();
@@ -594,8 +717,19 @@ async fn read_unkeyed(
     chunk_size: u32,
     tx: &mpsc::Sender<Result<Bytes, String>>,
 ) -> Result<(), String> {
-    let stream = copy_out(sql, &table.full_query(filter)).await?;
+    let binary = table.binary();
+    let columns = table.encoder.desc().columns.len();
+    let stream = copy_out(sql, &table.full_query(filter), binary).await?;
     futures::pin_mut!(stream);
+    let mut cutter = if binary {
+        Cutter::Binary {
+            header_read: false,
+            complete: 0,
+            ended: false,
+        }
+    } else {
+        Cutter::Text
+    };
     let mut data = BytesMut::new();
     let mut rows_in_data = 0usize;
     loop {
@@ -605,27 +739,135 @@ async fn read_unkeyed(
             .transpose()
             .map_err(|e| db_message(&e))?;
         let done = part.is_none();
+        let new_from = data.len();
         if let Some(part) = part {
-            rows_in_data += memchr::memchr_iter(b'\n', &part).count();
             data.extend_from_slice(&part);
         }
-        while rows_in_data >= chunk_size as usize || (done && !data.is_empty()) {
-            // The end of the chunk_size-th complete row (or of all data at the end).
-            let cut = if rows_in_data >= chunk_size as usize {
-                memchr::memchr_iter(b'\n', &data)
-                    .nth(chunk_size as usize - 1)
-                    .map_or(data.len(), |i| i + 1)
-            } else {
-                data.len()
-            };
-            let chunk = data.split_to(cut).freeze();
-            rows_in_data -= memchr::memchr_iter(b'\n', &chunk).count();
+        rows_in_data += cutter.count_new_rows(&mut data, new_from, columns)?;
+        while rows_in_data >= chunk_size as usize || (done && rows_in_data > 0) {
+            let cut = cutter.end_of_rows(&data, chunk_size as usize, columns)?;
+            let chunk = data.split_to(cut.end).freeze();
+            rows_in_data -= cut.rows;
+            cutter.taken(cut.end);
             if tx.send(Ok(chunk)).await.is_err() {
                 return Ok(());
             }
         }
         if done {
-            return Ok(());
+            return cutter.finish(&data);
+        }
+    }
+}
+
+/// Where [`read_unkeyed`] cuts the streamed COPY data into chunks of whole rows.
+enum Cutter {
+    /// Rows end with `\n`.
+    Text,
+    /// Rows are walked field by field; the header goes before the first chunk and the
+    /// trailer after the last.
+    Binary {
+        header_read: bool,
+        /// The end of the complete rows counted so far.
+        complete: usize,
+        /// Whether the trailer was seen.
+        ended: bool,
+    },
+}
+
+/// The first `rows` rows of the data end at `end`.
+struct Cut {
+    end: usize,
+    rows: usize,
+}
+
+impl Cutter {
+    /// Counts the rows completed by the data appended from `new_from` on (and drops the
+    /// binary header).
+    fn count_new_rows(
+        &mut self,
+        data: &mut BytesMut,
+        new_from: usize,
+        columns: usize,
+    ) -> Result<usize, String> {
+        match self {
+            Cutter::Text => Ok(memchr::memchr_iter(b'\n', &data[new_from..]).count()),
+            Cutter::Binary {
+                header_read,
+                complete,
+                ended,
+            } => {
+                if !*header_read {
+                    match copy_binary::header_len(data).map_err(|e| e.to_string())? {
+                        Some(len) => {
+                            let _ = data.split_to(len);
+                            *header_read = true;
+                        }
+                        None => return Ok(0),
+                    }
+                }
+                if *ended {
+                    return Ok(0);
+                }
+                let scan =
+                    copy_binary::scan(&data[*complete..], columns).map_err(|e| e.to_string())?;
+                *complete += scan.end;
+                *ended = scan.then == copy_binary::Next::End;
+                Ok(scan.rows)
+            }
+        }
+    }
+
+    /// Where the first `limit` rows (or all complete rows, if fewer) end.
+    fn end_of_rows(&self, data: &[u8], limit: usize, columns: usize) -> Result<Cut, String> {
+        match self {
+            Cutter::Text => {
+                let newlines = memchr::memchr_iter(b'\n', data);
+                let (rows, end) = newlines
+                    .take(limit)
+                    .enumerate()
+                    .last()
+                    .map_or((0, 0), |(i, at)| (i + 1, at + 1));
+                Ok(Cut { end, rows })
+            }
+            Cutter::Binary { complete, .. } => {
+                let mut cut = Cut { end: 0, rows: 0 };
+                while cut.rows < limit && cut.end < *complete {
+                    match copy_binary::read(&data[cut.end..], columns, None)
+                        .map_err(|e| e.to_string())?
+                    {
+                        copy_binary::Next::Row(len) => {
+                            cut.end += len;
+                            cut.rows += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                Ok(cut)
+            }
+        }
+    }
+
+    /// `end` bytes of counted rows were handed over.
+    fn taken(&mut self, end: usize) {
+        if let Cutter::Binary { complete, .. } = self {
+            *complete -= end;
+        }
+    }
+
+    /// The stream ended: what is left must be nothing (text) or exactly the trailer.
+    fn finish(&self, left: &[u8]) -> Result<(), String> {
+        let complete = match self {
+            Cutter::Text => left.is_empty(),
+            Cutter::Binary {
+                header_read,
+                complete,
+                ended,
+            } => *header_read && *ended && *complete == 0 && left == copy_binary::TRAILER,
+        };
+        if complete {
+            Ok(())
+        } else {
+            Err(copy_text::CopyTextError::Truncated.to_string())
         }
     }
 }

@@ -251,6 +251,14 @@ impl SnapshotTable {
         &self.encoder.desc().columns
     }
 
+    /// Whether the rows are copied in PostgreSQL's binary format: when every column's type
+    /// has a binary reader (`walbrook_pgtype_avro::pg_binary::reads`), else in text.
+    pub fn binary(&self) -> bool {
+        self.columns()
+            .iter()
+            .all(|c| walbrook_pgtype_avro::pg_binary::reads(&c.pg_type))
+    }
+
     /// `"schema.table"` for messages.
     pub fn name(&self) -> String {
         let desc = self.encoder.desc();
@@ -427,6 +435,17 @@ mod tests {
             t.full_query(&FilterSql(None)),
             r#"SELECT "a""b", "c" FROM "my schema"."t""x""#
         );
+    }
+
+    #[test]
+    fn rows_are_copied_in_binary_only_when_every_column_type_has_a_binary_reader() {
+        let mut t = table(vec![0]);
+        assert!(t.binary(), "integer and text");
+        let mut desc = t.encoder.desc().clone();
+        desc.columns[1].pg_type =
+            walbrook_pgtype_avro::PgType::Builtin(walbrook_pgtype_avro::Builtin::Inet);
+        t.encoder = TableEncoder::new(desc).unwrap();
+        assert!(!t.binary(), "inet is read from text");
     }
 
     #[test]
