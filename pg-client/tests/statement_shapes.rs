@@ -18,11 +18,12 @@ use common::{Setup, connect, rows, wait_equal};
 /// changes was written as one multi-row statement (and whether by `COPY`: the first word of
 /// the statement that fired the trigger).
 const STATEMENT_LOG: &str = "
-CREATE TABLE statements (tbl text, op text, command text);
+CREATE TABLE statements (tbl text, op text, command text, binary_format bool);
 CREATE FUNCTION log_statement() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN
        INSERT INTO statements
-         VALUES (TG_TABLE_NAME, TG_OP, upper(split_part(ltrim(current_query()), ' ', 1)));
+         VALUES (TG_TABLE_NAME, TG_OP, upper(split_part(ltrim(current_query()), ' ', 1)),
+                 current_query() ILIKE '%(FORMAT binary)%');
        RETURN NULL;
      END $$;
 ";
@@ -50,6 +51,18 @@ async fn copies(target: &tokio_postgres::Client, table: &str) -> i64 {
     target
         .query_one(
             "SELECT count(*) FROM statements WHERE tbl = $1 AND command = 'COPY'",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Statements on `table` that were a `COPY` in the binary format.
+async fn binary_copies(target: &tokio_postgres::Client, table: &str) -> i64 {
+    target
+        .query_one(
+            "SELECT count(*) FROM statements WHERE tbl = $1 AND command = 'COPY' AND binary_format",
             &[&table],
         )
         .await
@@ -244,53 +257,88 @@ async fn a_refused_row_inside_a_multi_row_update_dead_letters_exactly_that_event
 
 #[tokio::test]
 async fn awkward_values_cross_the_array_parameters_of_a_large_group() {
-    // Multi-row statements carry one `text[]` parameter per column (`unnest`), inserted rows
-    // go by COPY's text format: values that look like array syntax, the string "NULL" and
-    // COPY's `\N` beside real NULLs, quotes, backslashes, tabs, line breaks, COPY's
-    // end-of-data line `\.` and empty values must arrive unchanged, in a group larger than
-    // the former 1,000-row cap.
-    const TABLE: &str = r#"CREATE TABLE odd (
-        k text, n int, s text, tags text[], doc jsonb, amount numeric(12,3), raw bytea,
-        PRIMARY KEY (k, n))"#;
-    let mut setup = Setup::start("shapes_odd", TABLE, "public.odd").await;
-    let target_db = PgServer::shared().fresh_database("shapes_odd_target");
+    // With a `text[]` column (no binary form), inserted rows go by COPY's text format.
+    awkward_values("odd", true).await;
+}
+
+#[tokio::test]
+async fn awkward_values_cross_a_binary_copy() {
+    // Without it, every column has a binary form: inserted rows go by COPY's binary format.
+    awkward_values("odd_binary", false).await;
+}
+
+/// Multi-row statements carry one `text[]` parameter per column (`unnest`), inserted rows
+/// go by COPY (text format when `with_array`, else binary): values that look like array
+/// syntax, the string "NULL" and COPY's `\N` beside real NULLs, quotes, backslashes, tabs,
+/// line breaks, COPY's end-of-data line `\.` and empty values must arrive unchanged, in a
+/// group larger than the former 1,000-row cap.
+async fn awkward_values(table: &str, with_array: bool) {
+    let (tags_column, tags_value, tags_update) = if with_array {
+        (
+            "tags text[],",
+            "CASE WHEN g % 4 = 0 THEN NULL WHEN g % 4 = 1 THEN '{}'
+                  ELSE ARRAY['NULL', NULL, 'c,d', E'e\\\"f', ''] END,",
+            ", tags = ARRAY[NULL, 'NULL']",
+        )
+    } else {
+        ("", "", "")
+    };
+    let create = format!(
+        "CREATE TABLE {table} (
+            k text, n int, s text, {tags_column} doc jsonb, amount numeric(12,3), raw bytea,
+            at timestamptz, PRIMARY KEY (k, n))"
+    );
+    let mut setup = Setup::start(
+        &format!("shapes_{table}"),
+        &create,
+        &format!("public.{table}"),
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database(&format!("shapes_{table}_target"));
     let target = connect(&target_db.url()).await;
     target
         .batch_execute(&format!(
-            "{TABLE}; {STATEMENT_LOG} {}",
-            log_statements_of("odd")
+            "{create}; {STATEMENT_LOG} {}",
+            log_statements_of(table)
         ))
         .await
         .unwrap();
-    setup
-        .exec(&[
-            r#"BEGIN;
-             INSERT INTO odd
-               SELECT (ARRAY['plain', 'NULL', '', 'a,b', '{x}', 'q"uo''te', E'back\\slash', ' sp ',
-                             E'ta\tb', E'new\nline', E'c\rr', E'\\N', E'\\.', E'x\n\\.\ny'])[g % 14 + 1],
-                      g,
-                      CASE WHEN g % 5 = 0 THEN NULL WHEN g % 5 = 1 THEN 'NULL' ELSE '{' || g || ',"}' END,
-                      CASE WHEN g % 4 = 0 THEN NULL WHEN g % 4 = 1 THEN '{}'
-                           ELSE ARRAY['NULL', NULL, 'c,d', E'e\\"f', ''] END,
-                      CASE WHEN g % 3 = 0 THEN NULL ELSE jsonb_build_object('g', g, 's', 'x"y,{z}') END,
-                      g / 7.0,
-                      CASE WHEN g % 2 = 0 THEN NULL ELSE decode('00ff5c22', 'hex') END
-                 FROM generate_series(1, 1200) g;
-             COMMIT"#,
-            "BEGIN;
-             UPDATE odd SET s = 'NULL', tags = ARRAY[NULL, 'NULL'] WHERE n % 10 = 3;
-             DELETE FROM odd WHERE n % 10 = 7;
-             COMMIT",
-        ])
-        .await;
-    let (stop, task) = run_sink(&setup, &target_db.url(), "odd", "public.odd").await;
-    wait_equal(&setup.sql, &target, &["odd"], Duration::from_secs(60)).await;
+    let insert = format!(
+        r#"BEGIN;
+         INSERT INTO {table}
+           SELECT (ARRAY['plain', 'NULL', '', 'a,b', '{{x}}', 'q"uo''te', E'back\\slash', ' sp ',
+                         E'ta\tb', E'new\nline', E'c\rr', E'\\N', E'\\.', E'x\n\\.\ny'])[g % 14 + 1],
+                  g,
+                  CASE WHEN g % 5 = 0 THEN NULL WHEN g % 5 = 1 THEN 'NULL' ELSE '{{' || g || ',"}}' END,
+                  {tags_value}
+                  CASE WHEN g % 3 = 0 THEN NULL ELSE jsonb_build_object('g', g, 's', 'x"y,{{z}}') END,
+                  CASE WHEN g % 11 = 0 THEN 'NaN' ELSE (g - 600) / 7.0 END,
+                  CASE WHEN g % 2 = 0 THEN NULL ELSE decode('00ff5c22', 'hex') END,
+                  CASE WHEN g % 6 = 0 THEN 'infinity'
+                       ELSE timestamptz '1999-12-31 23:00:00+00' + (g - 600) * interval '1 hour 1 second' END
+             FROM generate_series(1, 1200) g;
+         COMMIT"#
+    );
+    let update = format!(
+        "BEGIN;
+         UPDATE {table} SET s = 'NULL'{tags_update} WHERE n % 10 = 3;
+         DELETE FROM {table} WHERE n % 10 = 7;
+         COMMIT"
+    );
+    setup.exec(&[&insert, &update]).await;
+    let (stop, task) = run_sink(&setup, &target_db.url(), table, &format!("public.{table}")).await;
+    wait_equal(&setup.sql, &target, &[table], Duration::from_secs(60)).await;
     stop.cancel();
     task.await.unwrap();
     // 1,200 inserts in one COPY, the 120 updates in one statement, the 120 deletes in one.
-    assert_eq!(statements(&target, "odd", "INSERT").await, 2);
-    assert_eq!(copies(&target, "odd").await, 1);
-    assert_eq!(statements(&target, "odd", "DELETE").await, 1);
+    assert_eq!(statements(&target, table, "INSERT").await, 2);
+    assert_eq!(copies(&target, table).await, 1);
+    assert_eq!(
+        binary_copies(&target, table).await,
+        i64::from(!with_array),
+        "binary format"
+    );
+    assert_eq!(statements(&target, table, "DELETE").await, 1);
     setup.stop().await;
 }
 

@@ -156,7 +156,8 @@ impl<'a> FromSql<'a> for Raw<'a> {
 
 /// The binary forms of `table`'s values (a binary query result, the same bytes as
 /// `COPY … (FORMAT binary)`) give the same typed values and the same Avro bytes as their
-/// text forms. Returns how many values were checked.
+/// text forms, and `pg_binary::send` of the typed value gives PostgreSQL's binary form
+/// back. Returns how many values were checked.
 async fn check_binary_forms(
     client: &Client,
     table: &str,
@@ -187,6 +188,11 @@ async fn check_binary_forms(
             let reference =
                 walbrook_pgtype_avro::parse_text(&column.pg_type, column.typmod, t).unwrap();
             assert_eq!(format!("{typed:?}"), format!("{reference:?}"), "{ty} {t:?}");
+            // And back: the binary form we send is the one PostgreSQL sends.
+            let mut sent = Vec::new();
+            walbrook_pgtype_avro::pg_binary::send(&column.pg_type, &reference, &mut sent)
+                .unwrap_or_else(|e| panic!("{ty} {t:?}: {e}"));
+            assert_eq!(sent, b.0, "{ty} {t:?}: sent form");
         }
         for schema in [
             &schemas.after,
