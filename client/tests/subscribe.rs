@@ -219,10 +219,13 @@ async fn a_durable_consumer_resumes_without_redelivering_acked_events() {
             "INSERT INTO t VALUES (5)",
         ])
         .await;
+    // The ack wait is short so that the test sees a redelivery, and long enough that a
+    // loaded machine acknowledges the first events before it (1 s was seen to be too short
+    // once under load: the events came again before their acks).
     let subscription = || {
         Subscription::table("public.t")
             .durable("resume-test")
-            .ack_wait(Duration::from_secs(1))
+            .ack_wait(Duration::from_secs(3))
             .prefetch(2)
     };
     let mut stream = client.subscribe(subscription()).await.unwrap();
@@ -258,7 +261,7 @@ async fn a_durable_consumer_resumes_without_redelivering_acked_events() {
         event.ack().await.unwrap();
     }
     // Nothing acked comes back, even after the ack wait.
-    assert_quiet(&mut stream, Duration::from_secs(3)).await;
+    assert_quiet(&mut stream, Duration::from_secs(4)).await;
     drop(stream);
 
     // Unacked events are delivered again.
@@ -273,7 +276,7 @@ async fn a_durable_consumer_resumes_without_redelivering_acked_events() {
     assert_eq!(again.stream_sequence(), seven.stream_sequence());
     assert!(again.delivered() >= 2);
     again.ack().await.unwrap();
-    assert_quiet(&mut stream, Duration::from_secs(2)).await;
+    assert_quiet(&mut stream, Duration::from_secs(4)).await;
     drop(stream);
 
     assert!(client.delete_durable("resume-test").await.unwrap());
