@@ -721,11 +721,13 @@ async fn apply_with(
     let mut state = sink.state.lock().await;
     let state = &mut *state;
     let known = &mut state.known;
+    let beginning = std::time::Instant::now();
     let mut tx = sink
         .connection(&mut state.connection)
         .await?
         .begin()
         .await?;
+    let begin = beginning.elapsed();
     let mut changed: HashMap<TableName, TargetTable> = HashMap::new();
     // The last change of the stream (snapshot rows are not positions).
     let mut last: Option<usize> = None;
@@ -870,6 +872,7 @@ async fn apply_with(
     if let Some(g) = segment.take() {
         g.flush(&mut tx, plain_inserts, &mut timing).await?;
     }
+    let checkpointing = std::time::Instant::now();
     if let Some(i) = last {
         ddl::write_checkpoint(
             &mut tx,
@@ -880,6 +883,7 @@ async fn apply_with(
         )
         .await?;
     }
+    let checkpoint = checkpointing.elapsed();
     let committing = std::time::Instant::now();
     tx.commit().await?;
     known.extend(changed);
@@ -895,6 +899,8 @@ async fn apply_with(
         written = timing.written,
         build_us = timing.build.as_micros() as u64,
         execute_us = timing.execute.as_micros() as u64,
+        begin_us = begin.as_micros() as u64,
+        checkpoint_us = checkpoint.as_micros() as u64,
         commit_us = committing.elapsed().as_micros() as u64,
         total_us = started.elapsed().as_micros() as u64,
         "applied"
