@@ -207,25 +207,34 @@ impl AckHandle {
         AckHandle::default()
     }
 
+    /// Records the event as acknowledged without sending anything: `true` when its message
+    /// has no unacknowledged event left (and was not abandoned), i.e. when [`AckHandle::ack`]
+    /// would send the message's acknowledgement. A caller acknowledging many events marks
+    /// them all and awaits `ack` only for those.
+    pub(crate) fn mark(&self) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.abandoned {
+            return false;
+        }
+        if let Some(done) = state.acked.get_mut(self.index)
+            && !*done
+        {
+            *done = true;
+            state.remaining -= 1;
+        }
+        state.remaining == 0
+    }
+
     pub(crate) async fn ack(&self) -> Result<(), Error> {
+        if !self.mark() {
+            return Ok(());
+        }
         let Some(shared) = &self.shared else {
             return Ok(());
         };
-        {
-            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.abandoned {
-                return Ok(());
-            }
-            if let Some(done) = state.acked.get_mut(self.index)
-                && !*done
-            {
-                *done = true;
-                state.remaining -= 1;
-            }
-            if state.remaining > 0 {
-                return Ok(());
-            }
-        }
         let mut answered = shared.answered.lock().await;
         if *answered {
             return Ok(());

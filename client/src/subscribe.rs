@@ -868,6 +868,9 @@ type DecodedEvent = (
     crate::schema::Decoded,
 );
 
+/// Events of a shared message decoded between two yields to the scheduler.
+const YIELD_EVERY_EVENTS: usize = 128;
+
 /// Splits and decodes the body of a shared message, checking it against its headers.
 async fn decode_shared(
     cache: &SchemaCache,
@@ -910,6 +913,11 @@ async fn decode_shared(
     let mut schema = None;
     let n = ranges.len();
     for (i, range) in ranges.into_iter().enumerate() {
+        if i > 0 && i % YIELD_EVERY_EVENTS == 0 {
+            // Decoding a message of 1,000 events takes milliseconds: other tasks of this
+            // worker thread (a sink's database connection, say) get a turn between parts.
+            tokio::task::yield_now().await;
+        }
         let row = payload.slice(range);
         let (fingerprint, _) = split_single_object(&row).map_err(|e| {
             Error::with_source(

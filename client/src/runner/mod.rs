@@ -876,8 +876,16 @@ impl<S: Sink> Runner<S> {
             if !self.settle_acks().await {
                 flow = Flow::Resubscribe;
             }
+            // Every event is marked here (cheap, no future per event); only the messages
+            // they complete are acknowledged on the server, by the task.
+            let complete: Vec<crate::event::AckHandle> = events
+                .iter()
+                .filter(|e| e.ack.mark())
+                .map(|e| e.ack.clone())
+                .collect();
             self.acks = Some(tokio::spawn(async move {
-                let acks = futures::future::join_all(events.iter().map(|e| e.ack())).await;
+                let acks = futures::future::join_all(complete.iter().map(|a| a.ack())).await;
+                drop(events);
                 match acks.into_iter().find_map(Result::err) {
                     Some(e) => {
                         // Durable in the target already: a redelivery is skipped or
