@@ -606,7 +606,7 @@ fn copy_binary_data(
 ) -> Result<bytes::Bytes, String> {
     let count = i16::try_from(columns).map_err(|_| "too many columns for COPY".to_string())?;
     let mut data = Vec::with_capacity(19 + rows.len() * (2 + 12 * columns) + 2);
-    data.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    data.extend_from_slice(walbrook_pgtype_avro::pg_binary::COPY_SIGNATURE);
     data.extend_from_slice(&0u32.to_be_bytes()); // flags
     data.extend_from_slice(&0u32.to_be_bytes()); // header extension length
     for r in rows {
@@ -625,7 +625,7 @@ fn copy_binary_data(
             data[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
     }
-    data.extend_from_slice(&(-1i16).to_be_bytes());
+    data.extend_from_slice(&walbrook_pgtype_avro::pg_binary::COPY_TRAILER);
     Ok(bytes::Bytes::from(data))
 }
 

@@ -33,6 +33,13 @@ const EPOCH_DAYS: i32 = 10_957;
 /// Microseconds from 1970-01-01 to 2000-01-01.
 const EPOCH_MICROS: i64 = EPOCH_DAYS as i64 * 86_400 * 1_000_000;
 
+/// The signature that starts `COPY … (FORMAT binary)` data (then a 32-bit flags field and
+/// a 32-bit header extension length).
+pub const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// The field count of −1 that ends `COPY … (FORMAT binary)` data.
+pub const COPY_TRAILER: [u8; 2] = [0xff, 0xff];
+
 /// Whether values of `ty` can be read from the binary format (given as
 /// [`crate::ColumnValue::Binary`]). Domains follow their base type.
 pub fn reads(ty: &PgType) -> bool {
@@ -336,11 +343,6 @@ pub(crate) fn write_binary(
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
     use crate::binary::{write_bytes, write_long};
-    let plain = match text_of(ty, bytes) {
-        Some(text) => Some(text?.as_bytes()),
-        None if matches!(base_of(ty), PgType::Builtin(Builtin::Bytea)) => Some(bytes),
-        None => None,
-    };
     if let PgType::Builtin(Builtin::Numeric) = ty
         && let Some((precision, scale)) = numeric_decimal_params(typmod)
         && let Some(unscaled) = numeric_unscaled(bytes, precision, scale)
@@ -348,6 +350,11 @@ pub(crate) fn write_binary(
         write_decimal_unscaled(ty, typmod, unscaled, nullable, unchanged, out);
         return Ok(());
     }
+    let plain = match text_of(ty, bytes) {
+        Some(text) => Some(text?.as_bytes()),
+        None if matches!(base_of(ty), PgType::Builtin(Builtin::Bytea)) => Some(bytes),
+        None => None,
+    };
     match plain {
         // One plain `string`/`bytes` branch (after `null` when nullable).
         Some(plain) => {
@@ -500,16 +507,14 @@ fn numeric(r: &mut Reader<'_, '_>) -> Result<PgNumeric, Error> {
         }
     }
     if dscale > 0 {
+        use std::fmt::Write;
         text.push('.');
-        let mut left = usize::from(dscale);
-        let mut w = -1;
-        while left > 0 {
-            let group = format!("{:04}", digit(w));
-            let take = left.min(4);
-            text.push_str(&group[..take]);
-            left -= take;
-            w -= 1;
+        let end = text.len() + usize::from(dscale);
+        for w in (1..=i32::from(dscale.div_ceil(4))).map(|k| -k) {
+            let _ = write!(text, "{:04}", digit(w));
         }
+        // The last group may hold digits past the display scale (always zeros).
+        text.truncate(end);
     }
     Ok(PgNumeric::Finite(text))
 }

@@ -13,11 +13,7 @@
 
 use walbrook_pgtype_avro::ColumnValue;
 
-/// The fixed start of the data.
-pub const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
-
-/// The two bytes that end the data.
-pub const TRAILER: [u8; 2] = [0xff, 0xff];
+use walbrook_pgtype_avro::pg_binary::COPY_SIGNATURE;
 
 /// Why COPY binary data could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,11 +40,11 @@ pub enum CopyBinaryError {
 /// The length of the header at the start of `data`, `None` when `data` is too short to
 /// tell.
 pub fn header_len(data: &[u8]) -> Result<Option<usize>, CopyBinaryError> {
-    let prefix = &data[..data.len().min(SIGNATURE.len())];
-    if prefix != &SIGNATURE[..prefix.len()] {
+    let prefix = &data[..data.len().min(COPY_SIGNATURE.len())];
+    if prefix != &COPY_SIGNATURE[..prefix.len()] {
         return Err(CopyBinaryError::Header("not the binary COPY signature"));
     }
-    let Some(fixed) = data.get(..SIGNATURE.len() + 8) else {
+    let Some(fixed) = data.get(..COPY_SIGNATURE.len() + 8) else {
         return Ok(None);
     };
     let flags = u32::from_be_bytes(fixed[11..15].try_into().expect("4 bytes"));
@@ -59,7 +55,7 @@ pub fn header_len(data: &[u8]) -> Result<Option<usize>, CopyBinaryError> {
         return Err(CopyBinaryError::Header("unknown critical flags"));
     }
     let extension = u32::from_be_bytes(fixed[15..19].try_into().expect("4 bytes"));
-    let len = (SIGNATURE.len() + 8)
+    let len = (COPY_SIGNATURE.len() + 8)
         .checked_add(extension as usize)
         .ok_or(CopyBinaryError::Header("extension too long"))?;
     Ok((data.len() >= len).then_some(len))
@@ -166,9 +162,10 @@ pub struct Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use walbrook_pgtype_avro::pg_binary::COPY_TRAILER;
 
     fn header() -> Vec<u8> {
-        let mut d = SIGNATURE.to_vec();
+        let mut d = COPY_SIGNATURE.to_vec();
         d.extend_from_slice(&0u32.to_be_bytes());
         d.extend_from_slice(&0u32.to_be_bytes());
         d
@@ -195,7 +192,7 @@ mod tests {
         assert_eq!(h, 19);
         data.extend(row(&[Some(b"\x00\x01"), None, Some(b"")]));
         data.extend(row(&[Some(b"xyz"), Some(b"\t\n\\N"), None]));
-        data.extend_from_slice(&TRAILER);
+        data.extend_from_slice(&COPY_TRAILER);
         let mut values = Vec::new();
         let Next::Row(len) = read(&data[h..], 3, Some(&mut values)).unwrap() else {
             panic!()
@@ -243,7 +240,7 @@ mod tests {
     #[test]
     fn refuses_what_it_does_not_understand() {
         assert!(header_len(b"1\t2\n").is_err());
-        let mut oids = SIGNATURE.to_vec();
+        let mut oids = COPY_SIGNATURE.to_vec();
         oids.extend_from_slice(&(1u32 << 16).to_be_bytes());
         oids.extend_from_slice(&0u32.to_be_bytes());
         assert_eq!(

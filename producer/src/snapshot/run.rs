@@ -862,7 +862,12 @@ impl Cutter {
                 header_read,
                 complete,
                 ended,
-            } => *header_read && *ended && *complete == 0 && left == copy_binary::TRAILER,
+            } => {
+                *header_read
+                    && *ended
+                    && *complete == 0
+                    && left == walbrook_pgtype_avro::pg_binary::COPY_TRAILER
+            }
         };
         if complete {
             Ok(())
