@@ -60,10 +60,20 @@ pub struct CommonArgs {
     /// checkpoint in the target, or a durable consumer) resumes instead.
     #[arg(long, env = "WALBROOK_SINK_SNAPSHOT")]
     snapshot: bool,
-    /// Most events per batch (default: 2000 for `postgres`, whose batches shrink as changes
-    /// to the same keys collapse; 500 for the others).
+    /// Most events per batch (default: 10000 for `postgres`, whose batches shrink as changes
+    /// to the same keys collapse and which commits once per batch; 500 for the others).
+    /// A batch also ends after --batch-wait, so a quiet source is not delayed.
     #[arg(long, env = "WALBROOK_SINK_BATCH_EVENTS")]
     batch_events: Option<usize>,
+    /// `postgres`: a source transaction is applied in one target transaction up to this
+    /// many events (it bounds the events the sink holds); a larger one is split, with a
+    /// warning.
+    #[arg(
+        long,
+        env = "WALBROOK_SINK_TRANSACTION_EVENTS",
+        default_value_t = 32_000
+    )]
+    transaction_events: usize,
     /// Most payload bytes per batch.
     #[arg(long, env = "WALBROOK_SINK_BATCH_BYTES", default_value_t = 4 << 20)]
     batch_bytes: usize,
@@ -188,8 +198,9 @@ impl CommonArgs {
                     .with_context(|| format!("--start {lsn:?}: beginning, new or an LSN"))?,
             ),
         };
-        let default_events = if sink == "postgres" { 2000 } else { 500 };
+        let default_events = if sink == "postgres" { 10_000 } else { 500 };
         options.max_batch_events = self.batch_events.unwrap_or(default_events).max(1);
+        options.max_transaction_events = self.transaction_events.max(1);
         options.max_batch_bytes = self.batch_bytes.max(1);
         options.max_batch_wait = self.batch_wait;
         options.retry = RetryPolicy {

@@ -462,6 +462,18 @@ fn announced(payload: &[u8]) -> Result<Arc<EventSchema>, Error> {
 
 impl Rpc {
     async fn lookup(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
+        let started = std::time::Instant::now();
+        let result = self.request(fingerprint).await;
+        tracing::debug!(
+            %fingerprint,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            ok = result.is_ok(),
+            "schema lookup"
+        );
+        result
+    }
+
+    async fn request(&self, fingerprint: Fingerprint) -> Result<Arc<EventSchema>, Error> {
         let request = self
             .nats
             .request(self.subject.clone(), fingerprint.to_string().into());

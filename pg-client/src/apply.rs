@@ -721,13 +721,12 @@ async fn apply_with(
     let mut state = sink.state.lock().await;
     let state = &mut *state;
     let known = &mut state.known;
-    let beginning = std::time::Instant::now();
+    // `BEGIN` goes with the first statement (see `Connection::begin`).
     let mut tx = sink
         .connection(&mut state.connection)
         .await?
         .begin()
         .await?;
-    let begin = beginning.elapsed();
     let mut changed: HashMap<TableName, TargetTable> = HashMap::new();
     // The last change of the stream (snapshot rows are not positions).
     let mut last: Option<usize> = None;
@@ -899,7 +898,6 @@ async fn apply_with(
         written = timing.written,
         build_us = timing.build.as_micros() as u64,
         execute_us = timing.execute.as_micros() as u64,
-        begin_us = begin.as_micros() as u64,
         checkpoint_us = checkpoint.as_micros() as u64,
         commit_us = committing.elapsed().as_micros() as u64,
         total_us = started.elapsed().as_micros() as u64,

@@ -54,24 +54,67 @@ impl Connection {
         self.client.is_closed()
     }
 
-    /// Begins a transaction.
+    /// Begins a transaction. Nothing is sent yet: `BEGIN` goes with the transaction's first
+    /// statement, in the same round trip (tokio-postgres pipelines requests that are in
+    /// flight together).
     pub(crate) async fn begin(&mut self) -> Result<Tx<'_>, SinkError> {
         let Connection { client, statements } = self;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| classify(&e, None, "beginning a transaction"))?;
-        Ok(Tx { tx, statements })
+        Ok(Tx {
+            client,
+            statements,
+            begun: false,
+            ended: false,
+        })
     }
 }
 
-/// A transaction on the target (rolled back when dropped uncommitted).
+/// A transaction on the target; `ROLLBACK` is queued on the connection when it is dropped
+/// uncommitted (before anything sent later, so the next transaction starts clean).
 pub(crate) struct Tx<'c> {
-    tx: tokio_postgres::Transaction<'c>,
+    client: &'c Client,
     statements: &'c mut HashMap<String, Statement>,
+    /// `BEGIN` was sent.
+    begun: bool,
+    /// `COMMIT` was sent.
+    ended: bool,
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.begun && !self.ended {
+            // tokio-postgres queues a request on the first poll of its future; the answer is
+            // not needed (tokio-postgres' own `Transaction` does the same when dropped).
+            let rollback = self.client.batch_execute("ROLLBACK");
+            let mut rollback = std::pin::pin!(rollback);
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            let _ = rollback.as_mut().poll(&mut context);
+        }
+    }
 }
 
 impl Tx<'_> {
+    /// Runs `op`; the first operation of the transaction is sent right after `BEGIN`,
+    /// without waiting for its answer. (Should `BEGIN` itself fail while the operation
+    /// succeeds, the operation was applied on its own; every write of this sink is safe to
+    /// apply again, and the batch is retried.)
+    async fn run<T>(
+        client: &Client,
+        begin: bool,
+        op: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, tokio_postgres::Error> {
+        if !begin {
+            return op.await;
+        }
+        let (begun, result) = futures::join!(client.batch_execute("BEGIN"), op);
+        begun?;
+        result
+    }
+
+    /// Whether the next operation is the first (and marks `BEGIN` sent).
+    fn begins(&mut self) -> bool {
+        !std::mem::replace(&mut self.begun, true)
+    }
+
     /// The statement of `sql`, prepared with parameters of `types` on first use.
     async fn prepared(
         &mut self,
@@ -81,7 +124,9 @@ impl Tx<'_> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.tx.prepare_typed(sql, types).await?;
+        // Outside the transaction (statements belong to the session): a prepared statement
+        // is no reason to send `BEGIN` alone.
+        let statement = self.client.prepare_typed(sql, types).await?;
         if self.statements.len() >= STATEMENTS {
             self.statements.clear();
         }
@@ -97,7 +142,8 @@ impl Tx<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
         let statement = self.prepared(sql, types).await?;
-        self.tx.execute(&statement, params).await
+        let begin = self.begins();
+        Self::run(self.client, begin, self.client.execute(&statement, params)).await
     }
 
     /// Runs a query of `sql` with `params` of `types`; returns its rows.
@@ -108,12 +154,14 @@ impl Tx<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         let statement = self.prepared(sql, types).await?;
-        self.tx.query(&statement, params).await
+        let begin = self.begins();
+        Self::run(self.client, begin, self.client.query(&statement, params)).await
     }
 
     /// Runs a statement without parameters through the simple protocol (DDL, `TRUNCATE`).
     pub(crate) async fn batch(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
-        self.tx.batch_execute(sql).await
+        let begin = self.begins();
+        Self::run(self.client, begin, self.client.batch_execute(sql)).await
     }
 
     /// `COPY … FROM STDIN` (`sql`) of `data` in COPY's text format; returns the rows copied.
@@ -123,16 +171,25 @@ impl Tx<'_> {
         data: Bytes,
     ) -> Result<u64, tokio_postgres::Error> {
         let statement = self.prepared(sql, &[]).await?;
-        let sink = self.tx.copy_in::<_, Bytes>(&statement).await?;
-        futures::pin_mut!(sink);
-        sink.send(data).await?;
-        sink.finish().await
+        let begin = self.begins();
+        let client = self.client;
+        let copy = async move {
+            let sink = client.copy_in::<_, Bytes>(&statement).await?;
+            futures::pin_mut!(sink);
+            sink.send(data).await?;
+            sink.finish().await
+        };
+        Self::run(client, begin, copy).await
     }
 
-    /// Commits.
-    pub(crate) async fn commit(self) -> Result<(), SinkError> {
-        self.tx
-            .commit()
+    /// Commits (nothing to send when no statement ran).
+    pub(crate) async fn commit(mut self) -> Result<(), SinkError> {
+        if !self.begun {
+            return Ok(());
+        }
+        self.ended = true;
+        self.client
+            .batch_execute("COMMIT")
             .await
             .map_err(|e| classify(&e, None, "committing"))
     }

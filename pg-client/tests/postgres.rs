@@ -337,6 +337,65 @@ async fn a_transaction_above_the_default_ack_limit_is_applied_atomically() {
     setup.stop().await;
 }
 
+/// A source transaction past `max_transaction_events` is split across target transactions
+/// (the limit bounds the events the runner holds, whatever the batch size), and every row
+/// is still written exactly once.
+#[tokio::test]
+async fn a_transaction_past_the_transaction_limit_is_split_without_loss() {
+    let mut setup = Setup::start(
+        "sink_pg_txlimit",
+        "CREATE TABLE wide (id bigint PRIMARY KEY, note text)",
+        "public.wide",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_txlimit_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute(
+            "CREATE TABLE wide (id bigint PRIMARY KEY, note text);
+             CREATE TABLE audit (tx xid8 NOT NULL);
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO audit VALUES (pg_current_xact_id()); RETURN NULL; END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE ON wide
+               FOR EACH ROW EXECUTE FUNCTION audit();",
+        )
+        .await
+        .unwrap();
+    setup
+        .exec(&["INSERT INTO wide SELECT g, 'x' FROM generate_series(1, 2500) g"])
+        .await;
+    let shutdown = CancellationToken::new();
+    let client = setup.client().await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut options = RunnerOptions::new("wide", ["public.wide"]);
+    options.max_batch_events = 400;
+    options.max_transaction_events = 1_000;
+    let mut runner = Runner::new(client, sink, options);
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    wait_equal(&setup.sql, &target, &["wide"], Duration::from_secs(60)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let row = target
+        .query_one(
+            "SELECT sum(n)::bigint, count(*), max(n) FROM \
+             (SELECT count(*) AS n FROM audit GROUP BY tx) per_tx",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (writes, transactions, largest): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(writes, 2500, "every row written once");
+    assert!(
+        transactions >= 3 && largest <= 1_000,
+        "2,500 events cut at 1,000: {transactions} target transactions, the largest of \
+         {largest} rows"
+    );
+    setup.stop().await;
+}
+
 /// The bootstrap seam: rows of a "snapshot" (here the events of the first transaction, read
 /// by an ephemeral subscription, standing in for the snapshot SDK call) and its position,
 /// then the live changes from that position: no gap, no double.

@@ -22,6 +22,7 @@
 //!    events and undecodable messages go to the dead-letter subject before being
 //!    acknowledged; a fatal error stops the runner with nothing acknowledged.
 
+mod batch;
 pub(crate) mod dead_letter;
 mod delivery;
 mod metrics;
@@ -67,8 +68,15 @@ pub struct RunnerOptions {
     /// For [`Ordering::Stream`] sinks batches end only between source transactions: how long
     /// to wait for the rest of a transaction whose last event has not arrived (its remaining
     /// events may be of tables this consumer does not read) before ending the batch anyway
-    /// (default 1 s). A transaction larger than 16 times the batch limits is split.
+    /// (default 1 s). A transaction larger than [`RunnerOptions::max_transaction_events`]
+    /// is split.
     pub transaction_wait: Duration,
+    /// For [`Ordering::Stream`] sinks: a source transaction is kept in one batch (one target
+    /// transaction) up to this many events, or 16 times `max_batch_bytes`; a larger one is
+    /// split across batches, with a warning (default 32,000; never less than
+    /// `max_batch_events`). It bounds the decoded events a runner holds, independently of
+    /// the batch size.
+    pub max_transaction_events: usize,
     /// Concurrent lanes for [`Ordering::PerKey`] sinks (default 4).
     pub lanes: usize,
     /// How transient failures are retried.
@@ -92,6 +100,7 @@ impl RunnerOptions {
             max_batch_bytes: 4 << 20,
             max_batch_wait: Duration::from_millis(50),
             transaction_wait: Duration::from_secs(1),
+            max_transaction_events: 32_000,
             lanes: 4,
             retry: RetryPolicy::default(),
             ack_wait: Duration::from_secs(300),
@@ -126,13 +135,17 @@ pub struct Runner<S: Sink> {
     checkpoint: Option<Position>,
     /// Stream sequence of the last event applied, skipped or dead-lettered in this run.
     processed: u64,
-    /// An item read past the end of the previous batch (the next transaction's first).
-    carry: Option<Result<ChangeEvent, Error>>,
     /// Continuity of the current subscription's delivery sequence.
     deliveries: delivery::DeliverySequence,
     /// The acknowledgements of the last applied batch, sent while the next one is collected
-    /// and applied (its events are durable in the target already); `true` when all worked.
-    acks: Option<tokio::task::JoinHandle<bool>>,
+    /// and applied (its events are durable in the target already); `true` when all worked,
+    /// and the batch's vector, emptied, for the next batch.
+    acks: Option<tokio::task::JoinHandle<(bool, Vec<ChangeEvent>)>>,
+    /// Batch vectors kept empty between batches, with their capacity: a batch of thousands of
+    /// events is megabytes, and fresh memory for each one cost page faults (zeroing huge
+    /// pages was a tenth of the sink's CPU profile).
+    spare_items: Vec<Result<ChangeEvent, Error>>,
+    spare_events: Vec<ChangeEvent>,
 }
 
 impl<S: Sink> std::fmt::Debug for Runner<S> {
@@ -162,7 +175,8 @@ impl<S: Sink> Runner<S> {
             metrics,
             checkpoint: None,
             processed: 0,
-            carry: None,
+            spare_items: Vec::new(),
+            spare_events: Vec::new(),
             acks: None,
             deliveries: delivery::DeliverySequence::default(),
         }
@@ -387,11 +401,15 @@ impl<S: Sink> Runner<S> {
                     // The next two batches are decoded while the sink writes this one.
                     .decode_ahead(self.options.max_batch_events.saturating_mul(2).max(1))
                     .ack_wait(self.options.ack_wait)
-                    // A batch may hold up to 16 times `max_batch_events` unacknowledged
-                    // events (one large source transaction), plus what is prefetched: with
-                    // the server's default of 1,000 such a batch waited `transaction_wait`
-                    // for every 1,000 events.
-                    .max_ack_pending(self.options.max_batch_events.saturating_mul(18).max(1_000)),
+                    // A batch may hold up to `max_transaction_events` unacknowledged
+                    // events (one large source transaction), plus the next batch being
+                    // collected and what is decoded ahead: with the server's default of
+                    // 1,000 such a batch waited `transaction_wait` for every 1,000 events.
+                    .max_ack_pending(
+                        batch::transaction_events(&self.options)
+                            .saturating_add(self.options.max_batch_events.saturating_mul(3))
+                            .max(1_000),
+                    ),
             )
             .await
     }
@@ -409,7 +427,15 @@ impl<S: Sink> Runner<S> {
     /// Waits for the acknowledgements in flight; false when one failed.
     async fn settle_acks(&mut self) -> bool {
         match self.acks.take() {
-            Some(acks) => acks.await.unwrap_or(false),
+            Some(acks) => match acks.await {
+                Ok((acked, spare)) => {
+                    if spare.capacity() > self.spare_events.capacity() {
+                        self.spare_events = spare;
+                    }
+                    acked
+                }
+                Err(_) => false,
+            },
             None => true,
         }
     }
@@ -449,24 +475,46 @@ impl<S: Sink> Runner<S> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            tracing::debug!(consumer = %self.options.consumer, "subscribed");
             first = false;
             attempt = 0;
-            self.carry = None;
             self.deliveries.reset();
             self.metrics.set_healthy(true);
+            let mut collector = batch::Collector::new(&self.options, self.sink.ordering());
+            let mut items = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                items = collector.collect(&mut stream, std::mem::take(&mut self.spare_items)) => items,
+            };
             loop {
-                let items = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    items = self.collect(&mut stream) => items,
+                // The next batch is collected while this one is applied (the sink waits for
+                // its target most of that time); it is processed only after this one.
+                let next = collector.collect(&mut stream, std::mem::take(&mut self.spare_items));
+                let mut next = std::pin::pin!(next);
+                let mut collected = None;
+                let flow = {
+                    let process = self.process(items, &shutdown);
+                    let mut process = std::pin::pin!(process);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            flow = &mut process => break flow?,
+                            batch = &mut next, if collected.is_none() => collected = Some(batch),
+                        }
+                    }
                 };
-                if items.is_empty() {
-                    continue;
-                }
-                match self.process(items, &shutdown).await? {
+                match flow {
                     Flow::Continue => {}
+                    // The batch being collected is dropped unacknowledged: delivered again.
                     Flow::Resubscribe => break,
                     Flow::Stop => return Ok(()),
                 }
+                items = match collected {
+                    Some(items) => items,
+                    None => tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        items = &mut next => items,
+                    },
+                };
             }
             self.metrics.set_healthy(false);
             if sleep_or_stop(self.options.retry.delay(1), &shutdown).await {
@@ -475,84 +523,17 @@ impl<S: Sink> Runner<S> {
         }
     }
 
-    /// The next batch of items: waits for a first one, then for more until a limit or
-    /// `max_batch_wait`. For [`Ordering::Stream`] sinks the batch ends between two source
-    /// transactions (see [`RunnerOptions::transaction_wait`]).
-    async fn collect(&mut self, stream: &mut ChangeStream) -> Vec<Result<ChangeEvent, Error>> {
-        let mut items = Vec::new();
-        let first = match self.carry.take() {
-            Some(item) => Some(item),
-            None => stream.next().await,
-        };
-        match first {
-            Some(item) => items.push(item),
-            None => {
-                // The consumer ended: let the caller resubscribe.
-                items.push(Err(Error::new(ErrorKind::Nats, "the subscription ended")));
-                return items;
-            }
-        }
-        let aligned = self.sink.ordering() == Ordering::Stream;
-        let (max_events, max_bytes) = (self.options.max_batch_events, self.options.max_batch_bytes);
-        let mut bytes = item_len(&items[0]);
-        let deadline = tokio::time::Instant::now() + self.options.max_batch_wait;
-        loop {
-            let at_boundary = match items.last() {
-                Some(Ok(e)) => e.source().last,
-                _ => true,
-            };
-            let soft_full = items.len() >= max_events || bytes >= max_bytes;
-            let hard_full = items.len() >= max_events.saturating_mul(16)
-                || bytes >= max_bytes.saturating_mul(16);
-            if hard_full {
-                if aligned && !at_boundary {
-                    tracing::warn!(
-                        events = items.len(),
-                        "a source transaction exceeds 16 times the batch limits: it is applied \
-                         in more than one target transaction"
-                    );
-                }
-                break;
-            }
-            if soft_full && (at_boundary || !aligned) {
-                break;
-            }
-            let wait_until = if aligned && !at_boundary {
-                deadline.max(tokio::time::Instant::now() + self.options.transaction_wait)
-            } else {
-                deadline
-            };
-            match tokio::time::timeout_at(wait_until, stream.next()).await {
-                Ok(Some(item)) => {
-                    let new_transaction = match (items.last(), &item) {
-                        (Some(Ok(prev)), Ok(next)) => prev.commit_lsn() != next.commit_lsn(),
-                        _ => true,
-                    };
-                    if aligned
-                        && new_transaction
-                        && (soft_full || tokio::time::Instant::now() >= deadline)
-                    {
-                        self.carry = Some(item);
-                        break;
-                    }
-                    bytes += item_len(&item);
-                    items.push(item);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        items
-    }
-
     async fn process(
         &mut self,
-        items: Vec<Result<ChangeEvent, Error>>,
+        mut items: Vec<Result<ChangeEvent, Error>>,
         shutdown: &CancellationToken,
     ) -> Result<Flow, RunError> {
         // Sized for the whole collection: growing it moved every event (336 bytes) again.
-        let mut pending: Vec<ChangeEvent> = Vec::with_capacity(items.len());
+        let mut pending = std::mem::take(&mut self.spare_events);
+        pending.clear();
+        pending.reserve(items.len());
         tracing::debug!(items = items.len(), "collected");
-        for item in items {
+        for item in items.drain(..) {
             let delivery = match &item {
                 Ok(event) => event.consumer_sequence(),
                 Err(error) => error.message().map_or(0, |m| m.consumer_sequence()),
@@ -639,7 +620,9 @@ impl<S: Sink> Runner<S> {
                 }
             }
         }
+        self.spare_items = items;
         if pending.is_empty() {
+            self.spare_events = pending;
             return Ok(Flow::Continue);
         }
         tracing::debug!(
@@ -884,16 +867,17 @@ impl<S: Sink> Runner<S> {
                 .map(|e| e.ack.clone())
                 .collect();
             self.acks = Some(tokio::spawn(async move {
+                let mut events = events;
                 let acks = futures::future::join_all(complete.iter().map(|a| a.ack())).await;
-                drop(events);
+                events.clear();
                 match acks.into_iter().find_map(Result::err) {
                     Some(e) => {
                         // Durable in the target already: a redelivery is skipped or
                         // idempotent.
                         tracing::warn!("acknowledging failed, resubscribing: {e}");
-                        false
+                        (false, events)
                     }
-                    None => true,
+                    None => (true, events),
                 }
             }));
         }
@@ -909,13 +893,6 @@ fn processed_through(event: &ChangeEvent) -> u64 {
         event.stream_sequence()
     } else {
         event.stream_sequence().saturating_sub(1)
-    }
-}
-
-fn item_len(item: &Result<ChangeEvent, Error>) -> usize {
-    match item {
-        Ok(e) => e.payload_len(),
-        Err(e) => e.message().map_or(0, |m| m.payload.len()),
     }
 }
 

@@ -61,7 +61,7 @@ const USAGE: &str =
   --rows-per-tx M        rows per source transaction of the backlog (default 1000)
   --latency-rate R       changes/s of the latency run (default 5000)
   --latency-seconds S    its length (default 20)
-  --apply-changes N      changes of the apply workload (default 200000)
+  --apply-changes N      changes of the apply workload (default 1000000)
   --memory-rows N        rows of the memory run's one transaction (default 1000000)
   --sink-events N        events of the webhook/search sink runs (default 50000)
 
@@ -75,7 +75,7 @@ fn parse_args() -> Args {
         latency_rate: 5_000,
         latency_seconds: 20,
         only: Vec::new(),
-        apply_changes: 200_000,
+        apply_changes: 1_000_000,
         memory_rows: 1_000_000,
         sink_events: 50_000,
     };
@@ -1759,7 +1759,7 @@ fn apply_bench(
         "walbrook_sink_seconds": walbrook_secs,
         "walbrook_sink_changes_per_second": total_changes as f64 / walbrook_secs,
         "ratio_walbrook_to_native": ratio,
-        "sink_batch_events": std::env::var("BENCH_SINK_BATCH_EVENTS").unwrap_or_else(|_| "default (2000 for sink postgres)".into()),
+        "sink_batch_events": std::env::var("BENCH_SINK_BATCH_EVENTS").unwrap_or_else(|_| "default (10000 for sink postgres)".into()),
         "targets_equal_source": expected,
     });
     let path = out.join("apply.json");
