@@ -494,6 +494,92 @@ async fn undecodable_messages_are_dead_lettered_and_the_stream_goes_on() {
     setup.stop().await;
 }
 
+/// An event larger than the NATS server's `max_payload` (its body in the object store,
+/// protocol §3.5) that the target refuses is dead-lettered by reference: the dead letter
+/// fits the server's limit, decodes back to the whole event, and the stream goes on.
+#[tokio::test]
+async fn a_refused_event_larger_than_max_payload_is_dead_lettered_by_reference() {
+    let nats = walbrook_harness::NatsServer::start_with_config("max_payload: 65536\n").unwrap();
+    let mut setup = Setup::start_with_nats(
+        "sink_pg_bigdlq",
+        "CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL)",
+        "public.docs",
+        nats,
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_bigdlq_target");
+    let target = connect(&target_db.url()).await;
+    target
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, \
+             body text NOT NULL CHECK (length(body) < 100000))",
+        )
+        .await
+        .unwrap();
+    setup
+        .exec(&[
+            "INSERT INTO docs VALUES (1, 'small')",
+            "INSERT INTO docs SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 10000) g",
+            "INSERT INTO docs VALUES (3, 'small again')",
+        ])
+        .await;
+    let client = setup.client().await;
+    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+        .await
+        .unwrap();
+    let mut runner = Runner::new(
+        client.clone(),
+        sink,
+        RunnerOptions::new("bigdlq", ["public.docs"]),
+    );
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids: Vec<i32> = target
+            .query("SELECT id FROM docs ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ids == [1, 3] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rows around the refused one are not applied: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let letters = walbrook_client::runner::list_dead_letters(&client, "bigdlq")
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.sink, "postgres");
+    assert!(letter.error.contains("23514"), "{}", letter.error);
+    let nats = async_nats::connect(setup.nats.url()).await.unwrap();
+    let dlq = async_nats::jetstream::new(nats)
+        .get_stream(format!("{}_{}_DLQ", common::ROOT, setup.db.name()))
+        .await
+        .unwrap();
+    let stored = dlq.get_raw_message(letter.dlq_sequence).await.unwrap();
+    assert!(
+        stored.payload.is_empty() && stored.headers.get("Walbrook-Payload-Object").is_some(),
+        "stored by reference"
+    );
+    let body = letter.event.as_ref().expect("decodes")["after"]["body"]
+        .as_str()
+        .expect("the body")
+        .len();
+    assert_eq!(body, 320_000, "the whole event");
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
+
 /// Measures how fast the sink drains a backlog (printed, never asserted; run with
 /// `cargo test -p walbrook-pg-client --test postgres --release -- --ignored --nocapture`).
 #[tokio::test]

@@ -46,14 +46,24 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A dead letter for an event the sink refused.
+    /// A dead letter for an event the sink refused. An event whose body is in the object
+    /// store (larger than the server's `max_payload`, protocol §3.5) is stored by the same
+    /// reference, with an empty payload: its body would not fit a message.
     pub fn of_event(event: &ChangeEvent, sink: &str, error: impl Into<String>) -> DeadLetter {
+        // An event of a shared message goes alone, with its own headers (protocol §3.6).
+        let headers = event.event_headers();
+        let by_reference = headers
+            .as_ref()
+            .is_some_and(|h| h.get(walbrook_protocol::headers::PAYLOAD_OBJECT).is_some());
         DeadLetter {
             subject: event.subject().to_owned(),
             stream_sequence: event.stream_sequence(),
-            // An event of a shared message goes alone, with its own headers (protocol §3.6).
-            headers: event.event_headers(),
-            payload: event.payload().clone(),
+            headers,
+            payload: if by_reference {
+                Bytes::new()
+            } else {
+                event.payload().clone()
+            },
             error: error.into(),
             sink: sink.to_owned(),
         }
