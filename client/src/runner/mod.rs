@@ -16,7 +16,8 @@
 //!    [`RunnerOptions::max_batch_wait`] once the first event is there), drop events at or
 //!    below the checkpoint or already applied in this run (acknowledging them), and hand the
 //!    rest to [`Sink::apply`] — whole, or split into per-key lanes for sinks whose writes to
-//!    different keys commute ([`Ordering::PerKey`]).
+//!    different keys commute ([`Ordering::PerKey`]). The next batch is collected (not
+//!    processed) while the sink applies this one.
 //! 4. Acknowledge the batch only after `apply` returned (the sink's write is durable).
 //!    Transient failures are retried with backoff and jitter ([`RetryPolicy`]); rejected
 //!    events and undecodable messages go to the dead-letter subject before being
