@@ -283,19 +283,17 @@ async fn transactions_larger_than_a_batch_are_applied_completely() {
     setup.stop().await;
 }
 
-/// A source transaction larger than the server's default limit of unacknowledged
-/// deliveries (1,000) but within the runner's 16× batch limit is applied in ONE target
-/// transaction: the runner raises the consumer's limit (with the default, the batch
-/// stalled at 1,000 events and was cut after `transaction_wait`).
-#[tokio::test]
-async fn a_transaction_above_the_default_ack_limit_is_applied_atomically() {
+/// Applies one source transaction of 2,500 inserted rows with `options` into a target
+/// whose audit trigger records the transaction of every row write; returns the writes, the
+/// target transactions and the rows of the largest one.
+async fn apply_one_large_transaction(prefix: &str, options: RunnerOptions) -> (i64, i64, i64) {
     let mut setup = Setup::start(
-        "sink_pg_ackpending",
+        prefix,
         "CREATE TABLE wide (id bigint PRIMARY KEY, note text)",
         "public.wide",
     )
     .await;
-    let target_db = PgServer::shared().fresh_database("sink_pg_ackpending_target");
+    let target_db = PgServer::shared().fresh_database(&format!("{prefix}_target"));
     let target = connect(&target_db.url()).await;
     target
         .batch_execute(
@@ -316,62 +314,6 @@ async fn a_transaction_above_the_default_ack_limit_is_applied_atomically() {
     let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
         .await
         .unwrap();
-    let options = RunnerOptions::new("wide", ["public.wide"]);
-    assert_eq!(options.max_batch_events, 500, "the default batch limit");
-    let mut runner = Runner::new(client, sink, options);
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
-    wait_equal(&setup.sql, &target, &["wide"], Duration::from_secs(60)).await;
-    shutdown.cancel();
-    task.await.unwrap();
-    let row = target
-        .query_one("SELECT count(*), count(DISTINCT tx) FROM audit", &[])
-        .await
-        .unwrap();
-    let (writes, transactions): (i64, i64) = (row.get(0), row.get(1));
-    assert_eq!(writes, 2500, "every row written once");
-    assert_eq!(
-        transactions, 1,
-        "one source transaction, one target transaction"
-    );
-    setup.stop().await;
-}
-
-/// A source transaction past `max_transaction_events` is split across target transactions
-/// (the limit bounds the events the runner holds, whatever the batch size), and every row
-/// is still written exactly once.
-#[tokio::test]
-async fn a_transaction_past_the_transaction_limit_is_split_without_loss() {
-    let mut setup = Setup::start(
-        "sink_pg_txlimit",
-        "CREATE TABLE wide (id bigint PRIMARY KEY, note text)",
-        "public.wide",
-    )
-    .await;
-    let target_db = PgServer::shared().fresh_database("sink_pg_txlimit_target");
-    let target = connect(&target_db.url()).await;
-    target
-        .batch_execute(
-            "CREATE TABLE wide (id bigint PRIMARY KEY, note text);
-             CREATE TABLE audit (tx xid8 NOT NULL);
-             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN INSERT INTO audit VALUES (pg_current_xact_id()); RETURN NULL; END $$;
-             CREATE TRIGGER audit AFTER INSERT OR UPDATE ON wide
-               FOR EACH ROW EXECUTE FUNCTION audit();",
-        )
-        .await
-        .unwrap();
-    setup
-        .exec(&["INSERT INTO wide SELECT g, 'x' FROM generate_series(1, 2500) g"])
-        .await;
-    let shutdown = CancellationToken::new();
-    let client = setup.client().await;
-    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
-        .await
-        .unwrap();
-    let mut options = RunnerOptions::new("wide", ["public.wide"]);
-    options.max_batch_events = 400;
-    options.max_transaction_events = 1_000;
     let mut runner = Runner::new(client, sink, options);
     let stop = shutdown.clone();
     let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
@@ -386,14 +328,43 @@ async fn a_transaction_past_the_transaction_limit_is_split_without_loss() {
         )
         .await
         .unwrap();
-    let (writes, transactions, largest): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    setup.stop().await;
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// A source transaction larger than the server's default limit of unacknowledged
+/// deliveries (1,000) but within the runner's transaction limit is applied in ONE target
+/// transaction: the runner raises the consumer's limit (with the default, the batch
+/// stalled at 1,000 events and was cut after `transaction_wait`).
+#[tokio::test]
+async fn a_transaction_above_the_default_ack_limit_is_applied_atomically() {
+    let options = RunnerOptions::new("wide", ["public.wide"]);
+    assert_eq!(options.max_batch_events, 500, "the default batch limit");
+    let (writes, transactions, _) =
+        apply_one_large_transaction("sink_pg_ackpending", options).await;
+    assert_eq!(writes, 2500, "every row written once");
+    assert_eq!(
+        transactions, 1,
+        "one source transaction, one target transaction"
+    );
+}
+
+/// A source transaction past `max_transaction_events` is split across target transactions
+/// (the limit bounds the events the runner holds, whatever the batch size), and every row
+/// is still written exactly once.
+#[tokio::test]
+async fn a_transaction_past_the_transaction_limit_is_split_without_loss() {
+    let mut options = RunnerOptions::new("wide", ["public.wide"]);
+    options.max_batch_events = 400;
+    options.max_transaction_events = 1_000;
+    let (writes, transactions, largest) =
+        apply_one_large_transaction("sink_pg_txlimit", options).await;
     assert_eq!(writes, 2500, "every row written once");
     assert!(
         transactions >= 3 && largest <= 1_000,
         "2,500 events cut at 1,000: {transactions} target transactions, the largest of \
          {largest} rows"
     );
-    setup.stop().await;
 }
 
 /// The bootstrap seam: rows of a "snapshot" (here the events of the first transaction, read
