@@ -7,6 +7,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from conftest import SUBJECT_ROOT
 
 
@@ -59,7 +61,14 @@ except KeyboardInterrupt:
         time.sleep(0.3)
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            # Seen once in CI (not reproduced in 17 runs, also under load): say where the
+            # process stood instead of a bare timeout.
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"no exit within 10 s of SIGINT; stdout {out!r}, stderr {err!r}")
         assert proc.returncode == 3, (out, err)
         assert out.strip() == "interrupted"
         assert time.monotonic() - started < 5
