@@ -722,11 +722,7 @@ async fn apply_with(
     let state = &mut *state;
     let known = &mut state.known;
     // `BEGIN` goes with the first statement (see `Connection::begin`).
-    let mut tx = sink
-        .connection(&mut state.connection)
-        .await?
-        .begin()
-        .await?;
+    let mut tx = sink.connection(&mut state.connection).await?.begin();
     let mut changed: HashMap<TableName, TargetTable> = HashMap::new();
     // The last change of the stream (snapshot rows are not positions).
     let mut last: Option<usize> = None;

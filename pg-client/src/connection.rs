@@ -57,14 +57,14 @@ impl Connection {
     /// Begins a transaction. Nothing is sent yet: `BEGIN` goes with the transaction's first
     /// statement, in the same round trip (tokio-postgres pipelines requests that are in
     /// flight together).
-    pub(crate) async fn begin(&mut self) -> Result<Tx<'_>, SinkError> {
+    pub(crate) fn begin(&mut self) -> Tx<'_> {
         let Connection { client, statements } = self;
-        Ok(Tx {
+        Tx {
             client,
             statements,
             begun: false,
             ended: false,
-        })
+        }
     }
 }
 

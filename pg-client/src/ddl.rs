@@ -60,7 +60,7 @@ pub(crate) async fn create_checkpoint_table(
     // unique violation on pg_type or pg_class). A transaction-scoped advisory lock keyed by the
     // table's name serialises the creations; the second one then sees the table.
     let context = "creating the checkpoint table";
-    let mut tx = conn.begin().await?;
+    let mut tx = conn.begin();
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 7795))",
         &[Type::TEXT],
@@ -83,7 +83,7 @@ pub(crate) async fn read_checkpoint(
         "SELECT (commit_lsn - '0/0'::pg_lsn)::text, ordinal FROM {} WHERE consumer = $1",
         table.quoted()
     );
-    let mut tx = conn.begin().await?;
+    let mut tx = conn.begin();
     let rows = tx
         .query(&sql, &[Type::TEXT], &[&consumer])
         .await

@@ -190,7 +190,7 @@ impl Sink for PgSink {
     async fn store_checkpoint(&self, consumer: &str, position: Position) -> Result<(), SinkError> {
         let mut state = self.state.lock().await;
         let conn = self.connection(&mut state.connection).await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = conn.begin();
         ddl::write_checkpoint(
             &mut tx,
             &self.options.checkpoint_table,
