@@ -171,6 +171,14 @@ pub async fn events(stream: &mut ChangeStream, n: usize) -> Vec<ChangeEvent> {
 /// Asserts that nothing arrives for `wait`.
 pub async fn assert_quiet(stream: &mut ChangeStream, wait: Duration) {
     if let Ok(item) = tokio::time::timeout(wait, stream.next()).await {
-        panic!("unexpected item: {item:?}");
+        let detail = match &item {
+            Some(Ok(event)) => format!(
+                " (delivered {} times, consumer sequence {})",
+                event.delivered(),
+                event.consumer_sequence()
+            ),
+            _ => String::new(),
+        };
+        panic!("unexpected item{detail}: {item:?}");
     }
 }
