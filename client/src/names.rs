@@ -49,6 +49,11 @@ impl Names {
         )
     }
 
+    /// The object store bucket of dead letters too large for one message (protocol §2).
+    pub(crate) fn dlq_bucket(&self) -> String {
+        self.subjects.dead_letter_bucket()
+    }
+
     /// `<root>_<db>_WAL`
     pub(crate) fn wal_stream(&self) -> String {
         self.subjects.stream_name(StreamKind::Wal)

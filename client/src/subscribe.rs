@@ -629,23 +629,13 @@ async fn first_sequence_at(stream: &JsStream, names: &Names, lsn: Lsn) -> Result
 
 /// Decodes a stored message outside a subscription (a dead letter being replayed): the event
 /// cannot be acknowledged.
-pub(crate) async fn decode_stored(
+async fn decode_stored(
     cache: &SchemaCache,
-    objects: &PayloadObjects,
     subject: String,
     stream_sequence: u64,
     headers: Option<async_nats::HeaderMap>,
     payload: bytes::Bytes,
 ) -> Result<ChangeEvent, Error> {
-    // A large event stored by reference (protocol §3.5): fetch its body.
-    let reference = headers
-        .as_ref()
-        .and_then(|h| h.get(walbrook_protocol::headers::PAYLOAD_OBJECT))
-        .map(|v| v.as_str().to_string());
-    let payload = match reference {
-        Some(reference) if payload.is_empty() => objects.fetch(&reference).await?,
-        _ => payload,
-    };
     let (fingerprint, _) = split_single_object(&payload).map_err(|e| {
         Error::with_source(ErrorKind::Decode, "not an Avro single-object message", e)
     })?;
@@ -679,8 +669,32 @@ pub(crate) async fn decode_stored_events(
     headers: Option<async_nats::HeaderMap>,
     payload: bytes::Bytes,
 ) -> Result<Vec<ChangeEvent>, Error> {
+    // A dead letter too large for one message has its body in the object store (protocol
+    // §2), also when it is a whole shared message: fetch it first.
+    let reference = headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::PAYLOAD_OBJECT))
+        .map(|v| v.as_str().to_string());
+    let (headers, payload) = match reference {
+        Some(reference) if payload.is_empty() => {
+            let payload = objects.fetch(&reference).await?;
+            let headers = headers.map(|h| {
+                let mut out = async_nats::HeaderMap::new();
+                for (name, values) in h.iter() {
+                    if AsRef::<str>::as_ref(name) != walbrook_protocol::headers::PAYLOAD_OBJECT {
+                        for value in values {
+                            out.append(name.clone(), value.clone());
+                        }
+                    }
+                }
+                out
+            });
+            (headers, payload)
+        }
+        _ => (headers, payload),
+    };
     let Some(count) = shared_count(headers.as_ref()) else {
-        return decode_stored(cache, objects, subject, stream_sequence, headers, payload)
+        return decode_stored(cache, subject, stream_sequence, headers, payload)
             .await
             .map(|event| vec![event]);
     };

@@ -211,3 +211,115 @@ async fn a_snapshot_listing_larger_than_max_payload_is_cut_to_the_newest() {
     assert_eq!(listed_ids, newest, "the newest snapshots, oldest first");
     setup.stop().await;
 }
+
+/// A message that names an object and cannot be decoded is dead-lettered with its body: the
+/// dead letter gets its own copy of an object that is there (the producer's bucket expires
+/// with the change stream), and keeps the reference as it came when the object is gone.
+#[tokio::test]
+async fn undecodable_messages_in_the_object_store_are_dead_lettered_with_their_body() {
+    let mut setup = Setup::start(
+        "large_dead_letter",
+        "CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL)",
+        "public.docs",
+    )
+    .await;
+    setup.exec(&["INSERT INTO docs VALUES (1, 'small')"]).await;
+    let client = setup.client().await;
+    let js = jetstream::new(async_nats::connect(setup.nats.url()).await.unwrap());
+    let large = js
+        .create_object_store(jetstream::object_store::Config {
+            bucket: "foreign".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // An object whose content has an unknown fingerprint, and a reference to no object.
+    let mut unknown = vec![0xC3, 0x01];
+    unknown.extend_from_slice(&0x0123_4567_89ab_cdef_u64.to_le_bytes());
+    unknown.extend_from_slice(&vec![7; 1_200_000]);
+    large.put("unknown", &mut unknown.as_slice()).await.unwrap();
+    let subject = setup.wal_subject("public", "docs");
+    let mut sequences = Vec::new();
+    for reference in ["foreign/unknown", "foreign/missing"] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Walbrook-Payload-Object", reference);
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, bytes::Bytes::new())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        sequences.push(ack.sequence);
+    }
+    setup.exec(&["INSERT INTO docs VALUES (2, 'after')"]).await;
+
+    let mut stream = client
+        .subscribe(
+            Subscription::table("public.docs")
+                .durable("objects")
+                .dead_letter("objects")
+                .start(Start::Beginning),
+        )
+        .await
+        .unwrap();
+    for expected in [1, 2] {
+        let event = common::next(&mut stream).await.unwrap();
+        assert_eq!(
+            event.after().unwrap().get("id"),
+            Some(&PgValue::Int4(expected))
+        );
+        event.ack().await.unwrap();
+    }
+    drop(stream);
+    // The original object goes away (as the producer's bucket's max age would do).
+    large.delete("unknown").await.unwrap();
+
+    let letters = walbrook_client::runner::list_dead_letters(&client, "objects")
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let dlq = js
+        .get_stream(format!("{ROOT}_{}_DLQ", setup.db.name()))
+        .await
+        .unwrap();
+    let bodies = js
+        .get_object_store(format!("{ROOT}_{}_DLQ_BODIES", setup.db.name()))
+        .await
+        .unwrap();
+    let stored = |sequence| dlq.get_raw_message(sequence);
+    // The first one's body (larger than the 1 MiB max_payload) is a copy in the dead-letter
+    // bucket.
+    assert_eq!(letters[0].stream_sequence, Some(sequences[0]));
+    let decode_error = letters[0].decode_error.as_deref().unwrap_or_default();
+    assert!(
+        decode_error.contains("unknown fingerprint"),
+        "{decode_error}"
+    );
+    let first = stored(letters[0].dlq_sequence).await.unwrap();
+    let reference = first
+        .headers
+        .get("Walbrook-Payload-Object")
+        .unwrap()
+        .to_string();
+    let object = reference
+        .strip_prefix(&format!("{ROOT}_{}_DLQ_BODIES/", setup.db.name()))
+        .unwrap_or_else(|| panic!("{reference}"));
+    let mut copy = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut bodies.get(object).await.unwrap(), &mut copy)
+        .await
+        .unwrap();
+    assert!(copy == unknown, "the whole body");
+    // The second one's object never existed: the reference stays as it came.
+    assert_eq!(letters[1].stream_sequence, Some(sequences[1]));
+    let second = stored(letters[1].dlq_sequence).await.unwrap();
+    assert!(second.payload.is_empty());
+    assert_eq!(
+        second
+            .headers
+            .get("Walbrook-Payload-Object")
+            .unwrap()
+            .as_str(),
+        "foreign/missing"
+    );
+    setup.stop().await;
+}

@@ -469,7 +469,7 @@ async fn undecodable_messages_are_dead_lettered_and_the_stream_goes_on() {
 /// protocol §3.5) that the target refuses is dead-lettered by reference: the dead letter
 /// fits the server's limit, decodes back to the whole event, and the stream goes on.
 #[tokio::test]
-async fn a_refused_event_larger_than_max_payload_is_dead_lettered_by_reference() {
+async fn refused_events_too_large_for_one_message_are_dead_lettered_through_the_bucket() {
     let nats = walbrook_harness::NatsServer::start_with_config("max_payload: 65536\n").unwrap();
     let mut setup = Setup::start_with_nats(
         "sink_pg_bigdlq",
@@ -482,72 +482,172 @@ async fn a_refused_event_larger_than_max_payload_is_dead_lettered_by_reference()
     let target = connect(&target_db.url()).await;
     target
         .batch_execute(
-            "CREATE TABLE docs (id int PRIMARY KEY, \
-             body text NOT NULL CHECK (length(body) < 100000))",
+            "CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL);
+             CREATE FUNCTION refuse_long() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF length(NEW.body) >= 50000 THEN
+                 RAISE EXCEPTION USING ERRCODE = 'check_violation',
+                   MESSAGE = 'refused: ' || repeat('this body is too long for the archive; ', 150);
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_long BEFORE INSERT OR UPDATE ON docs
+               FOR EACH ROW EXECUTE FUNCTION refuse_long();",
         )
         .await
         .unwrap();
+    // Row 2 (320 KB) is in the producer's object store. Row 4 (62 KB) fits a message of the
+    // change stream (64 KiB), but not with a dead letter's headers: the refusal's text alone
+    // is 4,000 bytes there (the trigger's message, cut).
     setup
         .exec(&[
             "INSERT INTO docs VALUES (1, 'small')",
             "INSERT INTO docs SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 10000) g",
             "INSERT INTO docs VALUES (3, 'small again')",
+            "INSERT INTO docs VALUES (4, repeat('x', 62000))",
+            "INSERT INTO docs VALUES (5, 'small at the end')",
         ])
         .await;
     let client = setup.client().await;
-    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
-        .await
-        .unwrap();
-    let mut runner = Runner::new(
-        client.clone(),
-        sink,
-        RunnerOptions::new("bigdlq", ["public.docs"]),
-    );
+    let runner = || async {
+        let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+            .await
+            .unwrap();
+        Runner::new(
+            client.clone(),
+            sink,
+            RunnerOptions::new("bigdlq", ["public.docs"]),
+        )
+    };
+    let mut running = runner().await;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let ids: Vec<i32> = target
+    let task = tokio::spawn(async move { running.run(stop).await.unwrap() });
+    let ids = || async {
+        target
             .query("SELECT id FROM docs ORDER BY id", &[])
             .await
             .unwrap()
             .iter()
             .map(|r| r.get(0))
-            .collect();
-        if ids == [1, 3] {
+            .collect::<Vec<i32>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied = ids().await;
+        if applied == [1, 3, 5] {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the rows around the refused one are not applied: {ids:?}"
+            "the rows around the refused ones are not applied: {applied:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let letters = walbrook_client::runner::list_dead_letters(&client, "bigdlq")
+    shutdown.cancel();
+    task.await.unwrap();
+
+    let js = async_nats::jetstream::new(async_nats::connect(setup.nats.url()).await.unwrap());
+    let wal = js
+        .get_stream(format!("{}_{}_WAL", common::ROOT, setup.db.name()))
         .await
         .unwrap();
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    let letter = &letters[0];
-    assert_eq!(letter.sink, "postgres");
-    assert!(letter.error.contains("23514"), "{}", letter.error);
-    let nats = async_nats::connect(setup.nats.url()).await.unwrap();
-    let dlq = async_nats::jetstream::new(nats)
+    let dlq = js
         .get_stream(format!("{}_{}_DLQ", common::ROOT, setup.db.name()))
         .await
         .unwrap();
-    let stored = dlq.get_raw_message(letter.dlq_sequence).await.unwrap();
+    let bucket = format!("{}_{}_DLQ_BODIES", common::ROOT, setup.db.name());
+    let letters = walbrook_client::runner::list_dead_letters(&client, "bigdlq")
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let mut objects = Vec::new();
+    for (letter, (id, length, inline_in_wal)) in
+        letters.iter().zip([(2, 320_000, false), (4, 62_000, true)])
+    {
+        assert_eq!(letter.sink, "postgres");
+        assert!(letter.error.contains("23514"), "{}", letter.error);
+        let event = letter.event.as_ref().expect("decodes");
+        assert_eq!(event["after"]["id"], id);
+        assert_eq!(
+            event["after"]["body"].as_str().expect("the body").len(),
+            length
+        );
+        let original = wal
+            .get_raw_message(letter.stream_sequence.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            original.payload.is_empty(),
+            !inline_in_wal,
+            "row {id} in the change stream"
+        );
+        // The dead letter itself has its body in the dead-letter bucket.
+        let stored = dlq.get_raw_message(letter.dlq_sequence).await.unwrap();
+        assert!(
+            stored.payload.is_empty(),
+            "row {id}: the body is not in the message"
+        );
+        let reference = stored
+            .headers
+            .get("Walbrook-Payload-Object")
+            .expect("a reference")
+            .as_str()
+            .to_owned();
+        let object = reference
+            .strip_prefix(&format!("{bucket}/"))
+            .unwrap_or_else(|| panic!("row {id}: {reference} is not in {bucket}"))
+            .to_owned();
+        objects.push(object);
+    }
+
+    // The producer's copy of row 2 expires with the change stream; the dead letter keeps its own.
+    let large = js
+        .get_object_store(format!("{}_{}_LARGE", common::ROOT, setup.db.name()))
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    let mut list = large.list().await.unwrap();
+    while let Some(info) = futures::StreamExt::next(&mut list).await {
+        names.push(info.unwrap().name);
+    }
+    assert_eq!(names.len(), 1, "{names:?}");
+    large.delete(&names[0]).await.unwrap();
+    let again = walbrook_client::runner::list_dead_letters(&client, "bigdlq")
+        .await
+        .unwrap();
+    let lengths: Vec<usize> = again
+        .iter()
+        .map(|l| {
+            l.event.as_ref().expect("still decodes")["after"]["body"]
+                .as_str()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(lengths, [320_000, 62_000]);
+
+    // Once the target accepts them, a replay applies both and removes letters and bodies.
+    target
+        .batch_execute("DROP TRIGGER refuse_long ON docs")
+        .await
+        .unwrap();
+    assert_eq!(runner().await.replay_dead_letters().await.unwrap(), (2, 0));
+    assert_eq!(ids().await, [1, 2, 3, 4, 5]);
     assert!(
-        stored.payload.is_empty() && stored.headers.get("Walbrook-Payload-Object").is_some(),
-        "stored by reference"
+        walbrook_client::runner::list_dead_letters(&client, "bigdlq")
+            .await
+            .unwrap()
+            .is_empty()
     );
-    let body = letter.event.as_ref().expect("decodes")["after"]["body"]
-        .as_str()
-        .expect("the body")
-        .len();
-    assert_eq!(body, 320_000, "the whole event");
-    shutdown.cancel();
-    task.await.unwrap();
+    let bodies = js.get_object_store(&bucket).await.unwrap();
+    for object in &objects {
+        assert!(
+            // A deleted object leaves a marker without chunks.
+            bodies.info(object).await.is_ok_and(|info| info.deleted),
+            "{object} is removed with its letter"
+        );
+    }
     setup.stop().await;
 }
 

@@ -91,15 +91,12 @@ impl LargePayloads {
     /// Whether a message with these headers and a body of `body_len` bytes fits the
     /// connected server's `max_payload` (which counts headers and body).
     pub fn fits(&self, headers: &HeaderMap, body_len: usize) -> bool {
-        let header_len: usize = headers
-            .iter()
-            .map(|(name, values)| {
+        let header_len =
+            walbrook_protocol::headers::block_len(headers.iter().flat_map(|(name, values)| {
                 values
                     .iter()
-                    .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
-                    .sum::<usize>()
-            })
-            .sum();
+                    .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
+            }));
         body_len + header_len + HEADER_MARGIN <= self.max_payload()
     }
 

@@ -137,11 +137,33 @@ pub mod headers {
     pub const SNAPSHOT_ROWS: &str = "Walbrook-Snapshot-Rows";
     /// On every snapshot message: the snapshot id.
     pub const SNAPSHOT_ID: &str = "Walbrook-Snapshot-Id";
+
+    /// The bytes a NATS header block with these `(name, value)` pairs takes on the wire
+    /// (`NATS/1.0\r\n`, one `name: value\r\n` per value, a closing `\r\n`). The server's
+    /// `max_payload` counts it together with the body.
+    pub fn block_len<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
+        const FRAMING: usize = "NATS/1.0\r\n".len() + "\r\n".len();
+        pairs
+            .into_iter()
+            .map(|(name, value)| name.len() + ": ".len() + value.len() + "\r\n".len())
+            .sum::<usize>()
+            + FRAMING
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_block_counts_its_framing() {
+        assert_eq!(headers::block_len([]), 12);
+        // "NATS/1.0\r\nWalbrook-Op: INSERT\r\nA: \r\n\r\n"
+        assert_eq!(
+            headers::block_len([(headers::OP, "INSERT"), ("A", "")]),
+            "NATS/1.0\r\nWalbrook-Op: INSERT\r\nA: \r\n\r\n".len()
+        );
+    }
 
     #[test]
     fn op_indexes_match_the_symbols() {

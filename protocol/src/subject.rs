@@ -177,7 +177,21 @@ impl Subjects {
     /// then, so two databases never share a bucket. Readers take the bucket from the
     /// `Walbrook-Payload-Object` header and never need to derive it.
     pub fn large_payload_bucket(&self) -> String {
-        let plain = format!("{}_{}_LARGE", self.root, self.db);
+        self.bucket("LARGE")
+    }
+
+    /// The JetStream object store bucket for dead letters too large for one message
+    /// (docs/protocol.md §2): `<root>_<db>_DLQ_BODIES`, made valid as
+    /// [`Subjects::large_payload_bucket`]. Its objects do not expire: a dead letter stays
+    /// until it is replayed.
+    pub fn dead_letter_bucket(&self) -> String {
+        self.bucket("DLQ_BODIES")
+    }
+
+    /// `<root>_<db>_<suffix>` as a valid bucket name (see [`Subjects::large_payload_bucket`]).
+    /// No suffix ends with `_` and another suffix, so two databases' buckets never meet.
+    fn bucket(&self, suffix: &str) -> String {
+        let plain = format!("{}_{}_{suffix}", self.root, self.db);
         if plain
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -249,6 +263,45 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{buckets:?}");
+    }
+
+    #[test]
+    fn dead_letter_buckets_are_valid_and_never_another_databases_bucket() {
+        assert_eq!(
+            Subjects::new("WALBROOK", "shop").dead_letter_bucket(),
+            "WALBROOK_shop_DLQ_BODIES"
+        );
+        // Every bucket of these databases, of both kinds: a database named like another's
+        // bucket suffix ("shop_DLQ", "shop_DLQ_BODIES") must not land on its bucket.
+        let names = [
+            "shop",
+            "shop_DLQ",
+            "shop_DLQ_BODIES",
+            "shop_LARGE",
+            "a.b",
+            "a_b",
+        ];
+        let mut buckets: Vec<String> = names
+            .iter()
+            .flat_map(|db| {
+                let subjects = Subjects::new("WALBROOK", db);
+                [
+                    subjects.large_payload_bucket(),
+                    subjects.dead_letter_bucket(),
+                ]
+            })
+            .collect();
+        for bucket in &buckets {
+            assert!(
+                bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                "{bucket}"
+            );
+        }
+        buckets.sort();
+        buckets.dedup();
+        assert_eq!(buckets.len(), 2 * names.len(), "{buckets:?}");
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! the original payload and diagnostic headers, never dropped.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, object_store, stream};
 use bytes::Bytes;
 use serde::Serialize;
 
 use crate::Client;
 use crate::error::{Error, ErrorKind};
 use crate::event::ChangeEvent;
+use crate::large_payload::PayloadObjects;
 use crate::names::Names;
 
 /// Header names of a dead letter.
@@ -46,29 +47,24 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A dead letter for an event the sink refused. An event whose body is in the object
-    /// store (larger than the server's `max_payload`, protocol §3.5) is stored by the same
-    /// reference, with an empty payload: its body would not fit a message.
+    /// A dead letter for an event the sink refused, with the event's whole body (also when
+    /// the change stream had it in the object store, protocol §3.5: [`publish`] decides how
+    /// the dead letter stores it).
     pub fn of_event(event: &ChangeEvent, sink: &str, error: impl Into<String>) -> DeadLetter {
-        // An event of a shared message goes alone, with its own headers (protocol §3.6).
-        let headers = event.event_headers();
-        let by_reference = headers
-            .as_ref()
-            .is_some_and(|h| h.get(walbrook_protocol::headers::PAYLOAD_OBJECT).is_some());
         DeadLetter {
             subject: event.subject().to_owned(),
             stream_sequence: event.stream_sequence(),
-            headers,
-            payload: if by_reference {
-                Bytes::new()
-            } else {
-                event.payload().clone()
-            },
+            // An event of a shared message goes alone, with its own headers (protocol §3.6).
+            headers: event.event_headers(),
+            payload: event.payload().clone(),
             error: error.into(),
             sink: sink.to_owned(),
         }
     }
 }
+
+/// Room left in a dead letter's size check for the framing NATS adds and rounding.
+const HEADER_MARGIN: usize = 256;
 
 /// Creates the DLQ stream when missing.
 pub(crate) async fn ensure_stream(client: &Client) -> Result<(), Error> {
@@ -91,6 +87,13 @@ pub(crate) async fn ensure_stream_on(js: &jetstream::Context, names: &Names) -> 
 /// Publishes a dead letter and waits for JetStream to store it. Retrying after a failure does
 /// not store it twice (its `Nats-Msg-Id` is `<consumer>-<sequence>-<ordinal>`, or
 /// `<consumer>-<sequence>` for a message without a `Walbrook-Ordinal`).
+///
+/// A body that does not fit one message together with the dead letter's headers (the
+/// server's `max_payload` counts both) goes to the dead-letter bucket under that id, and the
+/// message names it in `Walbrook-Payload-Object` with an empty body (protocol §2). A letter
+/// that arrives by reference to the producer's large-payload bucket, whose objects expire
+/// with the change stream, is copied the same way; a reference to an object that is gone
+/// is kept as it came (the body is lost already, the letter says where it was).
 pub(crate) async fn publish(
     client: &Client,
     consumer: &str,
@@ -107,11 +110,17 @@ pub(crate) async fn publish_on(
     letter: &DeadLetter,
 ) -> Result<(), Error> {
     let mut headers = HeaderMap::new();
+    let mut reference: Option<String> = None;
     if let Some(original) = &letter.headers {
         for (name, values) in original.iter() {
             let name: &str = name.as_ref();
             // Keep the Walbrook headers; JetStream's publish controls would be re-interpreted.
+            // Where the body is, is decided below.
             if name.starts_with("Nats-") {
+                continue;
+            }
+            if name == walbrook_protocol::headers::PAYLOAD_OBJECT {
+                reference = values.first().map(|v| v.as_str().to_owned());
                 continue;
             }
             for value in values {
@@ -119,14 +128,20 @@ pub(crate) async fn publish_on(
             }
         }
     }
-    // Header values are one line.
-    let error: String = letter
-        .error
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(4000)
-        .collect();
-    headers.insert(headers::ERROR, error.as_str());
+    // A body at hand makes any reference moot; an empty one with a reference is fetched.
+    let mut body = letter.payload.clone();
+    let mut gone = None;
+    if let Some(from) = reference.filter(|_| body.is_empty()) {
+        match PayloadObjects::new(js.clone()).fetch(&from).await {
+            Ok(fetched) => body = fetched,
+            Err(e) if e.kind() == ErrorKind::Decode => {
+                tracing::warn!(reference = %from, "dead letter of a message whose payload object is gone: {e}");
+                gone = Some(from);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    headers.insert(headers::ERROR, error_header(&letter.error).as_str());
     headers.insert(headers::SINK, letter.sink.as_str());
     headers.insert(headers::CONSUMER, consumer);
     headers.insert(headers::SUBJECT, letter.subject.as_str());
@@ -146,13 +161,96 @@ pub(crate) async fn publish_on(
         None => format!("{consumer}-{}", letter.stream_sequence),
     };
     headers.insert("Nats-Msg-Id", id.as_str());
+    let header_len =
+        walbrook_protocol::headers::block_len(headers.iter().flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
+        }));
+    let max_payload = js.client().server_info().max_payload;
+    if let Some(gone) = gone {
+        headers.insert(walbrook_protocol::headers::PAYLOAD_OBJECT, gone.as_str());
+    } else if body.len() + header_len + HEADER_MARGIN > max_payload {
+        let stored = store_body(js, names, &id, &body, max_payload).await?;
+        headers.insert(walbrook_protocol::headers::PAYLOAD_OBJECT, stored.as_str());
+        body = Bytes::new();
+    }
     let ack = js
-        .publish_with_headers(names.dlq_subject(consumer), headers, letter.payload.clone())
+        .publish_with_headers(names.dlq_subject(consumer), headers, body)
         .await
         .map_err(|e| Error::with_source(ErrorKind::Nats, "publishing a dead letter", e))?;
     ack.await
         .map_err(|e| Error::with_source(ErrorKind::Nats, "storing a dead letter", e))?;
     Ok(())
+}
+
+/// The `Walbrook-Dlq-Error` value: one line, at most [`ERROR_CHARS`] characters. A longer
+/// text keeps its beginning and its end (where the sinks put codes such as the SQLSTATE).
+fn error_header(error: &str) -> String {
+    let line: Vec<char> = error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() <= ERROR_CHARS {
+        return line.into_iter().collect();
+    }
+    const TAIL: usize = 1000;
+    const CUT: &str = " … ";
+    let head = ERROR_CHARS - TAIL - CUT.chars().count();
+    let mut out: String = line[..head].iter().collect();
+    out.push_str(CUT);
+    out.extend(&line[line.len() - TAIL..]);
+    out
+}
+
+/// The longest `Walbrook-Dlq-Error` value, in characters.
+const ERROR_CHARS: usize = 4000;
+
+/// Stores a dead letter's body as object `object` of the dead-letter bucket (created when
+/// missing; its objects do not expire) unless it is there already (a retried publish), and
+/// returns the `Walbrook-Payload-Object` value naming it.
+async fn store_body(
+    js: &jetstream::Context,
+    names: &Names,
+    object: &str,
+    body: &Bytes,
+    max_payload: usize,
+) -> Result<String, Error> {
+    let bucket = names.dlq_bucket();
+    let nats = |what: String, e: &dyn std::fmt::Display| {
+        Error::new(ErrorKind::Nats, format!("{what}: {e}"))
+    };
+    let store = match js.get_object_store(&bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: bucket.clone(),
+                description: Some(
+                    "Walbrook: dead letters too large for one message (docs/sinks.md)".into(),
+                ),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(format!("creating the dead-letter bucket {bucket}"), &e))?,
+    };
+    let exists = store.info(object).await.is_ok_and(|info| !info.deleted);
+    if !exists {
+        // Chunks are messages too: they must fit the server's max_payload.
+        let chunk_size = max_payload
+            .saturating_sub(4 * HEADER_MARGIN)
+            .clamp(1024, 128 * 1024);
+        let meta = object_store::ObjectMetadata {
+            name: object.to_owned(),
+            chunk_size: Some(chunk_size),
+            ..Default::default()
+        };
+        let mut reader: &[u8] = body.as_ref();
+        store
+            .put(meta, &mut reader)
+            .await
+            .map_err(|e| nats(format!("storing dead letter {bucket}/{object}"), &e))?;
+    }
+    Ok(format!("{bucket}/{object}"))
 }
 
 /// A stored dead letter, as `walbrook dlq list` shows it.
@@ -228,7 +326,7 @@ pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLette
         let stream_sequence = header(&headers, headers::SEQUENCE).parse().ok();
         let decoded = crate::subscribe::decode_stored_events(
             client.cache(),
-            &crate::large_payload::PayloadObjects::new(client.js().clone()),
+            &PayloadObjects::new(client.js().clone()),
             original_subject.clone(),
             stream_sequence.unwrap_or(0),
             Some(headers.clone()),
@@ -274,16 +372,54 @@ pub(crate) async fn decode(
     .await
 }
 
-/// Removes a dead letter from the DLQ stream (after it was replayed).
-pub(crate) async fn remove(client: &Client, dlq_sequence: u64) -> Result<(), Error> {
+/// Removes a dead letter from the DLQ stream (after it was replayed), and then its body from
+/// the dead-letter bucket when it is there (a body left behind by a failure here only takes
+/// space; removing it first could lose a letter whose removal then fails).
+pub(crate) async fn remove(client: &Client, letter: &StoredDeadLetter) -> Result<(), Error> {
     let stream = client
         .js()
         .get_stream(client.names().dlq_stream())
         .await
         .map_err(|e| Error::with_source(ErrorKind::Nats, "getting the DLQ stream", e))?;
     stream
-        .delete_message(dlq_sequence)
+        .delete_message(letter.dlq_sequence)
         .await
         .map_err(|e| Error::with_source(ErrorKind::Nats, "deleting a dead letter", e))?;
+    let bucket = client.names().dlq_bucket();
+    let object = letter
+        .headers
+        .get(walbrook_protocol::headers::PAYLOAD_OBJECT)
+        .and_then(|v| {
+            v.as_str()
+                .strip_prefix(&format!("{bucket}/"))
+                .map(str::to_owned)
+        });
+    if let Some(object) = object {
+        let deleted = match client.js().get_object_store(&bucket).await {
+            Ok(store) => store.delete(&object).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = deleted {
+            tracing::warn!(%bucket, %object, "a replayed dead letter's body was not removed: {e}");
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_headers_are_one_line_and_keep_both_ends_of_a_long_text() {
+        assert_eq!(error_header("refused:\nrow 4\r\n"), "refused: row 4  ");
+        let long = format!("refused: {} (SQLSTATE 23514)", "é".repeat(10_000));
+        let header = error_header(&long);
+        assert_eq!(header.chars().count(), ERROR_CHARS);
+        assert!(header.starts_with("refused: é"), "{header}");
+        assert!(header.contains(" … "), "{header}");
+        assert!(header.ends_with("é (SQLSTATE 23514)"), "{header}");
+        let exact = "x".repeat(ERROR_CHARS);
+        assert_eq!(error_header(&exact), exact);
+    }
 }

@@ -259,7 +259,7 @@ impl<S: Sink> Runner<S> {
             };
             match self.sink.apply(&self.options.consumer, &events).await {
                 Ok(applied) if applied.rejected.is_empty() => {
-                    dead_letter::remove(&self.client, letter.dlq_sequence).await?;
+                    dead_letter::remove(&self.client, &letter).await?;
                     replayed += 1;
                 }
                 Ok(applied) => {
