@@ -56,12 +56,12 @@ const USAGE: &str =
 
   --out DIR              where results go (default results)
   --only PARTS           comma-separated: backlog (with the snapshot), latency, apply,
-                         memory, sinks (default all)
+                         apply-inserts, memory, sinks (default all)
   --rows N               backlog and snapshot table rows (default 1000000)
   --rows-per-tx M        rows per source transaction of the backlog (default 1000)
   --latency-rate R       changes/s of the latency run (default 5000)
   --latency-seconds S    its length (default 20)
-  --apply-changes N      changes of the apply workload (default 1000000)
+  --apply-changes N      changes of the apply workloads (default 1000000)
   --memory-rows N        rows of the memory run's one transaction (default 1000000)
   --sink-events N        events of the webhook/search sink runs (default 50000)
 
@@ -124,7 +124,14 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// The benchmark parts `--only` selects from (`backlog` includes the snapshot benchmark,
 /// which reads the backlog's table).
-const PARTS: &[&str] = &["backlog", "latency", "apply", "memory", "sinks"];
+const PARTS: &[&str] = &[
+    "backlog",
+    "latency",
+    "apply",
+    "apply-inserts",
+    "memory",
+    "sinks",
+];
 
 fn main() {
     let args = parse_args();
@@ -148,8 +155,17 @@ fn main() {
             &args.out,
         );
     }
-    if args.runs("apply") {
-        apply_bench(&pg, &nats.url(), &walbrook, args.apply_changes, &args.out);
+    for workload in [ApplyWorkload::Mixed, ApplyWorkload::Inserts] {
+        if args.runs(workload.name()) {
+            apply_bench(
+                &pg,
+                &nats.url(),
+                &walbrook,
+                workload,
+                args.apply_changes,
+                &args.out,
+            );
+        }
     }
     if args.runs("memory") {
         memory_bench(&pg, &nats.url(), &walbrook, args.memory_rows, &args.out);
@@ -453,6 +469,12 @@ const RATIOS: &[(&str, &str, &str, Option<f64>)] = &[
         "sink postgres / native sub.",
         Some(1.5),
     ),
+    (
+        "apply-inserts",
+        "ratio_walbrook_to_native",
+        "same, inserts only",
+        None,
+    ),
 ];
 
 /// Writes `summary.json` (every result file of `out`, with its run metadata), `summary.txt`
@@ -460,7 +482,15 @@ const RATIOS: &[(&str, &str, &str, Option<f64>)] = &[
 fn summarize(out: &std::path::Path) {
     let mut all = serde_json::Map::new();
     let mut text = String::new();
-    for name in ["backlog", "snapshot", "latency", "apply", "memory", "sinks"] {
+    for name in [
+        "backlog",
+        "snapshot",
+        "latency",
+        "apply",
+        "apply-inserts",
+        "memory",
+        "sinks",
+    ] {
         let Ok(body) = std::fs::read_to_string(out.join(format!("{name}.json"))) else {
             continue;
         };
@@ -542,13 +572,14 @@ fn summary_line(name: &str, v: &serde_json::Value) -> String {
             f("p99_ms"),
             f("max_ms")
         ),
-        "apply" => format!(
-            "apply, {} changes: sink postgres {:.0} changes/s, native subscription {:.0} changes/s, \
-             ratio {:.2} (target 1.5)",
+        "apply" | "apply-inserts" => format!(
+            "{name}, {} changes: sink postgres {:.0} changes/s, native subscription {:.0} changes/s, \
+             ratio {:.2}{}",
             v["changes"],
             f("walbrook_sink_changes_per_second"),
             f("native_subscription_changes_per_second"),
-            f("ratio_walbrook_to_native")
+            f("ratio_walbrook_to_native"),
+            if name == "apply" { " (target 1.5)" } else { "" }
         ),
         "memory" => format!(
             "memory, one {}-row transaction: producer peak RSS {:.0} MiB (target 100), \
@@ -1606,11 +1637,70 @@ fn wait_true(
         })
 }
 
+/// The source workloads of the apply benchmark, in transactions of 1,000 changes.
+#[derive(Clone, Copy)]
+enum ApplyWorkload {
+    /// 650 inserts, 50 updates of rows of the same transaction, 200 updates and 100
+    /// deletes of the previous transaction's rows.
+    Mixed,
+    /// 1,000 inserts: nothing for the sink to collapse.
+    Inserts,
+}
+
+impl ApplyWorkload {
+    /// The benchmark part, result file and database name stem.
+    fn name(self) -> &'static str {
+        match self {
+            ApplyWorkload::Mixed => "apply",
+            ApplyWorkload::Inserts => "apply-inserts",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            ApplyWorkload::Mixed => {
+                "per 1,000-change transaction: 650 inserts, 50 updates of its own rows, 200 \
+                 updates and 100 deletes of the previous transaction's rows"
+            }
+            ApplyWorkload::Inserts => "per transaction: 1,000 inserts",
+        }
+    }
+
+    /// Changes of `transactions` transactions (the marker row not counted).
+    fn changes(self, transactions: u64) -> u64 {
+        match self {
+            ApplyWorkload::Mixed => 700 + (transactions - 1) * 1000,
+            ApplyWorkload::Inserts => transactions * 1000,
+        }
+    }
+
+    /// The body of the workload's loop over `k`.
+    fn transaction_sql(self) -> &'static str {
+        match self {
+            ApplyWorkload::Mixed => {
+                "base := k * 650; prev := (k - 1) * 650;
+                 INSERT INTO apply_t SELECT g, 'name-' || g, (g % 100000) / 100.0, now(), g % 2 = 0
+                   FROM generate_series(base, base + 649) g;
+                 UPDATE apply_t SET amount = amount + 1, name = name || '+', flag = NOT flag
+                   WHERE id >= base AND id < base + 50;
+                 IF k > 0 THEN
+                   UPDATE apply_t SET amount = amount + 2, at = at + interval '1 second'
+                     WHERE id >= prev AND id < prev + 200;
+                   DELETE FROM apply_t WHERE id >= prev + 550 AND id < prev + 650;
+                 END IF;"
+            }
+            ApplyWorkload::Inserts => {
+                "base := k * 1000;
+                 INSERT INTO apply_t SELECT g, 'name-' || g, (g % 100000) / 100.0, now(), g % 2 = 0
+                   FROM generate_series(base, base + 999) g;"
+            }
+        }
+    }
+}
+
 /// (g) Apply: PostgreSQL's native logical replication (`CREATE SUBSCRIPTION`) versus
-/// `walbrook sink postgres` applying the same workload of `changes` changes (transactions
-/// of 1,000: 650 inserts, 50 updates of rows of the same transaction, 200 updates and 100
-/// deletes of the previous transaction's rows, then one marker row) into an empty copy of
-/// the table. The native side is a disabled subscription on its own slot, created before
+/// `walbrook sink postgres` applying the same workload of `changes` changes (an
+/// [`ApplyWorkload`], then one marker row) into an empty copy of the table. The native side is a disabled subscription on its own slot, created before
 /// the workload, then enabled and timed until the marker row is in its target; the
 /// Walbrook side is the producer's copy of the workload in JetStream (stored before the
 /// clock starts), applied by the sink process, timed from its start until the marker row
@@ -1619,12 +1709,15 @@ fn apply_bench(
     pg: &PgServer,
     nats_url: &str,
     walbrook: &std::path::Path,
+    workload: ApplyWorkload,
     changes: u64,
     out: &std::path::Path,
 ) {
-    let source = pg.fresh_database("apply_src");
-    let native = pg.fresh_database("apply_nat");
-    let target = pg.fresh_database("apply_wb");
+    let name = workload.name();
+    let stem = name.replace('-', "_");
+    let source = pg.fresh_database(&format!("{stem}_src"));
+    let native = pg.fresh_database(&format!("{stem}_nat"));
+    let target = pg.fresh_database(&format!("{stem}_wb"));
     let publication = source.publication_name();
     let native_slot = format!("{}_native", source.name());
     source
@@ -1652,8 +1745,8 @@ fn apply_bench(
         .expect("subscription");
 
     let transactions = changes.div_ceil(1000).max(1);
-    let total_changes = 700 + (transactions - 1) * 1000 + 1;
-    eprintln!("apply workload: {transactions} transactions, {total_changes} changes…");
+    let total_changes = workload.changes(transactions) + 1;
+    eprintln!("{name} workload: {transactions} transactions, {total_changes} changes…");
     let fill = Instant::now();
     source
         .psql(&format!(
@@ -1661,21 +1754,13 @@ fn apply_bench(
              DECLARE base bigint; prev bigint;
              BEGIN
                FOR k IN 0..{last} LOOP
-                 base := k * 650; prev := (k - 1) * 650;
-                 INSERT INTO apply_t SELECT g, 'name-' || g, (g % 100000) / 100.0, now(), g % 2 = 0
-                   FROM generate_series(base, base + 649) g;
-                 UPDATE apply_t SET amount = amount + 1, name = name || '+', flag = NOT flag
-                   WHERE id >= base AND id < base + 50;
-                 IF k > 0 THEN
-                   UPDATE apply_t SET amount = amount + 2, at = at + interval '1 second'
-                     WHERE id >= prev AND id < prev + 200;
-                   DELETE FROM apply_t WHERE id >= prev + 550 AND id < prev + 650;
-                 END IF;
+                 {body}
                  COMMIT;
                END LOOP;
                INSERT INTO apply_t VALUES (-1, 'end', 0, now(), true);
              END $$",
-            last = transactions - 1
+            last = transactions - 1,
+            body = workload.transaction_sql(),
         ))
         .expect("workload");
     let end_lsn = source
@@ -1697,7 +1782,7 @@ fn apply_bench(
         nats_url,
         "APPLY",
         "public.apply_t",
-        &out.join("producer-apply.log"),
+        &out.join(format!("producer-{name}.log")),
     );
     wait_confirmed(&source, &source.slot_name(), &end_lsn, &mut producer);
 
@@ -1729,7 +1814,7 @@ fn apply_bench(
         nats_url,
         "APPLY",
         "public.apply_t",
-        &out.join("sink-apply.log"),
+        &out.join(format!("sink-{name}.log")),
     );
     let walbrook_secs = wait_true(&target.url(), marker, started, limit, Some(&mut sink));
     for child in [&mut sink, &mut producer] {
@@ -1750,10 +1835,10 @@ fn apply_bench(
     );
     let ratio = native_secs / walbrook_secs;
     let result = serde_json::json!({
-        "benchmark": "apply",
+        "benchmark": name,
         "changes": total_changes,
         "transactions": transactions + 1,
-        "workload": "per 1,000-change transaction: 650 inserts, 50 updates of its own rows, 200 updates and 100 deletes of the previous transaction's rows",
+        "workload": workload.description(),
         "native_subscription_seconds": native_secs,
         "native_subscription_changes_per_second": total_changes as f64 / native_secs,
         "walbrook_sink_seconds": walbrook_secs,
@@ -1762,10 +1847,10 @@ fn apply_bench(
         "sink_batch_events": std::env::var("BENCH_SINK_BATCH_EVENTS").unwrap_or_else(|_| "default (10000 for sink postgres)".into()),
         "targets_equal_source": expected,
     });
-    let path = out.join("apply.json");
+    let path = out.join(format!("{name}.json"));
     write_result(&path, result);
     println!(
-        "apply, {total_changes} changes: native subscription {:.0} changes/s, walbrook sink postgres \
+        "{name}, {total_changes} changes: native subscription {:.0} changes/s, walbrook sink postgres \
          {:.0} changes/s (ratio {ratio:.2}); both targets equal the source ({})",
         total_changes as f64 / native_secs,
         total_changes as f64 / walbrook_secs,
