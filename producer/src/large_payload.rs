@@ -150,11 +150,9 @@ impl LargePayloads {
             return Ok(());
         }
         // Chunks must fit the server's max_payload too (the library's default is 128 KiB).
-        let max = self.max_payload();
-        let chunk_size = (max.saturating_sub(4 * HEADER_MARGIN)).clamp(1024, 128 * 1024);
         let meta = object_store::ObjectMetadata {
             name: name.to_string(),
-            chunk_size: Some(chunk_size),
+            chunk_size: Some(walbrook_protocol::object_chunk_size(self.max_payload())),
             ..Default::default()
         };
         let mut reader: &[u8] = payload.as_ref();

@@ -11,6 +11,13 @@ pub mod subject;
 pub use lsn::{FullXid, Lsn, ParseLsnError, Xid};
 pub use subject::{StreamKind, Subjects, escape_token, unescape_token};
 
+/// The chunk size of an object stored in the JetStream object store (docs/protocol.md §3.5)
+/// on a server with this `max_payload`: chunks are messages too, so 1 KiB is left for their
+/// headers; between 1 KiB and the object store's usual 128 KiB.
+pub fn object_chunk_size(max_payload: usize) -> usize {
+    max_payload.saturating_sub(1024).clamp(1024, 128 * 1024)
+}
+
 /// The operation of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -154,6 +161,13 @@ pub mod headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_chunks_fit_the_server_and_stay_in_bounds() {
+        assert_eq!(object_chunk_size(65_536), 64_512);
+        assert_eq!(object_chunk_size(1 << 20), 128 * 1024);
+        assert_eq!(object_chunk_size(100), 1024);
+    }
 
     #[test]
     fn a_header_block_counts_its_framing() {

@@ -251,6 +251,11 @@ mod tests {
             .iter()
             .map(|db| Subjects::new("W.X", db).large_payload_bucket())
             .collect();
+        assert_valid_and_distinct(buckets, names.len());
+    }
+
+    /// Every bucket name is valid (`A-Z a-z 0-9 _ -`) and none repeats.
+    fn assert_valid_and_distinct(mut buckets: Vec<String>, expected: usize) {
         for bucket in &buckets {
             assert!(
                 bucket
@@ -259,10 +264,9 @@ mod tests {
                 "{bucket}"
             );
         }
-        let mut unique = buckets.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), names.len(), "{buckets:?}");
+        buckets.sort();
+        buckets.dedup();
+        assert_eq!(buckets.len(), expected, "{buckets:?}");
     }
 
     #[test]
@@ -281,7 +285,7 @@ mod tests {
             "a.b",
             "a_b",
         ];
-        let mut buckets: Vec<String> = names
+        let buckets: Vec<String> = names
             .iter()
             .flat_map(|db| {
                 let subjects = Subjects::new("WALBROOK", db);
@@ -291,17 +295,7 @@ mod tests {
                 ]
             })
             .collect();
-        for bucket in &buckets {
-            assert!(
-                bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
-                "{bucket}"
-            );
-        }
-        buckets.sort();
-        buckets.dedup();
-        assert_eq!(buckets.len(), 2 * names.len(), "{buckets:?}");
+        assert_valid_and_distinct(buckets, 2 * names.len());
     }
 
     #[test]

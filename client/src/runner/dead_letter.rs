@@ -235,13 +235,9 @@ async fn store_body(
     };
     let exists = store.info(object).await.is_ok_and(|info| !info.deleted);
     if !exists {
-        // Chunks are messages too: they must fit the server's max_payload.
-        let chunk_size = max_payload
-            .saturating_sub(4 * HEADER_MARGIN)
-            .clamp(1024, 128 * 1024);
         let meta = object_store::ObjectMetadata {
             name: object.to_owned(),
-            chunk_size: Some(chunk_size),
+            chunk_size: Some(walbrook_protocol::object_chunk_size(max_payload)),
             ..Default::default()
         };
         let mut reader: &[u8] = body.as_ref();
