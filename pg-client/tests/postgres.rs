@@ -465,9 +465,11 @@ async fn undecodable_messages_are_dead_lettered_and_the_stream_goes_on() {
     setup.stop().await;
 }
 
-/// An event larger than the NATS server's `max_payload` (its body in the object store,
-/// protocol §3.5) that the target refuses is dead-lettered by reference: the dead letter
-/// fits the server's limit, decodes back to the whole event, and the stream goes on.
+/// Refused events whose dead letter would not fit the NATS server's `max_payload` (one
+/// claim-checked in the change stream, protocol §3.5, and one that fit the stream but not
+/// with the dead letter's headers) are dead-lettered with their bodies in the dead-letter
+/// bucket: the stream goes on, they decode back whole even after the producer's object is
+/// gone, and a replay removes letters and bodies.
 #[tokio::test]
 async fn refused_events_too_large_for_one_message_are_dead_lettered_through_the_bucket() {
     let nats = walbrook_harness::NatsServer::start_with_config("max_payload: 65536\n").unwrap();
