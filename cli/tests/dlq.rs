@@ -1,6 +1,7 @@
-//! `walbrook dlq list|replay` against a real target refusal: a CHECK constraint in the target
-//! rejects a row, the sink dead-letters it and goes on; `dlq list` shows it; once the
-//! constraint is dropped, `dlq replay postgres …` applies it and empties the subject.
+//! `walbrook dlq list|replay|remove` against real target refusals: CHECK constraints in the
+//! target reject rows, the sink dead-letters them and goes on; `dlq list` shows them; `dlq
+//! remove` discards chosen ones (or refuses an unknown sequence); once a constraint is
+//! dropped, `dlq replay postgres …` applies its letters; `dlq remove --all` empties the rest.
 
 mod common;
 
@@ -40,7 +41,7 @@ async fn run(mut command: Command) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
+async fn dead_letters_are_listed_replayed_and_removed_from_the_command_line() {
     let pg = PgServer::shared();
     let source_db = pg.fresh_database("dlqcli_src");
     let target_db = pg.fresh_database("dlqcli_dst");
@@ -53,7 +54,9 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
         .unwrap();
     target
         .batch_execute(
-            "CREATE TABLE c (id int PRIMARY KEY, note text CONSTRAINT no_poison CHECK (note <> 'poison'))",
+            "CREATE TABLE c (id int PRIMARY KEY,
+               note text CONSTRAINT no_poison CHECK (note <> 'poison')
+                         CONSTRAINT no_toxic CHECK (note <> 'toxic'))",
         )
         .await
         .unwrap();
@@ -76,7 +79,9 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
     source
         .batch_execute(
             "BEGIN; INSERT INTO c VALUES (1, 'fine'), (2, 'poison'), (3, 'fine'); COMMIT;
-             INSERT INTO c VALUES (4, 'after');",
+             INSERT INTO c VALUES (4, 'after');
+             INSERT INTO c VALUES (5, 'toxic'), (6, 'toxic');
+             INSERT INTO c VALUES (7, 'last');",
         )
         .await
         .unwrap();
@@ -93,7 +98,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
             .await
             .unwrap()
             .get(0);
-        if n == 3 {
+        if n == 4 {
             break;
         }
         assert!(
@@ -110,44 +115,64 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
     reaper.0 = None;
     assert!(status.success());
 
-    let listed = run(walbrook(
-        &source_db,
-        &nats.url(),
-        &target_url,
-        &["dlq", "list"],
-    ))
-    .await;
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(listed.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    let dlq =
+        |args: &'static [&'static str]| run(walbrook(&source_db, &nats.url(), &target_url, args));
+    // The dead letters' `(dlq_sequence, id)`, oldest first.
+    let list = || async {
+        let listed = dlq(&["dlq", "list"]).await;
+        assert!(
+            listed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        String::from_utf8(listed.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
+    };
+    let ids = |lines: &[serde_json::Value]| -> Vec<i64> {
+        lines
+            .iter()
+            .map(|l| l["event"]["after"]["id"].as_i64().unwrap())
+            .collect()
+    };
+    let lines = list().await;
+    assert_eq!(ids(&lines), [2, 5, 6], "{lines:?}");
     assert_eq!(lines[0]["sink"], "postgres");
     assert!(
         lines[0]["error"].as_str().unwrap().contains("no_poison"),
         "{}",
         lines[0]["error"]
     );
+    assert!(lines[1]["error"].as_str().unwrap().contains("no_toxic"));
     assert_eq!(lines[0]["event"]["after"]["note"], "poison");
     assert_eq!(
         lines[0]["subject"],
         format!("{ROOT}.{}.wal.public.c", source_db.name())
     );
 
-    // Still refused: it stays.
-    let again = run(walbrook(
-        &source_db,
-        &nats.url(),
-        &target_url,
-        &["dlq", "replay", "postgres"],
-    ))
-    .await;
+    // Removing: an unknown sequence removes nothing; a known one removes that letter only.
+    let unknown = dlq(&["dlq", "remove", "--sequence", "999999"]).await;
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("no dead letter with DLQ sequence 999999"),
+        "{unknown:?}"
+    );
+    assert_eq!(ids(&list().await), [2, 5, 6]);
+    let five = lines[1]["dlq_sequence"].to_string();
+    let mut command = walbrook(&source_db, &nats.url(), &target_url, &["dlq", "remove"]);
+    command.args(["--sequence", &five]);
+    let removed = run(command).await;
+    assert!(
+        String::from_utf8_lossy(&removed.stdout).contains("removed 1 dead letters of checked"),
+        "{removed:?}"
+    );
+    assert_eq!(ids(&list().await), [2, 6]);
+
+    // Still refused: they stay.
+    let again = dlq(&["dlq", "replay", "postgres"]).await;
     assert!(
         again.status.success(),
         "{}",
@@ -161,13 +186,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
         .batch_execute("ALTER TABLE c DROP CONSTRAINT no_poison")
         .await
         .unwrap();
-    let replayed = run(walbrook(
-        &source_db,
-        &nats.url(),
-        &target_url,
-        &["dlq", "replay", "postgres"],
-    ))
-    .await;
+    let replayed = dlq(&["dlq", "replay", "postgres"]).await;
     assert!(
         replayed.status.success(),
         "{}",
@@ -175,7 +194,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
     );
     assert!(
         String::from_utf8_lossy(&replayed.stdout)
-            .contains("replayed 1 dead letters of checked; 0 left"),
+            .contains("replayed 1 dead letters of checked; 1 left"),
         "{replayed:?}"
     );
     let note: String = target
@@ -184,14 +203,23 @@ async fn dead_letters_are_listed_and_replayed_from_the_command_line() {
         .unwrap()
         .get(0);
     assert_eq!(note, "poison");
-    let listed = run(walbrook(
-        &source_db,
-        &nats.url(),
-        &target_url,
-        &["dlq", "list"],
-    ))
-    .await;
-    assert!(listed.stdout.is_empty());
+    assert_eq!(ids(&list().await), [6]);
+
+    // The rest is discarded, never applied.
+    let all = dlq(&["dlq", "remove", "--all"]).await;
+    assert!(
+        String::from_utf8_lossy(&all.stdout).contains("removed 1 dead letters of checked"),
+        "{all:?}"
+    );
+    assert!(list().await.is_empty());
+    let applied: Vec<i32> = target
+        .query("SELECT id FROM c ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(applied, [1, 2, 3, 4, 7]);
     shutdown.cancel();
     let _ = producer.await;
 }

@@ -402,6 +402,40 @@ pub(crate) async fn remove(client: &Client, letter: &StoredDeadLetter) -> Result
     Ok(())
 }
 
+/// Removes dead letters of `consumer`, each with its body in the dead-letter bucket: those
+/// whose DLQ sequences are given (`dlq_sequence` of [`list`]), or all of them for `None`.
+/// Removes nothing when a given sequence is not one of the consumer's dead letters
+/// ([`ErrorKind::Config`]). Returns how many were removed.
+pub async fn remove_dead_letters(
+    client: &Client,
+    consumer: &str,
+    sequences: Option<&[u64]>,
+) -> Result<usize, Error> {
+    let letters = list(client, consumer).await?;
+    let chosen: Vec<&StoredDeadLetter> = match sequences {
+        None => letters.iter().collect(),
+        Some(wanted) => {
+            if let Some(missing) = wanted
+                .iter()
+                .find(|s| !letters.iter().any(|l| l.dlq_sequence == **s))
+            {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("{consumer} has no dead letter with DLQ sequence {missing}"),
+                ));
+            }
+            letters
+                .iter()
+                .filter(|l| wanted.contains(&l.dlq_sequence))
+                .collect()
+        }
+    };
+    for letter in &chosen {
+        remove(client, letter).await?;
+    }
+    Ok(chosen.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

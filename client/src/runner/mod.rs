@@ -44,6 +44,7 @@ use crate::{Client, Lsn};
 
 pub use dead_letter::{
     DeadLetter, StoredDeadLetter, headers as dead_letter_headers, list as list_dead_letters,
+    remove_dead_letters,
 };
 pub use metrics::RunnerMetrics;
 pub use retry::RetryPolicy;
