@@ -284,6 +284,44 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 
 /// Reads the dead letters of `consumer` (oldest first), decoding each event when it can.
 pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLetter>, Error> {
+    let mut out = Vec::new();
+    for (dlq_sequence, headers, payload) in stored(client, consumer).await? {
+        let original_subject = header(&headers, headers::SUBJECT);
+        let stream_sequence = header(&headers, headers::SEQUENCE).parse().ok();
+        let decoded = crate::subscribe::decode_stored_events(
+            client.cache(),
+            &PayloadObjects::new(client.js().clone()),
+            original_subject.clone(),
+            stream_sequence.unwrap_or(0),
+            Some(headers.clone()),
+            payload.clone(),
+        )
+        .await;
+        let (event, decode_error) = match decoded {
+            // A whole shared message (protocol §3.6) shows as the array of its events.
+            Ok(events) if events.len() == 1 => (serde_json::to_value(&events[0]).ok(), None),
+            Ok(events) => (serde_json::to_value(&events).ok(), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(StoredDeadLetter {
+            dlq_sequence,
+            subject: original_subject,
+            stream_sequence,
+            error: header(&headers, headers::ERROR),
+            sink: header(&headers, headers::SINK),
+            time: header(&headers, headers::TIME),
+            event,
+            decode_error,
+            payload,
+            headers,
+        });
+    }
+    Ok(out)
+}
+
+/// The stored messages of `consumer`'s dead letters, oldest first, as they are: DLQ
+/// sequence, headers and payload (nothing decoded, no body fetched).
+async fn stored(client: &Client, consumer: &str) -> Result<Vec<(u64, HeaderMap, Bytes)>, Error> {
     let names = client.names();
     let js = client.js();
     let stream = match js.get_stream(names.dlq_stream()).await {
@@ -317,36 +355,7 @@ pub async fn list(client: &Client, consumer: &str) -> Result<Vec<StoredDeadLette
             Err(e) => return Err(Error::with_source(ErrorKind::Nats, "reading the DLQ", e)),
         };
         next = message.sequence + 1;
-        let headers = message.headers.clone();
-        let original_subject = header(&headers, headers::SUBJECT);
-        let stream_sequence = header(&headers, headers::SEQUENCE).parse().ok();
-        let decoded = crate::subscribe::decode_stored_events(
-            client.cache(),
-            &PayloadObjects::new(client.js().clone()),
-            original_subject.clone(),
-            stream_sequence.unwrap_or(0),
-            Some(headers.clone()),
-            message.payload.clone(),
-        )
-        .await;
-        let (event, decode_error) = match decoded {
-            // A whole shared message (protocol §3.6) shows as the array of its events.
-            Ok(events) if events.len() == 1 => (serde_json::to_value(&events[0]).ok(), None),
-            Ok(events) => (serde_json::to_value(&events).ok(), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        out.push(StoredDeadLetter {
-            dlq_sequence: message.sequence,
-            subject: original_subject,
-            stream_sequence,
-            error: header(&headers, headers::ERROR),
-            sink: header(&headers, headers::SINK),
-            time: header(&headers, headers::TIME),
-            event,
-            decode_error,
-            payload: message.payload,
-            headers,
-        });
+        out.push((message.sequence, message.headers, message.payload));
     }
     Ok(out)
 }
@@ -371,19 +380,22 @@ pub(crate) async fn decode(
 /// Removes a dead letter from the DLQ stream (after it was replayed), and then its body from
 /// the dead-letter bucket when it is there (a body left behind by a failure here only takes
 /// space; removing it first could lose a letter whose removal then fails).
-pub(crate) async fn remove(client: &Client, letter: &StoredDeadLetter) -> Result<(), Error> {
+pub(crate) async fn remove(
+    client: &Client,
+    dlq_sequence: u64,
+    headers: &HeaderMap,
+) -> Result<(), Error> {
     let stream = client
         .js()
         .get_stream(client.names().dlq_stream())
         .await
         .map_err(|e| Error::with_source(ErrorKind::Nats, "getting the DLQ stream", e))?;
     stream
-        .delete_message(letter.dlq_sequence)
+        .delete_message(dlq_sequence)
         .await
         .map_err(|e| Error::with_source(ErrorKind::Nats, "deleting a dead letter", e))?;
     let bucket = client.names().dlq_bucket();
-    let object = letter
-        .headers
+    let object = headers
         .get(walbrook_protocol::headers::PAYLOAD_OBJECT)
         .and_then(|v| {
             v.as_str()
@@ -411,13 +423,14 @@ pub async fn remove_dead_letters(
     consumer: &str,
     sequences: Option<&[u64]>,
 ) -> Result<usize, Error> {
-    let letters = list(client, consumer).await?;
-    let chosen: Vec<&StoredDeadLetter> = match sequences {
+    // Only the sequences and headers count here: nothing is decoded or fetched.
+    let letters = stored(client, consumer).await?;
+    let chosen: Vec<&(u64, HeaderMap, Bytes)> = match sequences {
         None => letters.iter().collect(),
         Some(wanted) => {
             if let Some(missing) = wanted
                 .iter()
-                .find(|s| !letters.iter().any(|l| l.dlq_sequence == **s))
+                .find(|s| !letters.iter().any(|(sequence, ..)| sequence == *s))
             {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -426,12 +439,12 @@ pub async fn remove_dead_letters(
             }
             letters
                 .iter()
-                .filter(|l| wanted.contains(&l.dlq_sequence))
+                .filter(|(sequence, ..)| wanted.contains(sequence))
                 .collect()
         }
     };
-    for letter in &chosen {
-        remove(client, letter).await?;
+    for (sequence, headers, _) in &chosen {
+        remove(client, *sequence, headers).await?;
     }
     Ok(chosen.len())
 }

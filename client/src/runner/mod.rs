@@ -260,7 +260,7 @@ impl<S: Sink> Runner<S> {
             };
             match self.sink.apply(&self.options.consumer, &events).await {
                 Ok(applied) if applied.rejected.is_empty() => {
-                    dead_letter::remove(&self.client, &letter).await?;
+                    dead_letter::remove(&self.client, letter.dlq_sequence, &letter.headers).await?;
                     replayed += 1;
                 }
                 Ok(applied) => {
