@@ -13,20 +13,46 @@ trap 'rm -rf "$LOGS"' EXIT
 # producer refuses unknown WALBROOK_* variables.)
 leftover_baseline="$(pgrep -f 'walbrook-test-' | tr '\n' ' ' || true)"
 
+# Each phase prints its duration when it ends.
+phase_start=$SECONDS
+phase_name=""
+phase() {
+  if [ -n "$phase_name" ]; then
+    echo "== $phase_name: $((SECONDS - phase_start)) s"
+  fi
+  phase_name="$1"
+  phase_start=$SECONDS
+  [ -n "$phase_name" ] && echo "== $phase_name"
+  return 0
+}
+
+phase "setup (scripts/setup.sh)"
 bash scripts/setup.sh
 
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all --check
-echo "== cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== cargo test (Rust)"
+phase "cargo test (Rust)"
 cargo test --workspace 2>&1 | tee "$LOGS/rust.log"
 
-echo "== fuzz smoke run (scripts/fuzz-smoke.sh, docs/fuzzing.md)"
+# Positions past 800/0 (8 TiB of WAL): a long-lived database's. No position arithmetic of
+# the SDK or a sink may overflow there.
+phase "client and sink suites on a WAL past 800/0 (TEST_PG_WAL_START=900/0)"
+TEST_PG_WAL_START=900/0 cargo test -p walbrook-client -p walbrook-pg-client \
+  -p walbrook-es-client -p walbrook-webhook-client 2>&1 | tee "$LOGS/high-lsn.log"
+
+phase "fuzz smoke run (scripts/fuzz-smoke.sh, docs/fuzzing.md)"
 bash scripts/fuzz-smoke.sh
 
-echo "== pytest (Python)"
+# The documented commands run too, at reduced length, so they cannot rot unnoticed.
+phase "make chaos, short (3 producer kill cycles, the cluster case, 2 sink kills each)"
+make --no-print-directory chaos CHAOS_CYCLES=3 SINK_CHAOS_CYCLES=2 2>&1 | tee "$LOGS/chaos.log"
+phase "make bench, smoke run (scripts/bench-smoke.sh)"
+bash scripts/bench-smoke.sh
+
+phase "pytest (Python)"
 # The Python tests run the harness's walbrook-servers and `walbrook produce` as processes.
 cargo build --quiet -p walbrook-cli -p walbrook-harness --bins
 VIRTUAL_ENV="$ROOT/.venv" .venv/bin/maturin develop --quiet -m bindings/Cargo.toml
@@ -43,8 +69,9 @@ if [ "$status" -ne 0 ]; then
   exit 1
 fi
 
-echo "== leftovers"
+phase "leftovers"
 WALBROOK_LEFTOVER_BASELINE="$leftover_baseline" bash scripts/check-leftovers.sh
+phase ""
 
 rust_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$LOGS/rust.log" | awk '{s+=$4} END {print s+0}')
 python_passed=$(grep -Eo '[0-9]+ passed' "$LOGS/python.log" | tail -1 | awk '{print $1+0}')

@@ -1,7 +1,7 @@
 """Real servers for the Python tests: PostgreSQL + NATS from the harness's
 `walbrook-servers` binary, and `walbrook produce` as a subprocess.
 
-Binaries are looked up in $WALBROOK_BIN_DIR, else $CARGO_TARGET_DIR/debug, else
+Binaries are looked up in $TEST_BIN_DIR, else $CARGO_TARGET_DIR/debug, else
 target/debug (scripts/test.sh builds them first). Everything is stopped at the end of the
 session, also when tests fail: the servers stop when our pipe to `walbrook-servers` closes
 (even if pytest is killed), and the producer gets SIGTERM (and dies with us through
@@ -31,8 +31,8 @@ SUBJECT_ROOT = "WBPY"
 
 
 def bin_dir() -> pathlib.Path:
-    if os.environ.get("WALBROOK_BIN_DIR"):
-        return pathlib.Path(os.environ["WALBROOK_BIN_DIR"])
+    if os.environ.get("TEST_BIN_DIR"):
+        return pathlib.Path(os.environ["TEST_BIN_DIR"])
     target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT_DIR / "target"))
     return target / "debug"
 

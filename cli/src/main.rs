@@ -23,7 +23,7 @@ mod sink;
 mod snapshot;
 mod tail;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Walbrook: PostgreSQL change data capture over NATS JetStream.
 #[derive(Debug, Parser)]
@@ -82,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(_) | Command::Tail(_) | Command::Schema(_) => "warn,pgwire_replication=off",
         _ => "info,pgwire_replication=off",
     });
+    if matches!(cli.command, Command::Sink(_) | Command::Dlq(_)) {
+        sink::refuse_unknown_variables(&Cli::command(), std::env::vars_os())?;
+    }
     match cli.command {
         Command::Produce(args) => produce::run(args).await,
         Command::Check(args) => check::run(args).await,
@@ -91,5 +94,46 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq(args) => dlq::run(args).await,
         Command::Tail(args) => tail::run(args).await,
         Command::Schema(args) => schema::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(names: &[&str]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        names.iter().map(|n| (n.into(), "x".into())).collect()
+    }
+
+    #[test]
+    fn sink_variables_of_every_sink_kind_are_accepted() {
+        let cli = Cli::command();
+        sink::refuse_unknown_variables(
+            &cli,
+            vars(&[
+                "WALBROOK_SINK_TARGET_URL",
+                "WALBROOK_SINK_WEBHOOK_URL",
+                "WALBROOK_SINK_SEARCH_URL",
+                "WALBROOK_SINK_CONSUMER",
+                "WALBROOK_NATS_URL",
+                "PATH",
+            ]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_unknown_sink_variable_is_refused_by_name() {
+        let error = sink::refuse_unknown_variables(
+            &Cli::command(),
+            vars(&["WALBROOK_SINK_CONSUMER", "WALBROOK_SINK_TARGETURL"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("WALBROOK_SINK_TARGETURL: unknown WALBROOK_SINK_* variable"),
+            "{error}"
+        );
+        assert!(error.contains("WALBROOK_SINK_TARGET_URL"), "{error}");
     }
 }

@@ -521,6 +521,43 @@ impl SinkArgs {
     }
 }
 
+/// Prefix of the variables only the sinks and `walbrook dlq` read.
+const SINK_VARIABLE_PREFIX: &str = "WALBROOK_SINK_";
+
+/// Refuses a `WALBROOK_SINK_*` variable that no option of `cli` (the whole `walbrook`
+/// command tree) reads: a typo must stop the sink, not be ignored. Variables of another
+/// sink kind are accepted, so one environment file can serve several sinks.
+pub fn refuse_unknown_variables<I>(cli: &clap::Command, vars: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+{
+    fn collect(command: &clap::Command, known: &mut std::collections::BTreeSet<String>) {
+        for arg in command.get_arguments() {
+            if let Some(name) = arg.get_env().and_then(|n| n.to_str())
+                && name.starts_with(SINK_VARIABLE_PREFIX)
+            {
+                known.insert(name.to_string());
+            }
+        }
+        for sub in command.get_subcommands() {
+            collect(sub, known);
+        }
+    }
+    let mut known = std::collections::BTreeSet::new();
+    collect(cli, &mut known);
+    for (name, _) in vars {
+        let name = name.to_string_lossy();
+        if name.starts_with(SINK_VARIABLE_PREFIX) && !known.contains(name.as_ref()) {
+            let list: Vec<&str> = known.iter().map(String::as_str).collect();
+            bail!(
+                "{name}: unknown WALBROOK_SINK_* variable (the sinks read {})",
+                list.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs `walbrook sink …`.
 pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     args.run_target(false).await

@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{connect, wait_until_streaming};
@@ -970,7 +970,7 @@ async fn invalid_configurations_exit_non_zero_naming_the_field() {
     ];
     let mut failures = Vec::new();
     for (name, command, overrides, field) in config_cases() {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walbrook"));
+        let mut cmd = walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"));
         cmd.args(command.split(' '))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

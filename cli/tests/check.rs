@@ -1,11 +1,9 @@
 //! `walbrook check` reports every problem with its fix, and passes when ready.
 
-use std::process::Command;
-
 use walbrook_harness::{NatsServer, PgServer};
 
 fn check(envs: &[(&str, String)]) -> (bool, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_walbrook"));
+    let mut command = walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"));
     command.arg("check");
     for (k, v) in envs {
         command.env(k, v);

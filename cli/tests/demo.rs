@@ -1,8 +1,6 @@
 //! `walbrook demo` (what `make demo` runs) works against real servers and shows the
 //! decoded events and the metrics.
 
-use std::process::Command;
-
 use walbrook_harness::{NatsServer, PgServer};
 
 #[test]
@@ -10,7 +8,7 @@ fn the_demo_shows_decoded_changes_and_metrics() {
     let pg = PgServer::shared();
     let db = pg.fresh_database("demo");
     let nats = NatsServer::start().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_walbrook"))
+    let output = walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
         .arg("demo")
         .env("WALBROOK_PG_URL", db.url())
         .env("WALBROOK_NATS_URL", nats.url())

@@ -18,7 +18,7 @@ use walbrook_producer::config::RawConfig;
 const ROOT: &str = "DLQCLI";
 
 fn walbrook(source: &TestDb<'_>, nats: &str, target: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_walbrook"));
+    let mut command = walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"));
     command
         .args(args)
         .env_clear()

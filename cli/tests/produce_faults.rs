@@ -4,45 +4,23 @@
 //! stream must hold every committed change exactly once.
 //!
 //! This is the fault-injection suite: the test command runs it with 10 kill cycles and
-//! without the cluster case; `make chaos` runs all of it with `WALBROOK_CHAOS_CYCLES=30`
+//! without the cluster case; `make chaos` runs all of it with `TEST_CHAOS_CYCLES=30`
 //! (any number may be set) and prints the seed of the random kill moments
-//! (`WALBROOK_CHAOS_SEED` replays a run).
+//! (`TEST_CHAOS_SEED` replays a run).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use futures::StreamExt;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use walbrook_harness::{FaultProxy, NatsServer, PgServer, TestDb};
+use walbrook_harness::{FaultProxy, NatsServer, PgServer, ProductProcess, TestDb, product_command};
 
 const ROOT: &str = "FAULTS";
 
-/// A `walbrook produce` child process, killed when dropped (also when a test panics),
-/// so a failing test never leaves a producer running.
-struct Producer(Child);
-
-impl std::ops::Deref for Producer {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Producer {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        sigkill(&mut self.0);
-    }
-}
+/// A `walbrook produce` child process: killed when dropped, its log's tail printed when a
+/// test fails while it runs.
+type Producer = ProductProcess;
 
 fn spawn_producer(
     db: &TestDb<'_>,
@@ -60,35 +38,20 @@ fn spawn_producer_with(
     log: &std::path::Path,
     extra_env: &[(&str, &str)],
 ) -> Producer {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Producer(
-        Command::new(env!("CARGO_BIN_EXE_walbrook"))
-            .arg("produce")
-            .env("WALBROOK_PG_URL", pg_url)
-            .env("WALBROOK_NATS_URL", nats_url)
-            .env("WALBROOK_TABLES", "public.load")
-            .env("WALBROOK_SLOT", db.slot_name())
-            .env("WALBROOK_PUBLICATION", db.publication_name())
-            .env("WALBROOK_ROOT", ROOT)
-            .env("WALBROOK_HEARTBEAT_INTERVAL", "500ms")
-            .env("WALBROOK_ACK_TIMEOUT", "1s")
-            .env("RUST_LOG", "info")
-            .envs(extra_env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn sigkill(child: &mut Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-    let _ = child.wait();
+    let mut command = product_command(env!("CARGO_BIN_EXE_walbrook"));
+    command
+        .arg("produce")
+        .env("WALBROOK_PG_URL", pg_url)
+        .env("WALBROOK_NATS_URL", nats_url)
+        .env("WALBROOK_TABLES", "public.load")
+        .env("WALBROOK_SLOT", db.slot_name())
+        .env("WALBROOK_PUBLICATION", db.publication_name())
+        .env("WALBROOK_ROOT", ROOT)
+        .env("WALBROOK_HEARTBEAT_INTERVAL", "500ms")
+        .env("WALBROOK_ACK_TIMEOUT", "1s")
+        .env("RUST_LOG", "info")
+        .envs(extra_env.iter().copied());
+    ProductProcess::spawn(command, "walbrook produce", log).unwrap()
 }
 
 /// Every (id → count) in the change stream, waiting until `expected` events arrived, and
@@ -185,21 +148,21 @@ async fn writer_until(
     first
 }
 
-/// Kill cycles: `WALBROOK_CHAOS_CYCLES` (default 10, the suite's minimum).
+/// Kill cycles: `TEST_CHAOS_CYCLES` (default 10, the suite's minimum).
 fn chaos_cycles() -> usize {
-    std::env::var("WALBROOK_CHAOS_CYCLES")
+    std::env::var("TEST_CHAOS_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10)
 }
 
 /// A small deterministic generator (xorshift64*) for the kill moments, seeded from
-/// `WALBROOK_CHAOS_SEED` or the clock; the seed is printed so a run can be replayed.
+/// `TEST_CHAOS_SEED` or the clock; the seed is printed so a run can be replayed.
 struct Moments(u64);
 
 impl Moments {
     fn new() -> Moments {
-        let seed = std::env::var("WALBROOK_CHAOS_SEED")
+        let seed = std::env::var("TEST_CHAOS_SEED")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| {
@@ -209,7 +172,7 @@ impl Moments {
                     .as_nanos() as u64
                     | 1
             });
-        eprintln!("chaos seed: WALBROOK_CHAOS_SEED={seed}");
+        eprintln!("chaos seed: TEST_CHAOS_SEED={seed}");
         Moments(seed)
     }
 
@@ -360,14 +323,14 @@ async fn sigkill_at_random_moments_under_load_loses_and_duplicates_nothing() {
         // Anywhere from mid-start-up to well into streaming.
         let wait = moments.between(Duration::from_millis(50), Duration::from_millis(900));
         tokio::time::sleep(wait).await;
-        sigkill(&mut producer);
+        producer.kill();
         eprintln!("cycle {}/{cycles}: SIGKILL after {wait:?}", cycle + 1);
         producer = spawn_producer(&db, &db.url(), &nats.url(), &log);
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let written = load.await.unwrap();
     let (ids, total) = stored_ids(&nats.url(), db.name(), written as u64).await;
-    sigkill(&mut producer);
+    producer.kill();
     assert_exactly_once(&ids, total, written);
 }
 
@@ -386,7 +349,7 @@ async fn sigkill_while_draining_a_backlog_of_large_transactions_stores_each_even
     // Create the slot, then stop: the backlog is written while no producer runs.
     let mut producer = spawn_producer(&db, &db.url(), &nats.url(), &log);
     wait_for_active_slot(&db).await;
-    sigkill(&mut producer);
+    producer.kill();
     for tx in 0..TXS {
         db.psql(&format!(
             "INSERT INTO load SELECT g, 'row-' || g FROM generate_series({}, {}) g",
@@ -428,13 +391,13 @@ async fn sigkill_while_draining_a_backlog_of_large_transactions_stores_each_even
             eprintln!("round {round}: drained before the kill");
             break;
         }
-        sigkill(&mut producer);
+        producer.kill();
         kills += 1;
         eprintln!("round {round}: SIGKILL mid-backlog ({last_seen} messages stored)");
     }
     producer = spawn_producer(&db, &db.url(), &nats.url(), &log);
     let (ids, total) = stored_ids(&nats.url(), db.name(), (TXS * ROWS) as u64).await;
-    sigkill(&mut producer);
+    producer.kill();
     assert!(
         kills >= 1,
         "the producer drained the backlog before any kill"
@@ -498,7 +461,7 @@ async fn each_node_of_a_jetstream_cluster_killed_and_restarted_loses_nothing() {
         "the producer rode out every node failure; log: {}",
         log.display()
     );
-    sigkill(&mut producer);
+    producer.kill();
     assert_exactly_once(&ids, total, written);
 }
 
@@ -530,7 +493,7 @@ async fn nats_restart_and_severed_postgres_lose_nothing() {
         "the producer survived both faults without restarting; log: {}",
         log.display()
     );
-    sigkill(&mut producer);
+    producer.kill();
     assert_exactly_once(&ids, total, TXS * ROWS);
 }
 
@@ -563,7 +526,7 @@ async fn a_standby_takes_over_when_the_active_producer_dies() {
     let load = tokio::spawn(writer(db.url(), TXS, ROWS, Duration::from_millis(10)));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let killed_at = std::time::Instant::now();
-    sigkill(&mut active);
+    active.kill();
     load.await.unwrap();
     let (ids, total) = stored_ids(&nats.url(), db.name(), (TXS * ROWS) as u64).await;
     eprintln!("standby caught up {:?} after the kill", killed_at.elapsed());
@@ -571,7 +534,7 @@ async fn a_standby_takes_over_when_the_active_producer_dies() {
         standby.try_wait().unwrap().is_none(),
         "the standby is now the active producer"
     );
-    sigkill(&mut standby);
+    standby.kill();
     assert_exactly_once(&ids, total, TXS * ROWS);
 }
 
@@ -655,5 +618,5 @@ async fn schema_lookups_are_answered_while_postgres_is_unreachable() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    sigkill(&mut producer);
+    producer.kill();
 }

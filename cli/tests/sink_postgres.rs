@@ -3,16 +3,12 @@
 
 mod common;
 
-use common::{
-    Reaper, connect, sigkill, sink_kill_cycles, start_producer, table_text, wait_until_streaming,
-};
-use std::process::{Child, Command, Stdio};
+use common::{connect, sink_kill_cycles, start_producer, table_text, wait_until_streaming};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
-use walbrook_harness::{NatsServer, PgServer, TestDb};
+use walbrook_harness::{NatsServer, PgServer, ProductProcess, TestDb, product_command};
 
 const ROOT: &str = "SINKKILL";
 
@@ -21,7 +17,7 @@ fn spawn_sink(
     target_url: &str,
     nats_url: &str,
     log: &std::path::Path,
-) -> Child {
+) -> ProductProcess {
     spawn_sink_with(source, target_url, nats_url, log, &[])
 }
 
@@ -31,13 +27,9 @@ fn spawn_sink_with(
     nats_url: &str,
     log: &std::path::Path,
     extra_env: &[(&str, &str)],
-) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+) -> ProductProcess {
+    let mut command = product_command(env!("CARGO_BIN_EXE_walbrook"));
+    command
         .args(["sink", "postgres"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -51,14 +43,10 @@ fn spawn_sink_with(
         .env("WALBROOK_SINK_BATCH_EVENTS", "7")
         .env(
             "RUST_LOG",
-            std::env::var("WALBROOK_TEST_SINK_LOG").unwrap_or_else(|_| "info".into()),
+            std::env::var("TEST_SINK_LOG").unwrap_or_else(|_| "info".into()),
         )
-        .envs(extra_env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+        .envs(extra_env.iter().copied());
+    ProductProcess::spawn(command, "walbrook sink postgres", log).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,12 +117,10 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
 
     let log = std::env::temp_dir().join(format!("{}-sink.log", target_db.name()));
     let mut sink = spawn_sink(&source_db, &target_db.url(), &nats.url(), &log);
-    let mut reaper = Reaper(Some(sink.id()));
     for _ in 0..cycles {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        sigkill(&mut sink);
+        sink.kill();
         sink = spawn_sink(&source_db, &target_db.url(), &nats.url(), &log);
-        reaper.0 = Some(sink.id());
     }
     load.await.unwrap();
 
@@ -149,7 +135,7 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            sigkill(&mut sink);
+            sink.kill();
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             let only_source: Vec<&String> = a.iter().filter(|r| !b.contains(r)).take(20).collect();
             let only_target: Vec<&String> = b.iter().filter(|r| !a.contains(r)).take(20).collect();
@@ -185,12 +171,11 @@ async fn a_sink_killed_mid_stream_leaves_the_target_equal_to_the_source() {
     // process is running (its handler is installed before it connects), not while it is
     // still starting up.
     common::wait_for_log(&log, "sink running", cycles + 1, Duration::from_secs(60)).await;
-    let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
+    sink.signal(Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || sink.wait())
         .await
         .unwrap()
         .unwrap();
-    reaper.0 = None;
     assert!(
         status.success(),
         "the sink exits cleanly on SIGTERM: {status:?}"
@@ -290,7 +275,6 @@ async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
             ("WALBROOK_SINK_START", "new"),
         ],
     );
-    let mut reaper = Reaper(Some(sink.id()));
     load.await.unwrap();
     let rows = "SELECT t::text FROM load t ORDER BY id";
     wait_equal(&source, &target, rows, &log).await;
@@ -301,7 +285,7 @@ async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
     );
 
     // Restarted, it resumes from its checkpoint instead of bootstrapping again.
-    sigkill(&mut sink);
+    sink.kill();
     source
         .batch_execute("UPDATE load SET note = 'after restart' WHERE id < 10")
         .await
@@ -316,7 +300,6 @@ async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
             ("WALBROOK_SINK_START", "new"),
         ],
     );
-    reaper.0 = Some(sink.id());
     wait_equal(&source, &target, rows, &log).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
@@ -325,7 +308,27 @@ async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
         "no second bootstrap:\n{text}"
     );
     assert!(text.contains("resuming, no snapshot"), "{text}");
-    sigkill(&mut sink);
-    reaper.0 = None;
+    sink.kill();
     shutdown.cancel();
+}
+
+/// A mistyped `WALBROOK_SINK_*` variable stops the sink at start, named, before it connects
+/// anywhere (it would otherwise run with the default the typo meant to replace).
+#[test]
+fn a_mistyped_sink_variable_stops_the_sink_naming_it() {
+    let output = product_command(env!("CARGO_BIN_EXE_walbrook"))
+        .args(["sink", "postgres"])
+        .env("WALBROOK_NATS_URL", "nats://127.0.0.1:1")
+        .env("WALBROOK_SINK_SOURCE_DB", "shop")
+        .env("WALBROOK_SINK_CONSUMER", "typo")
+        .env("WALBROOK_SINK_TARGET_URL", "postgresql://127.0.0.1:1/x")
+        .env("WALBROOK_SINK_BATCH_EVENT", "7")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WALBROOK_SINK_BATCH_EVENT: unknown WALBROOK_SINK_* variable"),
+        "{stderr}"
+    );
 }

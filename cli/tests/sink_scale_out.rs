@@ -2,7 +2,7 @@
 //! together they reproduce the source; each owns its tables, checkpoint and consumer; the
 //! metrics and health endpoints answer.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -36,7 +36,7 @@ impl Drop for Reaper {
 
 fn spawn(source: &TestDb<'_>, target: &str, nats: &str, instance: usize, metrics: u16) -> Child {
     let tables: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
-    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+    walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
         .args(["sink", "postgres", "--instances", "2", "--instance"])
         .arg(instance.to_string())
         .arg("--metrics-addr")

@@ -4,18 +4,23 @@
 
 mod common;
 
-use common::{Reaper, connect, sigkill, sink_kill_cycles, start_producer, wait_until_streaming};
-use std::process::{Child, Command, Stdio};
+use common::{connect, sink_kill_cycles, start_producer, wait_until_streaming};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
-use walbrook_harness::{NatsServer, PgServer, SearchServer, TestDb};
+use walbrook_harness::{
+    NatsServer, PgServer, ProductProcess, SearchServer, TestDb, product_command,
+};
 
 const ROOT: &str = "ESKILL";
 
-fn spawn_sink(source: &TestDb<'_>, url: &str, nats_url: &str, log: &std::path::Path) -> Child {
+fn spawn_sink(
+    source: &TestDb<'_>,
+    url: &str,
+    nats_url: &str,
+    log: &std::path::Path,
+) -> ProductProcess {
     spawn_sink_with(source, url, nats_url, log, &[])
 }
 
@@ -25,13 +30,9 @@ fn spawn_sink_with(
     nats_url: &str,
     log: &std::path::Path,
     extra_env: &[(&str, &str)],
-) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+) -> ProductProcess {
+    let mut command = product_command(env!("CARGO_BIN_EXE_walbrook"));
+    command
         .args(["sink", "elasticsearch"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -44,12 +45,8 @@ fn spawn_sink_with(
         .env("WALBROOK_SINK_INDEX_TEMPLATE", "kill-{table}")
         .env("WALBROOK_SINK_BATCH_EVENTS", "5")
         .env("RUST_LOG", "info")
-        .envs(extra_env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+        .envs(extra_env.iter().copied());
+    ProductProcess::spawn(command, "walbrook sink elasticsearch", log).unwrap()
 }
 
 async fn documents(url: &str) -> std::collections::BTreeMap<i64, String> {
@@ -117,12 +114,10 @@ async fn a_search_sink_killed_mid_stream_leaves_every_document() {
     });
     let log = std::env::temp_dir().join(format!("{}-es.log", db.name()));
     let mut sink = spawn_sink(&db, search.url(), &nats.url(), &log);
-    let mut reaper = Reaper(Some(sink.id()));
     for _ in 0..cycles {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        sigkill(&mut sink);
+        sink.kill();
         sink = spawn_sink(&db, search.url(), &nats.url(), &log);
-        reaper.0 = Some(sink.id());
     }
     load.await.unwrap();
     let expected: std::collections::BTreeMap<i64, String> = source
@@ -155,12 +150,11 @@ async fn a_search_sink_killed_mid_stream_leaves_every_document() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
+    sink.signal(Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || sink.wait())
         .await
         .unwrap()
         .unwrap();
-    reaper.0 = None;
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     shutdown.cancel();
 }
@@ -299,7 +293,6 @@ async fn a_new_search_sink_bootstraps_from_a_snapshot_then_follows_the_changes()
         ("WALBROOK_SINK_BATCH_EVENTS", "100"),
     ];
     let mut sink = spawn_sink_with(&db, search.url(), &nats.url(), &log, &env);
-    let mut reaper = Reaper(Some(sink.id()));
     load.await.unwrap();
     wait_index_equals_source(&source, search.url(), "boot-boot", &log).await;
     let text = std::fs::read_to_string(&log).unwrap();
@@ -309,7 +302,7 @@ async fn a_new_search_sink_bootstraps_from_a_snapshot_then_follows_the_changes()
     );
 
     // Restarted, it resumes from its durable consumer instead of bootstrapping again.
-    sigkill(&mut sink);
+    sink.kill();
     source
         .batch_execute(
             "UPDATE boot SET note = 'after restart' WHERE id < 10;
@@ -319,7 +312,6 @@ async fn a_new_search_sink_bootstraps_from_a_snapshot_then_follows_the_changes()
         .await
         .unwrap();
     sink = spawn_sink_with(&db, search.url(), &nats.url(), &log, &env);
-    reaper.0 = Some(sink.id());
     wait_index_equals_source(&source, search.url(), "boot-boot", &log).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
@@ -328,7 +320,6 @@ async fn a_new_search_sink_bootstraps_from_a_snapshot_then_follows_the_changes()
         "no second bootstrap:\n{text}"
     );
     assert!(text.contains("resuming, no snapshot"), "{text}");
-    sigkill(&mut sink);
-    reaper.0 = None;
+    sink.kill();
     shutdown.cancel();
 }

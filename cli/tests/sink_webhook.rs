@@ -4,21 +4,25 @@
 mod common;
 
 use common::{
-    Reaper, connect, sigkill, sink_kill_cycles, start_producer, start_producer_with,
-    wait_until_streaming,
+    connect, sink_kill_cycles, start_producer, start_producer_with, wait_until_streaming,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
-use walbrook_harness::{NatsServer, PgServer, TestDb, WebhookReceiver};
+use walbrook_harness::{
+    NatsServer, PgServer, ProductProcess, TestDb, WebhookReceiver, product_command,
+};
 
 const ROOT: &str = "HOOKKILL";
 
-fn spawn_sink(source: &TestDb<'_>, url: &str, nats_url: &str, log: &std::path::Path) -> Child {
+fn spawn_sink(
+    source: &TestDb<'_>,
+    url: &str,
+    nats_url: &str,
+    log: &std::path::Path,
+) -> ProductProcess {
     spawn_sink_with(source, url, nats_url, log, &[])
 }
 
@@ -28,13 +32,9 @@ fn spawn_sink_with(
     nats_url: &str,
     log: &std::path::Path,
     extra_env: &[(&str, &str)],
-) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+) -> ProductProcess {
+    let mut command = product_command(env!("CARGO_BIN_EXE_walbrook"));
+    command
         .args(["sink", "webhook"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -47,12 +47,8 @@ fn spawn_sink_with(
         .env("WALBROOK_SINK_WEBHOOK_SECRET", "k")
         .env("WALBROOK_SINK_BATCH_EVENTS", "5")
         .env("RUST_LOG", "info")
-        .envs(extra_env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+        .envs(extra_env.iter().copied());
+    ProductProcess::spawn(command, "walbrook sink webhook", log).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,12 +83,10 @@ async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id(
     });
     let log = std::env::temp_dir().join(format!("{}-hook.log", db.name()));
     let mut sink = spawn_sink(&db, &receiver.url(), &nats.url(), &log);
-    let mut reaper = Reaper(Some(sink.id()));
     for _ in 0..cycles {
         tokio::time::sleep(Duration::from_millis(600)).await;
-        sigkill(&mut sink);
+        sink.kill();
         sink = spawn_sink(&db, &receiver.url(), &nats.url(), &log);
-        reaper.0 = Some(sink.id());
     }
     load.await.unwrap();
 
@@ -138,12 +132,11 @@ async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id(
     // SIGTERM only once the last sink process is running (its handler is installed before
     // it connects), not while it is still starting up.
     common::wait_for_log(&log, "sink running", cycles + 1, Duration::from_secs(60)).await;
-    let _ = kill(Pid::from_raw(sink.id() as i32), Signal::SIGTERM);
+    sink.signal(Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || sink.wait())
         .await
         .unwrap()
         .unwrap();
-    reaper.0 = None;
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     shutdown.cancel();
 }
@@ -297,7 +290,6 @@ async fn a_new_webhook_sink_bootstraps_from_a_snapshot_then_follows_the_changes(
         ("WALBROOK_SINK_BATCH_EVENTS", "100"),
     ];
     let mut sink = spawn_sink_with(&db, &receiver.url(), &nats.url(), &log, &env);
-    let mut reaper = Reaper(Some(sink.id()));
     load.await.unwrap();
     let reads = wait_replay_equals_source(&source, &receiver, &log).await;
     // Every old row still in the source came as a snapshot read (op read).
@@ -322,7 +314,7 @@ async fn a_new_webhook_sink_bootstraps_from_a_snapshot_then_follows_the_changes(
     );
 
     // Restarted, it resumes from its durable consumer instead of bootstrapping again.
-    sigkill(&mut sink);
+    sink.kill();
     source
         .batch_execute(
             "UPDATE boot SET note = 'after restart' WHERE id < 10;
@@ -337,7 +329,6 @@ async fn a_new_webhook_sink_bootstraps_from_a_snapshot_then_follows_the_changes(
         .filter(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["op"] == "read")
         .count();
     sink = spawn_sink_with(&db, &receiver.url(), &nats.url(), &log, &env);
-    reaper.0 = Some(sink.id());
     wait_replay_equals_source(&source, &receiver, &log).await;
     let reads_after = receiver
         .requests()
@@ -355,8 +346,7 @@ async fn a_new_webhook_sink_bootstraps_from_a_snapshot_then_follows_the_changes(
         "no second bootstrap:\n{text}"
     );
     assert!(text.contains("resuming, no snapshot"), "{text}");
-    sigkill(&mut sink);
-    reaper.0 = None;
+    sink.kill();
     shutdown.cancel();
 }
 
@@ -406,7 +396,6 @@ async fn the_sink_authenticates_with_an_nkey_seed() {
         &log,
         &[("WALBROOK_NATS_NKEY", stranger.as_str())],
     );
-    let mut reaper = Reaper(Some(refused.id()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = refused.try_wait().unwrap() {
@@ -433,7 +422,6 @@ async fn the_sink_authenticates_with_an_nkey_seed() {
         &log,
         &[("WALBROOK_NATS_NKEY", sink_seed.as_str())],
     );
-    reaper.0 = Some(sink.id());
     let requests = tokio::task::spawn_blocking(move || {
         let r = receiver.wait_for_requests(1, Duration::from_secs(30));
         (receiver, r)
@@ -444,7 +432,6 @@ async fn the_sink_authenticates_with_an_nkey_seed() {
     .expect("the sink delivered the row");
     let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
     assert_eq!(body["after"]["note"], "signed in", "{body}");
-    sigkill(&mut sink);
-    reaper.0 = None;
+    sink.kill();
     shutdown.cancel();
 }

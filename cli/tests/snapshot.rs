@@ -2,7 +2,7 @@
 //! explicit failure (never a silently short snapshot), and `walbrook snapshot` writes the
 //! rows as JSON lines.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,7 +19,7 @@ fn spawn_producer(db: &TestDb<'_>, nats_url: &str, log: &std::path::Path) -> Chi
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+    walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
         .arg("produce")
         .env("WALBROOK_PG_URL", db.url())
         .env("WALBROOK_NATS_URL", nats_url)
@@ -137,7 +137,7 @@ async fn a_producer_killed_mid_snapshot_ends_it_with_an_explicit_failure() {
 
     // The CLI lists it and fails to re-read it.
     let walbrook = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_walbrook"))
+        walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
             .args(args)
             .env("WALBROOK_NATS_URL", nats.url())
             .env("WALBROOK_PG_URL", db.url())
@@ -157,7 +157,7 @@ async fn a_producer_killed_mid_snapshot_ends_it_with_an_explicit_failure() {
 
     // A new snapshot from the restarted producer is complete; `walbrook snapshot` writes it.
     let jsonl = dir.path().join("rows.jsonl");
-    let status = Command::new(env!("CARGO_BIN_EXE_walbrook"))
+    let status = walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
         .args(["snapshot", "public.big", "--quiet", "--jsonl"])
         .arg(&jsonl)
         .env("WALBROOK_NATS_URL", nats.url())
@@ -176,7 +176,7 @@ async fn a_producer_killed_mid_snapshot_ends_it_with_an_explicit_failure() {
         "c4ca4238a0b923820dcc509a6f75849b".repeat(8)
     );
     // A refused request is an error exit.
-    let refused = Command::new(env!("CARGO_BIN_EXE_walbrook"))
+    let refused = walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
         .args(["snapshot", "public.nope", "--quiet"])
         .env("WALBROOK_NATS_URL", nats.url())
         .env("WALBROOK_PG_URL", db.url())

@@ -1,7 +1,7 @@
 //! `walbrook tail` and `walbrook schema` as processes against a real PostgreSQL, nats-server
 //! and producer.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,7 +11,7 @@ use walbrook_producer::config::RawConfig;
 const ROOT: &str = "WBTAIL";
 
 fn walbrook(db: &TestDb<'_>, nats: &NatsServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_walbrook"))
+    walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
         .args(args)
         .args(["--database", db.name(), "--root", ROOT])
         .env("WALBROOK_NATS_URL", nats.url())
@@ -24,7 +24,7 @@ async fn run(db: &TestDb<'static>, nats: &NatsServer, args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let (db_name, url) = (db.name().to_string(), nats.url());
     tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_walbrook"))
+        walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
             .args(&args)
             .args(["--database", &db_name, "--root", ROOT])
             .env("WALBROOK_NATS_URL", url)

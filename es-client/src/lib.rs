@@ -8,9 +8,10 @@
 //! * Inserts, updates and snapshot rows `index` the whole row; deletes `delete`; a key change
 //!   deletes the old document and indexes the new one; a truncate deletes every document of
 //!   the index (a versioned delete of each, found by a scroll after a refresh).
-//! * **External versioning** from the commit position: version = commit LSN × 2^20 +
-//!   ordinal, `version_type=external`, so a replayed or reordered older change never
-//!   overwrites a newer document (the engine answers 409, which counts as applied).
+//! * **External versioning** from the commit position: version = commit LSN,
+//!   `version_type=external_gte` (see [`version`]), so a replayed or reordered change of an
+//!   older transaction never overwrites a newer document (the engine answers 409, which
+//!   counts as applied), whatever the database's WAL position.
 //! * Per-item failures: 429 and 5xx items are retried (the whole batch again; versions make
 //!   that harmless); other refused items (a mapping conflict…) go to the dead-letter subject
 //!   one by one.
@@ -74,13 +75,25 @@ impl SearchOptions {
     }
 }
 
-/// The external version of an event: commit LSN × 2^20 + ordinal (ordinals beyond 2^20 − 1
-/// share the last value, so within such a huge transaction later changes of one document
-/// are applied in order by the runner but not protected against replays).
-pub fn version(position: Position) -> i64 {
-    let ordinal = position.ordinal.min((1 << 20) - 1);
-    let v = (u128::from(position.commit_lsn.0) << 20) | u128::from(ordinal);
-    i64::try_from(v).unwrap_or(i64::MAX)
+/// The external version of an event: its commit LSN, written with
+/// `version_type=external_gte`.
+///
+/// Commit LSNs are strictly increasing from one transaction to the next, so a document's
+/// versions grow with every transaction that changes it, for every LSN up to 2^63 − 1 (the
+/// engines' largest version: 8 EiB of WAL). Changes of one transaction share its version;
+/// `external_gte` applies them in stream order, which the runner keeps (it skips copies of
+/// events it has applied, and a restart replays a transaction's events in order), and a
+/// change of an older transaction is refused (409). A commit LSN past 2^63 − 1 has no
+/// version: the batch fails and nothing is acknowledged, instead of writing a version that
+/// would make later changes look old.
+pub fn version(position: Position) -> Result<i64, SinkError> {
+    i64::try_from(position.commit_lsn.0).map_err(|_| {
+        SinkError::fatal(format!(
+            "commit LSN {} is past the largest external version of Elasticsearch/OpenSearch \
+             (2^63 - 1): this sink cannot version it",
+            position.commit_lsn
+        ))
+    })
 }
 
 /// The document id of a row: its key value (text form of the JSON value), or a JSON array of
@@ -242,7 +255,7 @@ impl SearchSink {
                 .map(|hit| {
                     (
                         serde_json::json!({"delete": {"_index": index, "_id": hit["_id"],
-                            "version": version, "version_type": "external"}}),
+                            "version": version, "version_type": "external_gte"}}),
                         None,
                     )
                 })
@@ -374,7 +387,7 @@ impl Sink for SearchSink {
         for (i, event) in events.iter().enumerate() {
             let s = event.source();
             let index = self.options.index(&s.database, &s.schema, &s.table);
-            let v = version(Position::of(event));
+            let v = version(Position::of(event))?;
             if event.op() == Op::Truncate {
                 // Everything before it first, then the truncate.
                 let before = std::mem::take(&mut actions);
@@ -391,7 +404,7 @@ impl Sink for SearchSink {
                 Some(id) => {
                     lines.push((
                         serde_json::json!({"delete": {"_index": index, "_id": id,
-                            "version": v, "version_type": "external"}}),
+                            "version": v, "version_type": "external_gte"}}),
                         None,
                     ));
                     Ok(())
@@ -434,7 +447,7 @@ impl Sink for SearchSink {
                         } else {
                             lines.push((
                                 serde_json::json!({"index": {"_index": index, "_id": id,
-                                    "version": v, "version_type": "external"}}),
+                                    "version": v, "version_type": "external_gte"}}),
                                 Some(document(after)),
                             ));
                         }
@@ -463,9 +476,17 @@ mod tests {
             commit_lsn: Lsn(lsn),
             ordinal,
         };
-        assert!(version(p(100, 0)) < version(p(100, 1)));
-        assert!(version(p(100, 999_999)) < version(p(101, 0)));
-        assert_eq!(version(p(1, 5)), (1 << 20) + 5);
+        let v = |lsn, ordinal| version(p(lsn, ordinal)).unwrap();
+        // One version per transaction, strictly increasing with the commit LSN.
+        assert_eq!(v(100, 0), v(100, 1));
+        assert!(v(100, u64::MAX) < v(101, 0));
+        // Past 800/0 (2^43: LSN × 2^20 overflowed there) and up to the largest version.
+        let high = 0x900_0000_0000;
+        assert!(v(high, 7) < v(high + 1, 0));
+        assert_eq!(v(i64::MAX as u64, 0), i64::MAX);
+        // Beyond it: refused, never saturated.
+        let error = version(p(i64::MAX as u64 + 1, 0)).unwrap_err();
+        assert!(error.to_string().contains("80000000/0"), "{error}");
     }
 
     #[test]

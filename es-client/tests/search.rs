@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use walbrook_client::runner::{Runner, RunnerOptions};
 use walbrook_es_client::{SearchOptions, SearchSink};
-use walbrook_harness::SearchServer;
+use walbrook_harness::{HIGH_WAL_START, NatsServer, PgServer, SearchServer};
 
 use common::Setup;
 use sink_conformance::{Observe, State};
@@ -169,6 +169,90 @@ async fn older_changes_never_regress_a_document_and_types_map() {
     let properties = &mapping[&index.index]["mappings"]["properties"];
     assert_eq!(properties["id"]["type"], "integer", "{mapping}");
     assert_eq!(properties["amount"]["type"], "keyword");
+    shutdown.cancel();
+    task.await.unwrap();
+    setup.stop().await;
+}
+
+/// A database that has written more than 8 TiB of WAL (its positions start past `800/0`):
+/// insert, update, update, then delete of one key. Each change must reach the index (a
+/// version of LSN × 2^20 saturated there, so the updates came back 409 and were counted as
+/// applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_past_wal_position_800_0_all_reach_the_index() {
+    let search = SearchServer::start().unwrap();
+    println!("search engine: {}", search.engine());
+    let mut setup = Setup::start_on(
+        PgServer::shared_high_lsn(),
+        "es_high",
+        "CREATE TABLE t (id int PRIMARY KEY, note text)",
+        "public.t",
+        NatsServer::start().unwrap(),
+        &[],
+    )
+    .await;
+    let position: String = setup
+        .sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let lsn: walbrook_client::Lsn = position.parse().unwrap();
+    assert!(lsn.0 > HIGH_WAL_START, "the source's WAL is at {position}");
+
+    let options = SearchOptions::new(search.url());
+    let index = Index {
+        url: search.url().to_owned(),
+        index: options.index(setup.db.name(), "public", "t"),
+        http: reqwest::Client::new(),
+    };
+    let client = setup.client().await;
+    let mut runner = Runner::new(
+        client,
+        SearchSink::new(options).unwrap(),
+        RunnerOptions::new("es_high", ["public.t"]),
+    );
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await.unwrap() });
+    let wait_for = |expected: State| {
+        let index = &index;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let state = index.state().await;
+                if state == expected {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "index holds {state:?}, the source {expected:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    setup
+        .exec(&[
+            "INSERT INTO t VALUES (1, 'inserted'), (2, 'other')",
+            "UPDATE t SET note = 'updated once' WHERE id = 1",
+            "UPDATE t SET note = 'updated twice' WHERE id = 1",
+        ])
+        .await;
+    wait_for(State::from([
+        (1, "updated twice".to_owned()),
+        (2, "other".to_owned()),
+    ]))
+    .await;
+    let docs = index.documents().await;
+    assert!(
+        docs.iter()
+            .all(|d| d["_version"].as_i64().unwrap() > HIGH_WAL_START as i64),
+        "versions are the commit positions: {docs:?}"
+    );
+    setup.exec(&["DELETE FROM t WHERE id = 1"]).await;
+    wait_for(State::from([(2, "other".to_owned())])).await;
     shutdown.cancel();
     task.await.unwrap();
     setup.stop().await;

@@ -265,20 +265,16 @@ impl RawConfig {
                 "WALBROOK_BATCH_EVENTS" => {
                     self.publish.batch_events = Some(number("publish.batch_events")?)
                 }
-                // Variables of other Walbrook commands and of the test harness.
-                _ if key.starts_with("WALBROOK_SINK_")
-                    || key.starts_with("WALBROOK_LOG")
-                    || key.starts_with("WALBROOK_SEARCH")
-                    || key.starts_with("WALBROOK_PG_BIN")
-                    || key.starts_with("WALBROOK_VENV")
-                    || key.starts_with("WALBROOK_NATS_SERVER")
-                    || key.starts_with("WALBROOK_OSMEM")
-                    || key.starts_with("WALBROOK_OPENSEARCH")
-                    || key.starts_with("WALBROOK_CI") => {}
+                // Variables of the other Walbrook commands (the sinks, logging).
+                _ if key.starts_with("WALBROOK_SINK_") || key.starts_with("WALBROOK_LOG") => {}
                 _ => {
+                    let known: Vec<&str> = ENV_VARS.iter().map(|(name, _)| *name).collect();
                     return Err(invalid(
                         key,
-                        "unknown WALBROOK_* variable (see `walbrook produce --help` for the list)",
+                        format!(
+                            "unknown WALBROOK_* variable (the producer reads {})",
+                            known.join(", ")
+                        ),
                     ));
                 }
             }
@@ -910,6 +906,20 @@ mod tests {
         }
         let missing = RawConfig::default().validate().unwrap_err();
         assert_eq!(missing.field, "postgres.url");
+        // The producer knows nothing of the test harness: none of its names is special.
+        let mut raw = minimal();
+        let error = raw
+            .apply_env([("WALBROOK_CHAOS_CYCLES", "30")])
+            .unwrap_err();
+        assert_eq!(error.field, "WALBROOK_CHAOS_CYCLES");
+        assert!(error.problem.contains("WALBROOK_PG_URL"), "{error}");
+        // The other commands' variables are theirs to check.
+        minimal()
+            .apply_env([
+                ("WALBROOK_SINK_CONSUMER", "c"),
+                ("WALBROOK_LOG_FORMAT", "json"),
+            ])
+            .unwrap();
         let unknown = RawConfig::from_toml("nope = 1").unwrap_err();
         assert!(unknown.problem.contains("nope"), "{unknown}");
     }

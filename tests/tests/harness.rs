@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use walbrook_harness::{
-    FaultProxy, NatsCluster, NatsServer, PgServer, SearchServer, ServerProcessInfo, WebhookReceiver,
+    FaultProxy, HIGH_WAL_START, LOG_TAIL_LINES, NatsCluster, NatsServer, PgServer, ProductProcess,
+    SearchServer, ServerProcessInfo, WebhookReceiver, product_command, product_command_from,
 };
 
 async fn pg_connect(url: &str) -> tokio_postgres::Client {
@@ -425,7 +426,7 @@ fn servers_are_cleaned_up_when_the_test_process_is_killed() {
     // command that SIGKILLs the sandbox: no destructor runs, only the reapers can help.
     let output = Command::new(env!("CARGO_BIN_EXE_walbrook-sandbox"))
         .args(["--search", "--", "sh", "-c", "kill -9 $PPID"])
-        .env("WALBROOK_SEARCH_ENGINE", "osmem")
+        .env("TEST_SEARCH_ENGINE", "osmem")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -444,4 +445,83 @@ fn servers_are_cleaned_up_when_the_test_process_is_killed() {
     );
     wait_until_gone(&infos, Duration::from_secs(20));
     assert!(!Path::new(&infos[0].dir).exists());
+}
+
+#[tokio::test]
+async fn a_cluster_can_start_with_its_wal_past_800_0() {
+    let pg = PgServer::start_with_wal_start(&[], HIGH_WAL_START).unwrap();
+    let sql = pg_connect(pg.admin_url()).await;
+    // A logical slot created there starts past the requested position.
+    sql.batch_execute("SELECT pg_create_logical_replication_slot('high', 'pgoutput')")
+        .await
+        .unwrap();
+    let row = sql
+        .query_one(
+            "SELECT pg_current_wal_lsn()::text, confirmed_flush_lsn::text, \
+                    confirmed_flush_lsn >= '900/0'::pg_lsn \
+             FROM pg_replication_slots WHERE slot_name = 'high'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (current, confirmed, past): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+    assert!(current.starts_with("900/"), "WAL at {current}");
+    assert!(past, "the slot starts at {confirmed}");
+}
+
+#[test]
+fn product_processes_inherit_no_walbrook_variable() {
+    let parent = [
+        ("WALBROOK_CHAOS_CYCLES".into(), "30".into()),
+        ("WALBROOK_PG_URL".into(), "postgresql://elsewhere/x".into()),
+        ("PATH".into(), "/usr/bin".into()),
+    ];
+    let mut command = product_command_from("env", parent);
+    command.env("WALBROOK_ROOT", "MEANT");
+    let envs: Vec<(String, Option<String>)> = command
+        .get_envs()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.map(|v| v.to_string_lossy().into_owned()),
+            )
+        })
+        .collect();
+    assert!(
+        envs.contains(&("WALBROOK_CHAOS_CYCLES".into(), None)),
+        "{envs:?}"
+    );
+    assert!(envs.contains(&("WALBROOK_PG_URL".into(), None)), "{envs:?}");
+    assert!(
+        envs.contains(&("WALBROOK_ROOT".into(), Some("MEANT".into()))),
+        "{envs:?}"
+    );
+    assert!(!envs.iter().any(|(k, _)| k == "PATH"), "{envs:?}");
+}
+
+#[test]
+fn a_product_process_reports_the_tail_of_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("child.log");
+    let mut command = product_command("sh");
+    command.args([
+        "-c",
+        "i=1; while [ $i -le 50 ]; do echo line$i; i=$((i+1)); done; echo oops >&2; exit 3",
+    ]);
+    let mut child = ProductProcess::spawn(command, "a failing child", &log).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    let report = child.report();
+    assert!(
+        report.contains("a failing child") && report.contains("exited"),
+        "{report}"
+    );
+    let lines: Vec<&str> = report.lines().collect();
+    // A header, the last lines of the log, a footer.
+    assert_eq!(lines.len(), LOG_TAIL_LINES + 2, "{report}");
+    assert_eq!(lines[1], format!("line{}", 52 - LOG_TAIL_LINES), "{report}");
+    assert_eq!(
+        lines[LOG_TAIL_LINES], "oops",
+        "stderr is in the log: {report}"
+    );
 }

@@ -133,11 +133,11 @@ pub async fn table_text(sql: &tokio_postgres::Client, query: &str) -> Vec<String
         .collect()
 }
 
-/// SIGKILL cycles of the sink chaos tests: `WALBROOK_SINK_CHAOS_CYCLES`, else `default` (the
+/// SIGKILL cycles of the sink chaos tests: `TEST_SINK_CHAOS_CYCLES`, else `default` (the
 /// test command's short run; `make chaos` sets more). The tests scale their load with it so
 /// every kill lands while changes still flow.
 pub fn sink_kill_cycles(default: usize) -> usize {
-    std::env::var("WALBROOK_SINK_CHAOS_CYCLES")
+    std::env::var("TEST_SINK_CHAOS_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)

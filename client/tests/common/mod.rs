@@ -59,7 +59,20 @@ impl Setup {
         nats: NatsServer,
         extra: &[(&str, &str)],
     ) -> Setup {
-        let db = PgServer::shared().fresh_database(prefix);
+        Setup::start_on(PgServer::shared(), prefix, ddl, tables, nats, extra).await
+    }
+
+    /// [`Setup::start_with`] on the PostgreSQL server `pg` (e.g.
+    /// [`PgServer::shared_high_lsn`]).
+    pub async fn start_on(
+        pg: &'static PgServer,
+        prefix: &str,
+        ddl: &str,
+        tables: &str,
+        nats: NatsServer,
+        extra: &[(&str, &str)],
+    ) -> Setup {
+        let db = pg.fresh_database(prefix);
         let (sql, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
             .await
             .unwrap();

@@ -236,7 +236,7 @@ fn sinks_bench(
     );
     let sink = |kind: &str, env: &[(&str, String)], log: &str| {
         let log = std::fs::File::create(out.join(log)).ok();
-        let child = Command::new(walbrook)
+        let child = walbrook_harness::product_command(walbrook)
             .args(["sink", kind])
             .env("WALBROOK_NATS_URL", nats_url)
             .env("WALBROOK_ROOT", "SINKS")
@@ -1521,7 +1521,7 @@ fn spawn_producer_logging(
 ) -> Reaped {
     let log = std::fs::File::create(log).ok();
     Reaped(
-        Command::new(walbrook)
+        walbrook_harness::product_command(walbrook)
             .arg("produce")
             .env("WALBROOK_PG_URL", db.url())
             .env("WALBROOK_NATS_URL", nats_url)
@@ -1554,7 +1554,7 @@ fn spawn_pg_sink(
 ) -> Reaped {
     let log = std::fs::File::create(log).ok();
     Reaped(
-        Command::new(walbrook)
+        walbrook_harness::product_command(walbrook)
             .args(["sink", "postgres"])
             .env("WALBROOK_NATS_URL", nats_url)
             .env("WALBROOK_ROOT", root)

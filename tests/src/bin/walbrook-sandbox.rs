@@ -6,7 +6,7 @@
 //!
 //! Starts a PostgreSQL cluster (logical replication enabled) and a JetStream-enabled
 //! nats-server (and with `--search` an OpenSearch-API server), runs COMMAND with
-//! `WALBROOK_PG_URL`, `WALBROOK_NATS_URL` (and `WALBROOK_SEARCH_URL`) set, then stops
+//! `WALBROOK_PG_URL`, `WALBROOK_NATS_URL` (and `TEST_SEARCH_URL`) set, then stops
 //! everything and exits with COMMAND's status. Before running COMMAND it prints one
 //! line `walbrook-sandbox: {json}` on stderr naming each server's pid and directory.
 
@@ -60,7 +60,7 @@ fn run(with_search: bool, command: &[String]) -> Result<ExitCode, String> {
         .env("WALBROOK_PG_URL", pg.admin_url())
         .env("WALBROOK_NATS_URL", nats.url());
     if let Some(search) = &search {
-        child.env("WALBROOK_SEARCH_URL", search.url());
+        child.env("TEST_SEARCH_URL", search.url());
     }
     let status = child
         .status()
