@@ -431,12 +431,11 @@ struct WebhookArgs {
     /// POST each batch as one JSON array instead of one request per event.
     #[arg(long, env = "WALBROOK_SINK_WEBHOOK_BATCH")]
     batch: bool,
-    /// Timeout of one request.
+    /// Timeout of one request. A request that times out, fails or is answered with anything
+    /// but 2xx, 400, 413 or 422 is sent again with backoff until it is answered; delivery of
+    /// its key waits meanwhile (docs/sinks.md).
     #[arg(long, env = "WALBROOK_SINK_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Attempts per request before the event goes to the dead-letter subject.
-    #[arg(long, env = "WALBROOK_SINK_WEBHOOK_ATTEMPTS", default_value_t = 8)]
-    attempts: u32,
 }
 
 impl WebhookArgs {
@@ -445,7 +444,7 @@ impl WebhookArgs {
         options.secret = self.secret.as_ref().map(|s| s.as_bytes().to_vec());
         options.batch = self.batch;
         options.timeout = self.timeout;
-        options.max_attempts = self.attempts.max(1);
+        options.retry.max = self.common.retry_max;
         Ok(walbrook_webhook_client::WebhookSink::new(options)?)
     }
 }

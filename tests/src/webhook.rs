@@ -22,6 +22,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+    /// The status the receiver answered it with.
+    pub status: u16,
 }
 
 impl RecordedRequest {
@@ -42,6 +44,8 @@ type Scripted = (u16, Vec<(String, String)>);
 struct State {
     requests: Vec<RecordedRequest>,
     script: VecDeque<Scripted>,
+    /// The answer once the script has run out (200 when `None`).
+    fallback: Option<Scripted>,
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 that records every request and answers 200, or
@@ -115,6 +119,21 @@ impl WebhookReceiver {
         self.lock().script.push_back((status, headers));
     }
 
+    /// Answers every request the script does not cover with `status` and `headers` (instead
+    /// of 200) until [`WebhookReceiver::clear_fallback_response`].
+    pub fn set_fallback_response(&self, status: u16, headers: &[(&str, &str)]) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.lock().fallback = Some((status, headers));
+    }
+
+    /// Back to 200 once the script has run out.
+    pub fn clear_fallback_response(&self) {
+        self.lock().fallback = None;
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.lock().requests.clone()
@@ -160,6 +179,11 @@ fn record(
     body: Bytes,
 ) -> impl IntoResponse + use<> {
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let (status, extra) = state
+        .script
+        .pop_front()
+        .or_else(|| state.fallback.clone())
+        .unwrap_or((200, Vec::new()));
     state.requests.push(RecordedRequest {
         method: method.to_string(),
         path: uri
@@ -175,8 +199,8 @@ fn record(
             })
             .collect(),
         body: body.to_vec(),
+        status,
     });
-    let (status, extra) = state.script.pop_front().unwrap_or((200, Vec::new()));
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response_headers = HeaderMap::new();
     for (k, v) in extra {

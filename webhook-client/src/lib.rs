@@ -6,19 +6,31 @@
 //!   events joined by `..`), `Idempotency-Key` (the same value), `Walbrook-Signature`
 //!   (`sha256=<hex HMAC-SHA256 of the body with the configured secret>`), `Content-Type:
 //!   application/json`.
-//! * 2xx is delivered. 5xx, 429, timeouts and connection errors are retried with exponential
-//!   backoff, honouring `Retry-After` (seconds or an HTTP-date); after `max_attempts` the event goes to the
-//!   dead-letter subject. Any other status (400, 404, 422…) is a refusal: dead letter at once.
+//! * What an answer means ([`verdict`]; docs/sinks.md has the table):
+//!   * 2xx: delivered.
+//!   * 400, 413, 422: the receiver refuses *this event's* request: the event goes to the
+//!     dead-letter subject, and so does every later event of the same key in this run
+//!     (*held*), so a receiver never sees a key's changes out of order.
+//!   * Anything else — connection refused or reset, timeouts, 408, 429, 5xx, 401, 403, 404, a
+//!     redirect (never followed: a 3xx names its `Location` in the log) and any other status —
+//!     says nothing about the event: the same request is sent again, for ever, with
+//!     exponential backoff (or the `Retry-After` the receiver asks for), each attempt logged
+//!     and counted (`walbrook_sink_target_waits_total`). Delivery of that lane waits;
+//!     nothing is dead-lettered, nothing is skipped.
 //! * Delivery is at least once: a redelivery after a crash carries the same id, so receivers
 //!   deduplicate on `Walbrook-Event-Id`. Events of one key are delivered in order (the runner
 //!   splits batches into per-key lanes; see docs/sinks.md).
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use walbrook_client::ChangeEvent;
-use walbrook_client::runner::{Applied, Ordering, Position, RetryPolicy, Sink, SinkError};
+use walbrook_client::runner::{
+    Applied, Ordering, Position, RetryPolicy, RunnerMetrics, Sink, SinkError, partition,
+};
 
 /// The id of an event: `<database>/<commit LSN as 16 hex digits>-<ordinal>`.
 pub fn event_id(event: &ChangeEvent) -> String {
@@ -53,9 +65,8 @@ pub struct WebhookOptions {
     pub batch: bool,
     /// Timeout of one request (default 10 s).
     pub timeout: Duration,
-    /// Attempts per request before dead-lettering (default 8).
-    pub max_attempts: u32,
-    /// Backoff between attempts when the receiver gives no `Retry-After`.
+    /// Backoff between attempts when the receiver gives no `Retry-After` (its
+    /// `dead_letter_after` is not used: a request is sent until it is answered).
     pub retry: RetryPolicy,
     /// Longest `Retry-After` honoured (default 5 min).
     pub max_retry_after: Duration,
@@ -69,7 +80,6 @@ impl WebhookOptions {
             secret: None,
             batch: false,
             timeout: Duration::from_secs(10),
-            max_attempts: 8,
             retry: RetryPolicy {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(30),
@@ -85,11 +95,80 @@ impl WebhookOptions {
 pub struct WebhookSink {
     http: reqwest::Client,
     options: WebhookOptions,
+    metrics: Option<Arc<RunnerMetrics>>,
+    /// Keys (partition hashes) with a dead-lettered event in this run: their later events
+    /// are dead-lettered too, in order.
+    held: Mutex<Held>,
 }
 
-enum Outcome {
+#[derive(Debug, Default)]
+struct Held {
+    keys: HashSet<u64>,
+    /// Tables with a held key: a truncate of one is held too.
+    tables: HashSet<(String, String)>,
+    /// Tables whose truncate was dead-lettered: every later event of them is held.
+    whole_tables: HashSet<(String, String)>,
+}
+
+impl Held {
+    fn table(event: &ChangeEvent) -> (String, String) {
+        let s = event.source();
+        (s.schema.clone(), s.table.clone())
+    }
+
+    /// Whether `event` must wait behind a dead-lettered event.
+    fn holds(&self, event: &ChangeEvent) -> bool {
+        let table = Held::table(event);
+        if self.whole_tables.contains(&table) {
+            return true;
+        }
+        if partition::touches_table(event) {
+            return self.tables.contains(&table);
+        }
+        partition::keys(event).iter().any(|k| self.keys.contains(k))
+    }
+
+    fn hold(&mut self, event: &ChangeEvent) {
+        let table = Held::table(event);
+        if partition::touches_table(event) {
+            self.whole_tables.insert(table);
+            return;
+        }
+        self.keys.extend(partition::keys(event));
+        self.tables.insert(table);
+    }
+}
+
+/// What the receiver's answer to one request means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx.
     Delivered,
+    /// The receiver refuses this request's content (400, 413, 422): dead-letter its events.
     Refused(String),
+    /// Nothing about the event (the receiver is down, overloaded, unauthorised, moved…):
+    /// send the same request again later.
+    Wait(String),
+}
+
+/// The verdict on an HTTP answer `status` (`location`: its `Location` header, if any).
+pub fn verdict(status: reqwest::StatusCode, location: Option<&str>) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Delivered,
+        400 | 413 | 422 => Verdict::Refused(format!("the receiver refused the event: {status}")),
+        300..=399 => Verdict::Wait(format!(
+            "the receiver answered {status} redirecting to {}: redirects are not followed (a \
+             POST would become a GET); set the webhook URL to the final address",
+            location.unwrap_or("(no Location)")
+        )),
+        401 | 403 => Verdict::Wait(format!(
+            "the receiver answered {status}: check the endpoint's credentials"
+        )),
+        404 | 405 | 410 => Verdict::Wait(format!(
+            "the receiver answered {status}: check the webhook URL"
+        )),
+        _ => Verdict::Wait(format!("the receiver answered {status}")),
+    }
 }
 
 impl WebhookSink {
@@ -97,13 +176,26 @@ impl WebhookSink {
     pub fn new(options: WebhookOptions) -> Result<WebhookSink, SinkError> {
         let http = reqwest::Client::builder()
             .timeout(options.timeout)
+            // A redirect is answered, never followed: reqwest would turn a 301/302/303 POST
+            // into a GET without body, whose 2xx would count as delivered.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SinkError::fatal(format!("building the HTTP client: {e}")))?;
-        Ok(WebhookSink { http, options })
+        Ok(WebhookSink {
+            http,
+            options,
+            metrics: None,
+            held: Mutex::new(Held::default()),
+        })
     }
 
-    /// POSTs `body` until it is delivered, refused, or out of attempts.
-    async fn post(&self, id: &str, body: Vec<u8>) -> Outcome {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// POSTs `body` until the receiver delivers or refuses it (a [`Verdict::Wait`] is sent
+    /// again, for ever: the runner cancels this future when it stops).
+    async fn post(&self, id: &str, body: Vec<u8>) -> Result<(), String> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -119,32 +211,34 @@ impl WebhookSink {
             }
             let (retry_after, failure) = match request.body(body.clone()).send().await {
                 Ok(response) => {
-                    let status = response.status();
-                    if status.is_success() {
-                        return Outcome::Delivered;
+                    let header = |name: reqwest::header::HeaderName| {
+                        response
+                            .headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    let location = header(reqwest::header::LOCATION);
+                    match verdict(response.status(), location.as_deref()) {
+                        Verdict::Delivered => return Ok(()),
+                        Verdict::Refused(reason) => return Err(reason),
+                        Verdict::Wait(reason) => (
+                            header(reqwest::header::RETRY_AFTER)
+                                .and_then(|v| retry_after(&v, std::time::SystemTime::now())),
+                            reason,
+                        ),
                     }
-                    let retry_after = response
-                        .headers()
-                        .get("Retry-After")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| retry_after(v, std::time::SystemTime::now()));
-                    if !(status.is_server_error()
-                        || status.as_u16() == 429
-                        || status.as_u16() == 408)
-                    {
-                        return Outcome::Refused(format!("the receiver answered {status}"));
-                    }
-                    (retry_after, format!("the receiver answered {status}"))
                 }
-                Err(e) => (None, format!("request failed: {e}")),
+                // Without the URL: it may carry a token.
+                Err(e) => (None, format!("request failed: {}", e.without_url())),
             };
-            if attempt >= self.options.max_attempts {
-                return Outcome::Refused(format!("gave up after {attempt} attempts: {failure}"));
+            if let Some(metrics) = &self.metrics {
+                metrics.target_waiting();
             }
             let delay = retry_after
                 .map(|d| d.min(self.options.max_retry_after))
                 .unwrap_or_else(|| self.options.retry.delay(attempt));
-            tracing::warn!(%id, attempt, ?delay, "webhook delivery failed, retrying: {failure}");
+            tracing::warn!(%id, attempt, ?delay, "webhook delivery waits: {failure}");
             tokio::time::sleep(delay).await;
         }
     }
@@ -183,9 +277,25 @@ impl Sink for WebhookSink {
         Ok(None)
     }
 
+    fn bind_metrics(&mut self, metrics: Arc<RunnerMetrics>) {
+        self.metrics = Some(metrics);
+    }
+
     async fn apply(&self, _consumer: &str, events: &[ChangeEvent]) -> Result<Applied, SinkError> {
         let mut applied = Applied::default();
+        let held_reason = "held: an earlier change of this key was dead-lettered; \
+                           replay the dead letters in order";
         if self.options.batch {
+            // One request for the whole batch: if any event must wait behind a dead letter,
+            // the batch goes to the dead letters with it (in order).
+            if events.iter().any(|e| self.held().holds(e)) {
+                let mut held = self.held();
+                events.iter().for_each(|e| held.hold(e));
+                applied.rejected = (0..events.len())
+                    .map(|i| (i, held_reason.to_owned()))
+                    .collect();
+                return Ok(applied);
+            }
             let body: Vec<serde_json::Value> =
                 events.iter().map(event_json).collect::<Result<_, _>>()?;
             let id = format!(
@@ -195,15 +305,23 @@ impl Sink for WebhookSink {
             );
             let body = serde_json::to_vec(&body)
                 .map_err(|e| SinkError::fatal(format!("serialising a batch: {e}")))?;
-            if let Outcome::Refused(reason) = self.post(&id, body).await {
+            if let Err(reason) = self.post(&id, body).await {
+                let mut held = self.held();
+                events.iter().for_each(|e| held.hold(e));
                 applied.rejected = (0..events.len()).map(|i| (i, reason.clone())).collect();
             }
             return Ok(applied);
         }
         for (i, event) in events.iter().enumerate() {
+            if self.held().holds(event) {
+                self.held().hold(event);
+                applied.rejected.push((i, held_reason.to_owned()));
+                continue;
+            }
             let body = serde_json::to_vec(&event_json(event)?)
                 .map_err(|e| SinkError::fatal(format!("serialising an event: {e}")))?;
-            if let Outcome::Refused(reason) = self.post(&event_id(event), body).await {
+            if let Err(reason) = self.post(&event_id(event), body).await {
+                self.held().hold(event);
                 applied.rejected.push((i, reason));
             }
         }
@@ -223,6 +341,26 @@ mod tests {
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
+    #[test]
+    fn only_refusals_of_the_content_dead_letter() {
+        use reqwest::StatusCode;
+        let v = |code: u16| verdict(StatusCode::from_u16(code).unwrap(), Some("https://new/"));
+        assert_eq!(v(200), Verdict::Delivered);
+        assert_eq!(v(204), Verdict::Delivered);
+        for code in [400, 413, 422] {
+            assert!(matches!(v(code), Verdict::Refused(_)), "{code}");
+        }
+        for code in [
+            301, 302, 303, 307, 308, 401, 403, 404, 408, 409, 429, 500, 502, 503,
+        ] {
+            assert!(matches!(v(code), Verdict::Wait(_)), "{code}");
+        }
+        let Verdict::Wait(moved) = v(301) else {
+            unreachable!()
+        };
+        assert!(moved.contains("https://new/"), "{moved}");
+    }
+
     #[test]
     fn retry_after_is_seconds_or_an_http_date() {
         use std::time::UNIX_EPOCH;

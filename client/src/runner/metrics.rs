@@ -28,6 +28,8 @@ pub struct RunnerMetrics {
     dead_letters_total: AtomicU64,
     retries_total: AtomicU64,
     delivery_gaps_total: AtomicU64,
+    target_waits: Counter,
+    target_waits_total: AtomicU64,
 }
 
 impl RunnerMetrics {
@@ -47,6 +49,7 @@ impl RunnerMetrics {
         let retries = Counter::default();
         let batches = Counter::default();
         let delivery_gaps = Counter::default();
+        let target_waits = Counter::default();
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
         let position = Gauge::default();
@@ -72,6 +75,13 @@ impl RunnerMetrics {
             "Holes in the durable consumer's delivery sequence (the consumer was recreated after \
              the last applied event)",
             delivery_gaps.clone(),
+        );
+        registry.register(
+            "target_waits",
+            "Requests a sink sent again because its target refused them for a reason that is \
+             not the event's (unreachable, overloaded, redirecting, unauthorised): delivery \
+             waits, nothing is dead-lettered",
+            target_waits.clone(),
         );
         registry.register(
             "batch_seconds",
@@ -104,7 +114,23 @@ impl RunnerMetrics {
             dead_letters_total: AtomicU64::new(0),
             retries_total: AtomicU64::new(0),
             delivery_gaps_total: AtomicU64::new(0),
+            target_waits,
+            target_waits_total: AtomicU64::new(0),
         }
+    }
+
+    /// A sink sent a request again because its target refused it for a reason that is not
+    /// the event's (see [`Sink::bind_metrics`](super::Sink::bind_metrics)): counts it and
+    /// marks the runner unhealthy until the batch is applied.
+    pub fn target_waiting(&self) {
+        self.target_waits.inc();
+        self.target_waits_total.fetch_add(1, Ordering::Relaxed);
+        self.set_healthy(false);
+    }
+
+    /// Requests sent again by the sink while its target refused or was unreachable.
+    pub fn target_waits_total(&self) -> u64 {
+        self.target_waits_total.load(Ordering::Relaxed)
     }
 
     pub(crate) fn applied(&self, n: u64, lag: Option<Duration>, commit_lsn: u64) {

@@ -168,8 +168,9 @@ enum Flow {
 
 impl<S: Sink> Runner<S> {
     /// A runner of `sink` for `options` on `client`'s database.
-    pub fn new(client: Client, sink: S, options: RunnerOptions) -> Runner<S> {
+    pub fn new(client: Client, mut sink: S, options: RunnerOptions) -> Runner<S> {
         let metrics = Arc::new(RunnerMetrics::new(sink.name(), &options.consumer));
+        sink.bind_metrics(metrics.clone());
         Runner {
             client,
             sink,

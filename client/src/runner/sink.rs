@@ -3,6 +3,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+
+use super::metrics::RunnerMetrics;
 
 use crate::event::ChangeEvent;
 use walbrook_protocol::Lsn;
@@ -182,6 +185,13 @@ pub trait Sink: Send + Sync {
     ) -> impl Future<Output = Result<(), SinkError>> + Send {
         let _ = (consumer, position);
         async { Ok(()) }
+    }
+
+    /// Called once by [`Runner::new`](super::Runner::new) with the runner's metrics, for a
+    /// sink that waits on its target itself (sending one request again instead of failing
+    /// the batch) to report it with [`RunnerMetrics::target_waiting`]. Default: nothing.
+    fn bind_metrics(&mut self, metrics: Arc<RunnerMetrics>) {
+        let _ = metrics;
     }
 
     /// Applies `events` (in stream order, non-empty) durably; see the trait's contract.
