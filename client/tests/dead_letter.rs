@@ -196,3 +196,61 @@ async fn undecodable_messages_go_to_the_dead_letter_subject_and_the_stream_goes_
     drop(ordered);
     setup.stop().await;
 }
+
+/// Dead letters are kept as durably as the changes: the dead-letter stream and bucket take
+/// the change stream's storage (and replicas), not NATS's defaults (file, R1). Here the
+/// change stream is in memory, and a letter too large for one message goes to the bucket.
+#[tokio::test]
+async fn dead_letters_take_the_change_streams_storage() {
+    let mut setup = Setup::start_with(
+        "client_dlq_mem",
+        "CREATE TABLE d (id int PRIMARY KEY)",
+        "public.d",
+        walbrook_harness::NatsServer::start().unwrap(),
+        &[("WALBROOK_STREAM_STORAGE", "memory")],
+    )
+    .await;
+    let client = setup.client().await;
+    let mut stream = client
+        .subscribe(Subscription::table("public.d").dead_letter("dlq-mem"))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client.nats().clone());
+    // Fits the change stream, not with the dead letter's headers: the body goes to the bucket.
+    let max_payload = client.nats().server_info().max_payload;
+    let big = vec![0xFFu8; max_payload - 64];
+    js.publish(setup.wal_subject("public", "d"), big.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    setup.exec(&["INSERT INTO d VALUES (1)"]).await;
+    assert_eq!(id(&next(&mut stream).await.unwrap()), 1);
+
+    use async_nats::jetstream::stream::StorageType;
+    let storage = |name: String| {
+        let js = js.clone();
+        async move {
+            js.get_stream(&name)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .info()
+                .await
+                .unwrap()
+                .config
+                .storage
+        }
+    };
+    let db = setup.db.name().to_owned();
+    let wal = format!("{}_{db}_WAL", common::ROOT);
+    assert_eq!(storage(wal).await, StorageType::Memory);
+    assert_eq!(
+        storage(format!("{}_{db}_DLQ", common::ROOT)).await,
+        StorageType::Memory
+    );
+    assert_eq!(
+        storage(format!("OBJ_{}_{db}_DLQ_BODIES", common::ROOT)).await,
+        StorageType::Memory
+    );
+    setup.stop().await;
+}

@@ -71,16 +71,78 @@ pub(crate) async fn ensure_stream(client: &Client) -> Result<(), Error> {
     ensure_stream_on(client.js(), client.names()).await
 }
 
+/// The replicas and storage of the change stream: dead letters are kept as durably as the
+/// changes they were (NATS's defaults would be one replica).
+async fn change_stream_durability(
+    js: &jetstream::Context,
+    names: &Names,
+) -> Result<(usize, stream::StorageType), Error> {
+    let name = names.wal_stream();
+    let mut wal = js.get_stream(&name).await.map_err(|e| {
+        Error::with_source(
+            ErrorKind::Nats,
+            format!("reading the change stream {name} (the dead letters take its replicas)"),
+            e,
+        )
+    })?;
+    let info = wal.info().await.map_err(|e| {
+        Error::with_source(
+            ErrorKind::Nats,
+            format!("reading the change stream {name}"),
+            e,
+        )
+    })?;
+    Ok((info.config.num_replicas.max(1), info.config.storage))
+}
+
 /// [`ensure_stream`] with the parts of a client (a subscription has no `Client`).
+///
+/// The stream gets the change stream's replicas and storage. An existing dead-letter
+/// stream with fewer replicas is raised to them; a different storage type cannot be changed
+/// in place and is logged.
 pub(crate) async fn ensure_stream_on(js: &jetstream::Context, names: &Names) -> Result<(), Error> {
-    js.get_or_create_stream(stream::Config {
-        name: names.dlq_stream(),
-        subjects: vec![names.dlq_all()],
-        description: Some("Walbrook dead letters".into()),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| Error::with_source(ErrorKind::Nats, "creating the dead-letter stream", e))?;
+    let (num_replicas, storage) = change_stream_durability(js, names).await?;
+    let creating = |e| Error::with_source(ErrorKind::Nats, "creating the dead-letter stream", e);
+    let mut dlq = js
+        .get_or_create_stream(stream::Config {
+            name: names.dlq_stream(),
+            subjects: vec![names.dlq_all()],
+            description: Some("Walbrook dead letters".into()),
+            num_replicas,
+            storage,
+            ..Default::default()
+        })
+        .await
+        .map_err(creating)?;
+    let config = dlq
+        .info()
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, "reading the dead-letter stream", e))?
+        .config
+        .clone();
+    if config.storage != storage {
+        tracing::warn!(
+            stream = %config.name,
+            "the dead-letter stream's storage is {:?}, the change stream's {storage:?}: \
+             JetStream cannot change it in place (recreate the stream when it is empty)",
+            config.storage
+        );
+    }
+    if config.num_replicas < num_replicas {
+        let name = config.name.clone();
+        js.update_stream(stream::Config {
+            num_replicas,
+            ..config
+        })
+        .await
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Nats,
+                format!("raising the replicas of {name} to the change stream's {num_replicas}"),
+                e,
+            )
+        })?;
+    }
     Ok(())
 }
 
@@ -222,16 +284,20 @@ async fn store_body(
     };
     let store = match js.get_object_store(&bucket).await {
         Ok(store) => store,
-        Err(_) => js
-            .create_object_store(object_store::Config {
+        Err(_) => {
+            let (num_replicas, storage) = change_stream_durability(js, names).await?;
+            js.create_object_store(object_store::Config {
                 bucket: bucket.clone(),
                 description: Some(
                     "Walbrook: dead letters too large for one message (docs/sinks.md)".into(),
                 ),
+                num_replicas,
+                storage,
                 ..Default::default()
             })
             .await
-            .map_err(|e| nats(format!("creating the dead-letter bucket {bucket}"), &e))?,
+            .map_err(|e| nats(format!("creating the dead-letter bucket {bucket}"), &e))?
+        }
     };
     let exists = store.info(object).await.is_ok_and(|info| !info.deleted);
     if !exists {
