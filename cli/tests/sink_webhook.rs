@@ -175,6 +175,13 @@ fn replay(receiver: &WebhookReceiver) -> (BTreeMap<i64, serde_json::Value>, BTre
             assert_eq!(previous, &body, "a redelivery of {id} differs");
         }
         let key = |image: &str| body[image]["id"].as_i64().unwrap();
+        // Snapshot rows and changes have ids of their own form (a row at the snapshot's
+        // position must not share an id with a change committed there).
+        assert_eq!(
+            body["op"] == "read",
+            id.contains("/public.boot/snapshot-"),
+            "{id}: {body}"
+        );
         match body["op"].as_str().unwrap() {
             "read" => {
                 reads.insert(key("after"));

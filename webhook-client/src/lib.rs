@@ -1,9 +1,9 @@
 //! Walbrook sink for HTTP webhooks: POSTs change events as JSON, signed, with stable ids.
 //!
 //! * One event per request (default) or a batch per request (a JSON array).
-//! * Headers: `Walbrook-Event-Id` (one event: `<database>/<commit LSN as 16 hex
-//!   digits>-<ordinal>`, the same on every redelivery; a batch: the ids of its first and last
-//!   events joined by `..`), `Idempotency-Key` (the same value), `Walbrook-Signature`
+//! * Headers: `Walbrook-Event-Id` (one event: [`event_id`], the same on every redelivery
+//!   and unique across tables, operations and snapshots; a batch: the ids of its first and
+//!   last events joined by `..`, each event of the array carrying its own `id`), `Idempotency-Key` (the same value), `Walbrook-Signature`
 //!   (`sha256=<hex HMAC-SHA256 of the body with the configured secret>`), `Content-Type:
 //!   application/json`.
 //! * What an answer means ([`verdict`]; docs/sinks.md has the table):
@@ -27,19 +27,48 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use walbrook_client::ChangeEvent;
 use walbrook_client::runner::{
     Applied, Ordering, Position, RetryPolicy, RunnerMetrics, Sink, SinkError, partition,
 };
+use walbrook_client::{ChangeEvent, Op, escape_token};
 
-/// The id of an event: `<database>/<commit LSN as 16 hex digits>-<ordinal>`.
+/// The id of an event, unique across the tables, operations and snapshots of a source:
+///
+/// * a change: `<database>/<commit LSN as 16 hex digits>-<ordinal>` (a commit LSN names one
+///   transaction of the database, the ordinal one event in it);
+/// * a snapshot row: `<database>/<schema>.<table>/snapshot-<snapshot position as 16 hex
+///   digits>-<row ordinal>` (a snapshot row's position can equal a change's commit LSN, and
+///   two tables' snapshots can share one).
+///
+/// Names are escaped as in subject tokens (docs/protocol.md §1.1: letters, digits, `_` and
+/// `-` stay, every other byte is `~XX`), so no name can make two ids equal.
 pub fn event_id(event: &ChangeEvent) -> String {
-    format!(
-        "{}/{:016X}-{}",
-        event.source().database,
+    let source = event.source();
+    event_id_of(
+        &source.database,
+        (event.op() == Op::Read).then_some((source.schema.as_str(), source.table.as_str())),
         event.commit_lsn().0,
-        event.ordinal()
+        event.ordinal(),
     )
+}
+
+/// [`event_id`] from its parts: `snapshot_of` is the table of a snapshot row (`None` for a
+/// change), `position` the commit LSN (a snapshot row's: the snapshot's position).
+pub fn event_id_of(
+    database: &str,
+    snapshot_of: Option<(&str, &str)>,
+    position: u64,
+    ordinal: u64,
+) -> String {
+    let database = escape_token(database);
+    match snapshot_of {
+        Some((schema, table)) => format!(
+            "{database}/{}.{}/snapshot-{position:016X}-{ordinal}",
+            escape_token(schema),
+            escape_token(table),
+        ),
+        None => format!("{database}/{position:016X}-{ordinal}"),
+    }
 }
 
 /// `sha256=<hex>`: the HMAC-SHA256 of `body` with `secret`.
@@ -341,6 +370,24 @@ mod tests {
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
+    #[test]
+    fn ids_are_unique_across_tables_operations_and_snapshots() {
+        let change = event_id_of("shop", None, 0x16B3F20, 0);
+        assert_eq!(change, "shop/00000000016B3F20-0");
+        // A snapshot row at the same position and ordinal, in two tables.
+        let orders = event_id_of("shop", Some(("public", "orders")), 0x16B3F20, 0);
+        let items = event_id_of("shop", Some(("public", "items")), 0x16B3F20, 0);
+        assert_eq!(orders, "shop/public.orders/snapshot-00000000016B3F20-0");
+        assert_ne!(orders, change);
+        assert_ne!(orders, items);
+        // Names cannot forge the structure: a '.' or '/' in a name is escaped.
+        assert_ne!(
+            event_id_of("shop", Some(("a.b", "c")), 1, 0),
+            event_id_of("shop", Some(("a", "b.c")), 1, 0)
+        );
+        assert_eq!(event_id_of("x/y", None, 1, 2), "x~2Fy/0000000000000001-2");
+    }
+
     #[test]
     fn only_refusals_of_the_content_dead_letter() {
         use reqwest::StatusCode;
