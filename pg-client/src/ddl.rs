@@ -42,18 +42,21 @@ impl TargetTable {
     }
 }
 
+/// Creates the checkpoint table when missing, keyed by (source database, consumer), and
+/// migrates one keyed by the consumer alone (before checkpoints were per source).
 pub(crate) async fn create_checkpoint_table(
     conn: &mut Connection,
     table: &TableName,
 ) -> Result<(), SinkError> {
+    let t = table.quoted();
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} (
-             consumer text PRIMARY KEY,
+        "CREATE TABLE IF NOT EXISTS {t} (
+             consumer text NOT NULL,
              source_database text NOT NULL,
              commit_lsn pg_lsn NOT NULL,
              ordinal bigint NOT NULL,
-             updated_at timestamptz NOT NULL DEFAULT now())",
-        table.quoted()
+             updated_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (source_database, consumer))"
     );
     // Two sinks starting together (scale-out instances) may both create it, and PostgreSQL's
     // CREATE TABLE IF NOT EXISTS is not safe against a concurrent creation (it fails with a
@@ -64,28 +67,70 @@ pub(crate) async fn create_checkpoint_table(
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 7795))",
         &[Type::TEXT],
-        &[&format!("walbrook checkpoint table {}", table.quoted())],
+        &[&format!("walbrook checkpoint table {t}")],
     )
     .await
     .map_err(|e| classify(&e, None, context))?;
     tx.batch(&sql)
         .await
         .map_err(|e| classify(&e, None, context))?;
+    // The primary key's constraint name and columns, in key order.
+    let key = tx
+        .query(
+            "SELECT c.conname::text, array_to_string(array_agg(a.attname::text ORDER BY k.ord), ',')
+             FROM pg_constraint c
+             CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+             WHERE c.conrelid = $1::regclass AND c.contype = 'p'
+             GROUP BY c.conname",
+            &[Type::TEXT],
+            &[&t],
+        )
+        .await
+        .map_err(|e| classify(&e, None, "reading the checkpoint table's key"))?;
+    if let Some(row) = key.first() {
+        let (name, columns): (String, String) = (row.get(0), row.get(1));
+        if columns == "consumer" {
+            tracing::info!(
+                table = %t,
+                "checkpoints are per source now: keying the checkpoint table by (source_database, consumer)"
+            );
+            let migrate = format!(
+                "ALTER TABLE {t} DROP CONSTRAINT {}, ADD PRIMARY KEY (source_database, consumer)",
+                crate::sql::quote_ident(&name)
+            );
+            tx.batch(&migrate)
+                .await
+                .map_err(|e| classify(&e, None, "migrating the checkpoint table"))?;
+        }
+    }
     tx.commit().await
 }
 
+/// The checkpoint of `consumer` for source `database`. A row written before checkpoints were
+/// per source without its database (`''`) is adopted by the first source that asks for it.
 pub(crate) async fn read_checkpoint(
     conn: &mut Connection,
     table: &TableName,
+    database: &str,
     consumer: &str,
 ) -> Result<Option<Position>, SinkError> {
+    let t = table.quoted();
+    let adopt = format!(
+        "UPDATE {t} SET source_database = $2
+         WHERE consumer = $1 AND source_database = ''
+           AND NOT EXISTS (SELECT 1 FROM {t} WHERE consumer = $1 AND source_database = $2)"
+    );
     let sql = format!(
-        "SELECT (commit_lsn - '0/0'::pg_lsn)::text, ordinal FROM {} WHERE consumer = $1",
-        table.quoted()
+        "SELECT (commit_lsn - '0/0'::pg_lsn)::text, ordinal FROM {t}
+         WHERE consumer = $1 AND source_database = $2"
     );
     let mut tx = conn.begin();
+    tx.execute(&adopt, &[Type::TEXT, Type::TEXT], &[&consumer, &database])
+        .await
+        .map_err(|e| classify(&e, None, "reading the checkpoint"))?;
     let rows = tx
-        .query(&sql, &[Type::TEXT], &[&consumer])
+        .query(&sql, &[Type::TEXT, Type::TEXT], &[&consumer, &database])
         .await
         .map_err(|e| classify(&e, None, "reading the checkpoint"))?;
     tx.commit().await?;
@@ -103,8 +148,8 @@ pub(crate) async fn read_checkpoint(
     }))
 }
 
-/// Moves the checkpoint of `consumer` forward to `position` (never backward: a replayed dead
-/// letter does not rewind it).
+/// Moves the checkpoint of (`database`, `consumer`) forward to `position` (never backward: a
+/// replayed dead letter does not rewind it).
 pub(crate) async fn write_checkpoint(
     tx: &mut Tx<'_>,
     table: &TableName,
@@ -116,10 +161,8 @@ pub(crate) async fn write_checkpoint(
     let sql = format!(
         "INSERT INTO {t} AS c (consumer, source_database, commit_lsn, ordinal)
          VALUES ($1, $2, $3::pg_lsn, $4)
-         ON CONFLICT (consumer) DO UPDATE
-           SET commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal, updated_at = now(),
-               source_database = CASE WHEN EXCLUDED.source_database = '' THEN c.source_database
-                                      ELSE EXCLUDED.source_database END
+         ON CONFLICT (source_database, consumer) DO UPDATE
+           SET commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal, updated_at = now()
            WHERE (c.commit_lsn, c.ordinal) < (EXCLUDED.commit_lsn, EXCLUDED.ordinal)"
     );
     tx.execute(

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 
 use tokio::sync::Mutex;
 use walbrook_client::ChangeEvent;
-use walbrook_client::runner::{Applied, Position, Sink, SinkError};
+use walbrook_client::runner::{Applied, Binding, Position, Sink, SinkError};
 
 pub use sql::{quote_ident, quote_qualified};
 
@@ -129,6 +129,9 @@ pub struct PgSink {
     /// The connection and what is known of the target; one apply at a time (the runner
     /// never overlaps them), so the lock is never contended.
     state: Mutex<State>,
+    /// The source database, from the runner ([`Sink::bind`]): checkpoints are keyed by it
+    /// and the consumer.
+    source_database: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +152,7 @@ impl PgSink {
             settings,
             options,
             state: Mutex::new(State::default()),
+            source_database: None,
         };
         {
             let mut state = sink.state.lock().await;
@@ -156,6 +160,13 @@ impl PgSink {
             ddl::create_checkpoint_table(conn, &sink.options.checkpoint_table).await?;
         }
         Ok(sink)
+    }
+
+    /// The source database the runner bound this sink to (checkpoints are per source).
+    fn bound_database(&self) -> Result<&str, SinkError> {
+        self.source_database.as_deref().ok_or_else(|| {
+            SinkError::fatal("the sink was not given to a Runner: its source database is unknown")
+        })
     }
 
     /// The options.
@@ -181,13 +192,19 @@ impl Sink for PgSink {
         "postgres"
     }
 
+    fn bind(&mut self, binding: &Binding) {
+        self.source_database = Some(binding.source_database.clone());
+    }
+
     async fn checkpoint(&self, consumer: &str) -> Result<Option<Position>, SinkError> {
+        let database = self.bound_database()?;
         let mut state = self.state.lock().await;
         let conn = self.connection(&mut state.connection).await?;
-        ddl::read_checkpoint(conn, &self.options.checkpoint_table, consumer).await
+        ddl::read_checkpoint(conn, &self.options.checkpoint_table, database, consumer).await
     }
 
     async fn store_checkpoint(&self, consumer: &str, position: Position) -> Result<(), SinkError> {
+        let database = self.bound_database()?;
         let mut state = self.state.lock().await;
         let conn = self.connection(&mut state.connection).await?;
         let mut tx = conn.begin();
@@ -195,7 +212,7 @@ impl Sink for PgSink {
             &mut tx,
             &self.options.checkpoint_table,
             consumer,
-            "",
+            database,
             position,
         )
         .await?;

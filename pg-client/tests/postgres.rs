@@ -206,9 +206,16 @@ async fn the_target_reproduces_the_source_exactly_once() {
 #[tokio::test]
 async fn the_sink_reports_its_checkpoint_and_rejects_nothing_valid() {
     let target_db = PgServer::shared().fresh_database("sink_pg_ckpt");
-    let sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
+    let mut sink = PgSink::connect(PgSinkOptions::new(target_db.url()))
         .await
         .unwrap();
+    // What a runner tells it: the source database (checkpoints are per source).
+    sink.bind(&walbrook_client::runner::Binding::new(
+        "source",
+        std::sync::Arc::new(walbrook_client::runner::RunnerMetrics::new(
+            "postgres", "c1",
+        )),
+    ));
     assert_eq!(sink.name(), "postgres");
     assert_eq!(sink.checkpoint("nobody").await.unwrap(), None);
     let position = walbrook_client::runner::Position {
@@ -879,5 +886,111 @@ async fn a_broken_target_connection_is_opened_again_and_nothing_is_lost() {
         .await
         .unwrap();
     assert!(letters.is_empty(), "{letters:?}");
+    setup.stop().await;
+}
+
+/// Runs a PostgreSQL sink for `consumer` of `setup`'s source into `target_url` until the
+/// target's `table` has `rows` rows, then stops it.
+async fn apply_until(setup: &Setup, target_url: &str, consumer: &str, table: &str, rows: usize) {
+    let target = connect(target_url).await;
+    let (shutdown, task) = start_runner(setup, target_url, consumer);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = common::rows(&target, table).await;
+        if got.len() == rows {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{table} holds {got:?} in the target, expected {rows} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// Two source databases whose sinks share a consumer name and a target: each keeps its own
+/// checkpoint (keyed by consumer alone, the second source's events, at lower positions than
+/// the first's checkpoint, were skipped as already applied).
+#[tokio::test]
+async fn checkpoints_are_per_source_database() {
+    let mut older = Setup::start("ckpt_a", "CREATE TABLE a (id int PRIMARY KEY)", "public.a").await;
+    let mut newer = Setup::start("ckpt_b", "CREATE TABLE b (id int PRIMARY KEY)", "public.b").await;
+    let target_db = PgServer::shared().fresh_database("ckpt_target");
+    // Both sources live in one cluster: the rows of `older` are written first, so their
+    // commit LSNs are below every one of `newer`.
+    older
+        .exec(&["INSERT INTO a SELECT generate_series(1, 5)"])
+        .await;
+    newer
+        .exec(&["INSERT INTO b SELECT generate_series(1, 7)"])
+        .await;
+    apply_until(&newer, &target_db.url(), "shared", "b", 7).await;
+    apply_until(&older, &target_db.url(), "shared", "a", 5).await;
+    let target = connect(&target_db.url()).await;
+    let keys = common::rows(&target, "walbrook_checkpoint").await;
+    assert_eq!(keys.len(), 2, "one checkpoint per source: {keys:?}");
+    older.stop().await;
+    newer.stop().await;
+}
+
+/// A checkpoint table of the earlier layout (keyed by consumer, a row without its source
+/// database) is migrated at connect, and its row is adopted: the consumer resumes there
+/// instead of applying the stream again from the start.
+#[tokio::test]
+async fn a_checkpoint_table_keyed_by_consumer_is_migrated_and_its_row_adopted() {
+    let mut setup = Setup::start(
+        "ckpt_old",
+        "CREATE TABLE o (id int PRIMARY KEY)",
+        "public.o",
+    )
+    .await;
+    let target_db = PgServer::shared().fresh_database("ckpt_old_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&["INSERT INTO o VALUES (1)", "INSERT INTO o VALUES (2)"])
+        .await;
+    let position: String = setup
+        .sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The old layout, holding a checkpoint past rows 1 and 2 (the target has applied them,
+    // then lost them: they must not come again).
+    target
+        .batch_execute(&format!(
+            "CREATE TABLE walbrook_checkpoint (
+                 consumer text PRIMARY KEY, source_database text NOT NULL,
+                 commit_lsn pg_lsn NOT NULL, ordinal bigint NOT NULL,
+                 updated_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO walbrook_checkpoint (consumer, source_database, commit_lsn, ordinal)
+             VALUES ('old', '', '{position}', 0);
+             CREATE TABLE o (id int PRIMARY KEY);"
+        ))
+        .await
+        .unwrap();
+    setup.exec(&["INSERT INTO o VALUES (3)"]).await;
+    apply_until(&setup, &target_db.url(), "old", "o", 1).await;
+    assert_eq!(common::rows(&target, "o").await, ["(3)"]);
+    let key: String = target
+        .query_one(
+            "SELECT string_agg(a.attname, ',' ORDER BY k.ord) FROM pg_constraint c
+             CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+             WHERE c.conrelid = 'walbrook_checkpoint'::regclass AND c.contype = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(key, "source_database,consumer");
+    let owner: String = target
+        .query_one("SELECT source_database FROM walbrook_checkpoint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, setup.db.name());
     setup.stop().await;
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use walbrook_client::runner::{
-    Applied, Ordering, Position, RetryPolicy, RunnerMetrics, Sink, SinkError, partition,
+    Applied, Binding, Ordering, Position, RetryPolicy, RunnerMetrics, Sink, SinkError, partition,
 };
 use walbrook_client::{ChangeEvent, Op, escape_token};
 
@@ -306,8 +306,8 @@ impl Sink for WebhookSink {
         Ok(None)
     }
 
-    fn bind_metrics(&mut self, metrics: Arc<RunnerMetrics>) {
-        self.metrics = Some(metrics);
+    fn bind(&mut self, binding: &Binding) {
+        self.metrics = Some(binding.metrics.clone());
     }
 
     async fn apply(&self, _consumer: &str, events: &[ChangeEvent]) -> Result<Applied, SinkError> {

@@ -120,7 +120,7 @@ impl RunnerMetrics {
     }
 
     /// A sink sent a request again because its target refused it for a reason that is not
-    /// the event's (see [`Sink::bind_metrics`](super::Sink::bind_metrics)): counts it and
+    /// the event's (see [`Sink::bind`](super::Sink::bind)): counts it and
     /// marks the runner unhealthy until the batch is applied.
     pub fn target_waiting(&self) {
         self.target_waits.inc();

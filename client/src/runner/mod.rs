@@ -48,7 +48,7 @@ pub use dead_letter::{
 };
 pub use metrics::RunnerMetrics;
 pub use retry::RetryPolicy;
-pub use sink::{Applied, Ordering, Position, Sink, SinkError, SinkErrorKind};
+pub use sink::{Applied, Binding, Ordering, Position, Sink, SinkError, SinkErrorKind};
 
 /// What a runner reads and how it batches.
 #[derive(Debug, Clone)]
@@ -170,7 +170,7 @@ impl<S: Sink> Runner<S> {
     /// A runner of `sink` for `options` on `client`'s database.
     pub fn new(client: Client, mut sink: S, options: RunnerOptions) -> Runner<S> {
         let metrics = Arc::new(RunnerMetrics::new(sink.name(), &options.consumer));
-        sink.bind_metrics(metrics.clone());
+        sink.bind(&Binding::new(client.database(), metrics.clone()));
         Runner {
             client,
             sink,

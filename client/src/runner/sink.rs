@@ -146,6 +146,27 @@ pub enum Ordering {
     PerKey,
 }
 
+/// What [`Sink::bind`] tells a sink about the runner it is given to.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Binding {
+    /// The source database whose change stream the runner consumes.
+    pub source_database: String,
+    /// The runner's metrics.
+    pub metrics: Arc<RunnerMetrics>,
+}
+
+impl Binding {
+    /// A binding to `source_database` with `metrics` (what [`Runner::new`](super::Runner::new)
+    /// gives; for a sink used without a runner).
+    pub fn new(source_database: impl Into<String>, metrics: Arc<RunnerMetrics>) -> Binding {
+        Binding {
+            source_database: source_database.into(),
+            metrics,
+        }
+    }
+}
+
 /// A target the runner applies change events to. The contract, which the conformance suite
 /// (`walbrook_client::runner::conformance`) checks for every sink, is in docs/sinks.md:
 ///
@@ -187,11 +208,14 @@ pub trait Sink: Send + Sync {
         async { Ok(()) }
     }
 
-    /// Called once by [`Runner::new`](super::Runner::new) with the runner's metrics, for a
-    /// sink that waits on its target itself (sending one request again instead of failing
-    /// the batch) to report it with [`RunnerMetrics::target_waiting`]. Default: nothing.
-    fn bind_metrics(&mut self, metrics: Arc<RunnerMetrics>) {
-        let _ = metrics;
+    /// Called once by [`Runner::new`](super::Runner::new) with what the runner knows of its
+    /// place: the source database (a sink storing checkpoints keys them by it and the
+    /// consumer, so two sources sharing a consumer name on one target never skip each
+    /// other's events) and the runner's metrics (a sink that waits on its target itself,
+    /// sending one request again instead of failing the batch, reports it with
+    /// [`RunnerMetrics::target_waiting`]). Default: nothing.
+    fn bind(&mut self, binding: &Binding) {
+        let _ = binding;
     }
 
     /// Applies `events` (in stream order, non-empty) durably; see the trait's contract.
