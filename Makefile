@@ -1,5 +1,5 @@
 # Walbrook's two commands. Both install what is missing first (scripts/setup.sh).
-.PHONY: demo test setup bench chaos
+.PHONY: demo test setup bench chaos fuzz
 
 ## make demo: run the pipeline on a demo table next to throwaway PostgreSQL + NATS
 demo:
@@ -46,3 +46,11 @@ chaos:
 	TEST_CHAOS_CYCLES=$(CHAOS_CYCLES) cargo test -p walbrook-cli --test produce_faults -- --include-ignored --nocapture --test-threads 1
 	TEST_SINK_CHAOS_CYCLES=$(SINK_CHAOS_CYCLES) cargo test -p walbrook-cli --test sink_postgres --test sink_webhook --test sink_search -- --nocapture --test-threads 1 killed_mid_stream
 	cargo test -p walbrook-cli --test bad_input
+
+## make fuzz: coverage-guided fuzzing of every cargo-fuzz target with AddressSanitizer
+## (scripts/fuzz-smoke.sh; FUZZ_SECONDS per target, default 60). The test command runs the
+## targets on their committed inputs only (fuzz/tests); see docs/fuzzing.md.
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash scripts/setup.sh
+	bash scripts/fuzz-smoke.sh -t $(FUZZ_SECONDS)

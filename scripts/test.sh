@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Walbrook's test command (`make test`): installs what is missing, checks formatting and
-# lints, runs every Rust and Python test against real servers and a short run of every fuzz
-# target, checks that no server was left behind, and fails if no test ran at all.
+# lints, runs every Rust and Python test against real servers, every fuzz target on its
+# committed inputs, short runs of `make chaos` and `make bench`, checks that no server was
+# left behind, and fails if no test ran at all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -43,8 +44,10 @@ phase "client and sink suites on a WAL past 800/0 (TEST_PG_WAL_START=900/0)"
 TEST_PG_WAL_START=900/0 cargo test -p walbrook-client -p walbrook-pg-client \
   -p walbrook-es-client -p walbrook-webhook-client 2>&1 | tee "$LOGS/high-lsn.log"
 
-phase "fuzz smoke run (scripts/fuzz-smoke.sh, docs/fuzzing.md)"
-bash scripts/fuzz-smoke.sh
+# Every committed seed and crash reproducer through each fuzz target's own code, as ordinary
+# tests (the coverage-guided campaigns with the sanitizer build are `make fuzz`).
+phase "fuzz targets on their committed inputs (fuzz/tests, docs/fuzzing.md)"
+cargo test --manifest-path fuzz/Cargo.toml 2>&1 | tee "$LOGS/fuzz.log"
 
 # The documented commands run too, at reduced length, so they cannot rot unnoticed.
 phase "make chaos, short (3 producer kill cycles, the cluster case, 2 sink kills each)"
@@ -73,7 +76,7 @@ phase "leftovers"
 WALBROOK_LEFTOVER_BASELINE="$leftover_baseline" bash scripts/check-leftovers.sh
 phase ""
 
-rust_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$LOGS/rust.log" | awk '{s+=$4} END {print s+0}')
+rust_passed=$(cat "$LOGS/rust.log" "$LOGS/fuzz.log" | grep -Eo 'test result: ok\. [0-9]+ passed' | awk '{s+=$4} END {print s+0}')
 python_passed=$(grep -Eo '[0-9]+ passed' "$LOGS/python.log" | tail -1 | awk '{print $1+0}')
 python_passed=${python_passed:-0}
 if [ "$rust_passed" -eq 0 ] || [ "$python_passed" -eq 0 ]; then

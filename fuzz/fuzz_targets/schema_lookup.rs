@@ -4,29 +4,9 @@
 //! allowed) that print back as the same text; what it refuses must get a well-formed 400
 //! error answer (headers and JSON body, built without panicking) whose message stays short
 //! whatever the request's size.
+//!
+//! The body is `walbrook_fuzz::targets::schema_lookup::run`, which the crate's tests also run on every
+//! committed seed and crash reproducer (`tests/targets.rs`).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use walbrook_fuzz::rpc::check_refusal;
-use walbrook_producer::registry::parse_lookup;
-
-fuzz_target!(|data: &[u8]| {
-    match parse_lookup(data) {
-        Ok(fingerprint) => {
-            let text = std::str::from_utf8(data).expect("accepted a request that is not UTF-8");
-            assert_eq!(
-                fingerprint.to_string(),
-                text.trim(),
-                "the fingerprint does not print as the request"
-            );
-        }
-        Err(failure) => {
-            check_refusal(&failure);
-            assert!(
-                failure.message.len() <= 600,
-                "the error message grows with the request: {} bytes",
-                failure.message.len()
-            );
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| walbrook_fuzz::targets::schema_lookup::run(data));

@@ -7,6 +7,9 @@
 //! * [`text`]: the type chosen by the first byte of a `text_parsers` input.
 //! * [`same`]: value equality that treats NaN as equal to itself.
 //! * [`rpc`]: what the RPC targets (`schema_lookup`, `snapshot_rpc`) check of an answer.
+//! * [`targets`]: the bodies of the fuzz targets themselves.
+
+pub mod targets;
 
 use walbrook_pgtype_avro::PgValue;
 
