@@ -54,6 +54,11 @@ impl Names {
         self.subjects.dead_letter_bucket()
     }
 
+    /// `<root>_<db>_RESUME`: the runners' resume points while they recreate a consumer.
+    pub(crate) fn resume_bucket(&self) -> String {
+        self.subjects.resume_bucket()
+    }
+
     /// `<root>_<db>_WAL`
     pub(crate) fn wal_stream(&self) -> String {
         self.subjects.stream_name(StreamKind::Wal)

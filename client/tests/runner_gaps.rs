@@ -204,3 +204,123 @@ async fn a_delivery_taken_from_the_consumer_is_detected_and_applied_anyway() {
         .unwrap()
         .unwrap();
 }
+
+/// Every event a sink was given, by id, in order (duplicates kept).
+#[derive(Clone, Default)]
+struct LogSink {
+    ids: Arc<Mutex<Vec<i64>>>,
+}
+
+impl LogSink {
+    fn ids(&self) -> Vec<i64> {
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+impl Sink for LogSink {
+    fn name(&self) -> &str {
+        "log"
+    }
+
+    async fn checkpoint(&self, _consumer: &str) -> Result<Option<Position>, SinkError> {
+        Ok(None)
+    }
+
+    async fn apply(&self, _consumer: &str, events: &[ChangeEvent]) -> Result<Applied, SinkError> {
+        let mut ids = self.ids.lock().unwrap();
+        for event in events {
+            ids.push(event.after().unwrap().to_json()["id"].as_i64().unwrap());
+        }
+        Ok(Applied::default())
+    }
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The runner recreates its durable consumer (delete, then create) at every start. When the
+/// creation fails — here a NATS user may delete consumers but not create them; a process
+/// killed between the two steps leaves the same state — the next start finds no consumer. It
+/// must resume after the acknowledged events anyway, not fall back to its `start` (with
+/// `beginning` that replayed everything; with `new` it skipped what came meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_lost_while_being_recreated_resumes_where_it_was() {
+    let nats = walbrook_harness::NatsServer::start_with_config(
+        r#"
+authorization {
+  users: [
+    { user: all, password: all }
+    { user: nocreate, password: nocreate, permissions: {
+        publish: { allow: [">"], deny: ["$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.CREATE.>"] }
+        subscribe: { allow: [">"] } } }
+  ]
+}
+no_auth_user: all
+"#,
+    )
+    .unwrap();
+    let setup = Setup::start_with_nats(
+        "runresume",
+        "CREATE TABLE t (id bigint PRIMARY KEY, note text NOT NULL)",
+        "public.t",
+        nats,
+    )
+    .await;
+    setup
+        .exec(&["INSERT INTO t SELECT g, 'before' FROM generate_series(1, 5) g"])
+        .await;
+    let consumer = "resumed";
+    let run = |options: walbrook_client::ClientOptions, sink: LogSink| async move {
+        let client = walbrook_client::Client::connect(options).await.unwrap();
+        let mut runner = Runner::new(client, sink, RunnerOptions::new(consumer, ["public.t"]));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move { runner.run(stop).await });
+        (shutdown, task)
+    };
+
+    // 1. Applies and acknowledges rows 1-5.
+    let first = LogSink::default();
+    let (stop, task) = run(setup.options(), first.clone()).await;
+    wait_for("rows 1-5 applied", async || first.ids().len() == 5).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // 2. A start whose consumer creation fails after the delete.
+    let mut limited = setup.options();
+    limited.credentials = walbrook_client::Credentials::UserPassword {
+        user: "nocreate".into(),
+        password: "nocreate".into(),
+    };
+    let (stop, task) = run(limited, LogSink::default()).await;
+    let js = async_nats::jetstream::new(async_nats::connect(setup.nats.url()).await.unwrap());
+    let stream = js
+        .get_stream(format!("{ROOT}_{}_WAL", setup.db.name()))
+        .await
+        .unwrap();
+    wait_for("the consumer deleted", async || {
+        stream.consumer_info(consumer).await.is_err()
+    })
+    .await;
+    stop.cancel();
+    let _ = task.await.unwrap();
+
+    // 3. The next start (any start option) goes on after row 5.
+    setup
+        .exec(&["INSERT INTO t SELECT g, 'after' FROM generate_series(6, 8) g"])
+        .await;
+    let next = LogSink::default();
+    let (stop, task) = run(setup.options(), next.clone()).await;
+    wait_for("rows 6-8 applied", async || next.ids().len() >= 3).await;
+    // Nothing else follows (row 9 is the marker that the runner moved past them).
+    setup.exec(&["INSERT INTO t VALUES (9, 'marker')"]).await;
+    wait_for("the marker applied", async || next.ids().contains(&9)).await;
+    assert_eq!(next.ids(), [6, 7, 8, 9], "rows 1-5 were delivered again");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -188,6 +188,13 @@ impl Subjects {
         self.bucket("DLQ_BODIES")
     }
 
+    /// The JetStream key-value bucket where a consumer runner keeps its resume point while
+    /// it recreates its durable consumer (docs/protocol.md §2): `<root>_<db>_RESUME`, made
+    /// valid as [`Subjects::large_payload_bucket`].
+    pub fn resume_bucket(&self) -> String {
+        self.bucket("RESUME")
+    }
+
     /// `<root>_<db>_<suffix>` as a valid bucket name (see [`Subjects::large_payload_bucket`]).
     /// No suffix ends with `_` and another suffix, so two databases' buckets never meet.
     fn bucket(&self, suffix: &str) -> String {
@@ -282,6 +289,7 @@ mod tests {
             "shop_DLQ",
             "shop_DLQ_BODIES",
             "shop_LARGE",
+            "shop_RESUME",
             "a.b",
             "a_b",
         ];
@@ -292,10 +300,11 @@ mod tests {
                 [
                     subjects.large_payload_bucket(),
                     subjects.dead_letter_bucket(),
+                    subjects.resume_bucket(),
                 ]
             })
             .collect();
-        assert_valid_and_distinct(buckets, 2 * names.len());
+        assert_valid_and_distinct(buckets, 3 * names.len());
     }
 
     #[test]

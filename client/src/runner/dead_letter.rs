@@ -73,7 +73,7 @@ pub(crate) async fn ensure_stream(client: &Client) -> Result<(), Error> {
 
 /// The replicas and storage of the change stream: dead letters are kept as durably as the
 /// changes they were (NATS's defaults would be one replica).
-async fn change_stream_durability(
+pub(crate) async fn change_stream_durability(
     js: &jetstream::Context,
     names: &Names,
 ) -> Result<(usize, stream::StorageType), Error> {

@@ -28,6 +28,7 @@ pub(crate) mod dead_letter;
 mod delivery;
 mod metrics;
 pub mod partition;
+mod resume;
 mod retry;
 mod sink;
 
@@ -335,10 +336,25 @@ impl<S: Sink> Runner<S> {
                 } => Some(Start::Sequence(start_sequence)),
                 _ => None,
             }),
+            // No consumer: a recreation may have stopped between deleting the old one and
+            // creating the new one; it saved where to resume first.
             Err(e)
                 if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
             {
-                Ok(None)
+                let saved = resume::load(
+                    self.client.js(),
+                    self.client.names(),
+                    &self.options.consumer,
+                )
+                .await?;
+                if let Some(start) = &saved {
+                    tracing::warn!(
+                        consumer = %self.options.consumer,
+                        ?start,
+                        "the durable consumer is missing: resuming where its recreation left off"
+                    );
+                }
+                Ok(saved)
             }
             Err(e) => Err(Error::with_source(
                 ErrorKind::Nats,
@@ -389,13 +405,22 @@ impl<S: Sink> Runner<S> {
             Start::New => Start::Sequence(self.next_stream_sequence().await?),
             other => other,
         };
-        match self.client.delete_durable(&self.options.consumer).await {
+        // Where to resume is saved before the consumer that knows it is deleted, and
+        // forgotten only once the new consumer exists (resume.rs).
+        let (js, names, consumer) = (
+            self.client.js(),
+            self.client.names(),
+            &self.options.consumer,
+        );
+        resume::save(js, names, consumer, &start).await?;
+        match self.client.delete_durable(consumer).await {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::StreamNotFound => {}
             Err(e) => return Err(e),
         }
         tracing::info!(consumer = %self.options.consumer, ?start, "subscribing");
-        self.client
+        let stream = self
+            .client
             .subscribe(
                 Subscription::tables(self.options.tables.clone())
                     .durable(self.options.consumer.clone())
@@ -414,7 +439,14 @@ impl<S: Sink> Runner<S> {
                             .max(1_000),
                     ),
             )
-            .await
+            .await?;
+        resume::clear(
+            self.client.js(),
+            self.client.names(),
+            &self.options.consumer,
+        )
+        .await?;
+        Ok(stream)
     }
 
     /// Runs until `shutdown` is cancelled (returns `Ok`) or a fatal error. Transient NATS
