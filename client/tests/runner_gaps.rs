@@ -324,3 +324,89 @@ no_auth_user: all
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// A sink whose applies wait until the gate opens.
+#[derive(Clone)]
+struct GateSink {
+    open: tokio::sync::watch::Receiver<bool>,
+    entered: Arc<std::sync::atomic::AtomicBool>,
+    applied: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Sink for GateSink {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    async fn checkpoint(&self, _consumer: &str) -> Result<Option<Position>, SinkError> {
+        Ok(None)
+    }
+
+    async fn apply(&self, _consumer: &str, events: &[ChangeEvent]) -> Result<Applied, SinkError> {
+        self.entered
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|open| *open).await;
+        self.applied
+            .fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(Applied::default())
+    }
+}
+
+/// `walbrook_sink_lag_seconds` as exported.
+fn exported_lag(metrics: &walbrook_client::runner::RunnerMetrics) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with("walbrook_sink_lag_seconds{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("the lag gauge is exported")
+}
+
+/// The lag gauge rises while a batch is stuck and falls to 0 once everything received is
+/// applied (it kept the last batch's value, so an alert stayed red on an idle pipeline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_rises_while_stuck_and_is_zero_when_caught_up() {
+    let setup = Setup::start(
+        "runlag",
+        "CREATE TABLE t (id bigint PRIMARY KEY, note text NOT NULL)",
+        "public.t",
+    )
+    .await;
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let sink = GateSink {
+        open,
+        entered: Arc::default(),
+        applied: Arc::default(),
+    };
+    let mut runner = Runner::new(
+        setup.client().await,
+        sink.clone(),
+        RunnerOptions::new("lag", ["public.t"]),
+    );
+    let metrics = runner.metrics();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { runner.run(stop).await });
+    assert_eq!(exported_lag(&metrics), 0.0, "nothing received yet");
+    setup.exec(&["INSERT INTO t VALUES (1, 'stuck')"]).await;
+    wait_for("the sink is given the event", async || {
+        sink.entered.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    wait_for("the lag of a stuck batch passes 1.5 s", async || {
+        exported_lag(&metrics) > 1.5
+    })
+    .await;
+    gate.send(true).unwrap();
+    wait_for("the event applied", async || {
+        sink.applied.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    wait_for("the lag back to 0 while idle", async || {
+        exported_lag(&metrics) == 0.0
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

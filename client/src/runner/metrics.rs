@@ -30,6 +30,8 @@ pub struct RunnerMetrics {
     delivery_gaps_total: AtomicU64,
     target_waits: Counter,
     target_waits_total: AtomicU64,
+    /// Commit time (µs since the epoch) of the oldest received, unapplied event; 0: none.
+    behind_since_micros: std::sync::atomic::AtomicI64,
 }
 
 impl RunnerMetrics {
@@ -90,7 +92,8 @@ impl RunnerMetrics {
         );
         registry.register(
             "lag_seconds",
-            "Seconds between the source commit and the apply of the last applied event",
+            "Seconds since the commit of the oldest event received and not yet applied (0 when \
+             everything received is applied)",
             lag_seconds.clone(),
         );
         registry.register(
@@ -116,6 +119,7 @@ impl RunnerMetrics {
             delivery_gaps_total: AtomicU64::new(0),
             target_waits,
             target_waits_total: AtomicU64::new(0),
+            behind_since_micros: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -133,12 +137,9 @@ impl RunnerMetrics {
         self.target_waits_total.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn applied(&self, n: u64, lag: Option<Duration>, commit_lsn: u64) {
+    pub(crate) fn applied(&self, n: u64, commit_lsn: u64) {
         self.applied.inc_by(n);
         self.applied_total.fetch_add(n, Ordering::Relaxed);
-        if let Some(lag) = lag {
-            self.lag_seconds.set(lag.as_secs_f64());
-        }
         self.position
             .set(i64::try_from(commit_lsn).unwrap_or(i64::MAX));
     }
@@ -196,8 +197,36 @@ impl RunnerMetrics {
         self.delivery_gaps_total.load(Ordering::Relaxed)
     }
 
+    /// The runner works on events whose oldest was committed at `commit_time` (microseconds
+    /// since the Unix epoch): the lag is the time since then, growing while they are not
+    /// applied.
+    pub(crate) fn behind_since(&self, commit_time: chrono::DateTime<chrono::Utc>) {
+        self.behind_since_micros
+            .store(commit_time.timestamp_micros().max(1), Ordering::Relaxed);
+    }
+
+    /// The runner has applied everything it received and waits for more: no lag.
+    pub(crate) fn caught_up(&self) {
+        self.behind_since_micros.store(0, Ordering::Relaxed);
+    }
+
+    /// Seconds between now and the commit of the oldest event the runner has received but
+    /// not applied; 0 while it waits for new events.
+    pub fn lag_seconds(&self) -> f64 {
+        match self.behind_since_micros.load(Ordering::Relaxed) {
+            0 => 0.0,
+            since => {
+                let now = chrono::Utc::now().timestamp_micros();
+                (now - since).max(0) as f64 / 1e6
+            }
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        // The lag is computed when scraped: it keeps growing while a batch is stuck, and is 0
+        // once everything received is applied.
+        self.lag_seconds.set(self.lag_seconds());
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -516,6 +516,7 @@ impl<S: Sink> Runner<S> {
             self.deliveries.reset();
             self.metrics.set_healthy(true);
             let mut collector = batch::Collector::new(&self.options, self.sink.ordering());
+            self.metrics.caught_up();
             let mut items = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 items = collector.collect(&mut stream, std::mem::take(&mut self.spare_items)) => items,
@@ -526,6 +527,9 @@ impl<S: Sink> Runner<S> {
                 let next = collector.collect(&mut stream, std::mem::take(&mut self.spare_items));
                 let mut next = std::pin::pin!(next);
                 let mut collected = None;
+                if let Some(oldest) = items.iter().find_map(|i| i.as_ref().ok()) {
+                    self.metrics.behind_since(oldest.source().commit_time);
+                }
                 let flow = {
                     let process = self.process(items, &shutdown);
                     let mut process = std::pin::pin!(process);
@@ -545,10 +549,14 @@ impl<S: Sink> Runner<S> {
                 }
                 items = match collected {
                     Some(items) => items,
-                    None => tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        items = &mut next => items,
-                    },
+                    None => {
+                        // Everything received is applied: waiting for new events.
+                        self.metrics.caught_up();
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            items = &mut next => items,
+                        }
+                    }
                 };
             }
             self.metrics.set_healthy(false);
@@ -869,23 +877,18 @@ impl<S: Sink> Runner<S> {
         started: Instant,
         ack: bool,
     ) -> Flow {
-        let last = events.last().map(|e| {
-            (
-                Position::of(e),
-                processed_through(e),
-                e.source().commit_time,
-            )
-        });
+        let last = events
+            .last()
+            .map(|e| (Position::of(e), processed_through(e)));
         let mut flow = Flow::Continue;
-        if let Some((position, sequence, commit_time)) = last {
+        if let Some((position, sequence)) = last {
             // Snapshot rows (and bootstrap batches) are not positions of the change stream.
             if ack && events.iter().all(|e| e.op() != crate::Op::Read) {
                 self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
                 self.processed = self.processed.max(sequence);
             }
-            let lag = (chrono::Utc::now() - commit_time).to_std().ok();
             self.metrics
-                .applied((events.len() - dead) as u64, lag, position.commit_lsn.0);
+                .applied((events.len() - dead) as u64, position.commit_lsn.0);
         }
         self.metrics.batch(started.elapsed());
         if ack {
