@@ -53,8 +53,14 @@ pub struct Metrics {
     pub confirmed_lsn: Gauge<f64, AtomicU64>,
     /// Bytes of WAL the server has sent beyond the confirmed LSN.
     pub lag_bytes: Gauge<f64, AtomicU64>,
-    /// Seconds between a transaction's commit and its decoding by the producer.
+    /// Seconds between the source time of the last WAL record decoded (a commit, or a
+    /// heartbeat: the producer's own timestamped logical message) and its decoding; once no
+    /// record came for two heartbeat intervals, the time since that record's source time
+    /// (computed when scraped: it rises while the producer is stuck). Set through
+    /// [`Metrics::decoded`].
     pub lag_seconds: Gauge<f64, AtomicU64>,
+    /// Source and receipt times of the last decoded record, and the stall threshold.
+    progress: Arc<Progress>,
     /// Reconnects, by `kind` (`postgres`, `nats`).
     pub reconnects: Family<KindLabels, Counter>,
     /// Errors, by kind.
@@ -175,6 +181,44 @@ impl Metrics {
             resends,
             large_payloads,
             ready: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Progress::default()),
+        }
+    }
+
+    /// A WAL record whose source time is `source_micros` (µs since the Unix epoch: a
+    /// commit's timestamp, a heartbeat's write time) was decoded now.
+    pub fn decoded(&self, source_micros: i64) {
+        let now = now_micros();
+        self.progress
+            .source_micros
+            .store(source_micros, Ordering::Relaxed);
+        self.progress.receipt_micros.store(now, Ordering::Relaxed);
+        self.lag_seconds
+            .set((now - source_micros).max(0) as f64 / 1e6);
+    }
+
+    /// How long without a decoded record counts as stuck (twice the heartbeat interval);
+    /// zero: never (heartbeats off).
+    pub fn set_stall_after(&self, after: std::time::Duration) {
+        let micros = i64::try_from(after.as_micros()).unwrap_or(i64::MAX);
+        self.progress
+            .stall_after_micros
+            .store(micros, Ordering::Relaxed);
+    }
+
+    /// The replication lag in seconds as exported (see [`Metrics::lag_seconds`]).
+    pub fn replication_lag_seconds(&self) -> f64 {
+        let p = &self.progress;
+        let (source, receipt) = (
+            p.source_micros.load(Ordering::Relaxed),
+            p.receipt_micros.load(Ordering::Relaxed),
+        );
+        let stall_after = p.stall_after_micros.load(Ordering::Relaxed);
+        let now = now_micros();
+        if receipt > 0 && stall_after > 0 && now - receipt > stall_after {
+            (now - source).max(0) as f64 / 1e6
+        } else {
+            self.lag_seconds.get()
         }
     }
 
@@ -185,6 +229,7 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
+        self.lag_seconds.set(self.replication_lag_seconds());
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -306,4 +351,19 @@ mod tests {
             "{text}"
         );
     }
+}
+
+/// See [`Metrics::decoded`].
+#[derive(Debug, Default)]
+struct Progress {
+    source_micros: std::sync::atomic::AtomicI64,
+    receipt_micros: std::sync::atomic::AtomicI64,
+    stall_after_micros: std::sync::atomic::AtomicI64,
+}
+
+pub(crate) fn now_micros() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }

@@ -44,7 +44,7 @@ use crate::config::{NatsAuth, NatsConfig, ProducerConfig, redact_url};
 use crate::event::{EncodeError, Op, Source, TableEncoder};
 use crate::large_payload::{LargePayloadError, LargePayloads};
 use crate::lsn::{FullXid, Lsn};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, now_micros};
 use crate::pgoutput::{self, Message, Oid, Tuple};
 use crate::postgres::PgSettings;
 use crate::publish::{OutMessage, PublishFailure, Publisher, RetryPolicy, context_for};
@@ -192,6 +192,7 @@ pub async fn run_with_metrics(
     shutdown: CancellationToken,
     metrics: Metrics,
 ) -> Result<(), ProducerError> {
+    metrics.set_stall_after(config.heartbeat_interval.saturating_mul(2));
     let server = config.metrics_addr.map(|addr| {
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -420,7 +421,8 @@ async fn heartbeats(pg_url: String, interval: Duration, shutdown: CancellationTo
         if let Some(c) = &client {
             let sent = c
                 .execute(
-                    "SELECT pg_logical_emit_message(false, $1, '')",
+                    "SELECT pg_logical_emit_message(false, $1, \
+                     (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text)",
                     &[&HEARTBEAT_PREFIX],
                 )
                 .await;
@@ -713,14 +715,22 @@ impl Pipeline<'_> {
                 // A message never spans two transactions.
                 self.close_batch().await?;
                 self.publisher.push_confirm(commit.end_lsn);
-                let lag = (now_micros() - tx.commit_ts_micros).max(0);
-                self.metrics.lag_seconds.set(lag as f64 / 1e6);
+                self.metrics.decoded(tx.commit_ts_micros);
             }
             Message::LogicalMessage(message) => {
                 // A heartbeat outside any transaction: everything before it is either
                 // acked or in the window, so its position can be confirmed in order.
                 if !message.transactional && self.tx.is_none() {
                     self.publisher.push_confirm(message.lsn);
+                    // Its content is the server's clock when it was written: the producer
+                    // has read the WAL up to that moment.
+                    if message.prefix == HEARTBEAT_PREFIX
+                        && let Some(written) = std::str::from_utf8(&message.content)
+                            .ok()
+                            .and_then(|t| t.parse::<i64>().ok())
+                    {
+                        self.metrics.decoded(written);
+                    }
                 }
             }
             Message::Origin(_) | Message::Type(_) => {}
@@ -1124,11 +1134,4 @@ fn tx_meta(xid: FullXid, commit_lsn: Lsn, commit_ts_micros: i64) -> TxMeta {
         commit_lsn,
         commit_ts_micros,
     }
-}
-
-fn now_micros() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }

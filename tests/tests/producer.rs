@@ -1194,3 +1194,89 @@ async fn authenticates_to_nats_with_a_token_an_nkey_or_a_creds_file() {
         producer.await.unwrap().unwrap();
     }
 }
+
+/// `walbrook_producer_replication_lag_seconds` falls to ~0 when the producer is caught up and
+/// idle (heartbeats carry their write time), and rises while no WAL reaches it. It kept the
+/// last transaction's value: a commit decoded 2.5 s late left an idle producer at 2.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replication_lag_falls_when_caught_up_and_rises_when_stuck() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_lag");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let upstream: std::net::SocketAddr = format!("{}:{}", pg.host(), pg.port()).parse().unwrap();
+    let proxy = walbrook_harness::FaultProxy::start(upstream).unwrap();
+    let mut producer_config = config(&db, &nats.url(), "public.t");
+    producer_config.pg_url = walbrook_producer::config::Secret::new(format!(
+        "postgresql://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        proxy.port(),
+        db.name()
+    ));
+    producer_config.heartbeat_interval = Duration::from_millis(300);
+    let lag_when = async |metrics: &walbrook_producer::metrics::Metrics,
+                          what: &str,
+                          ok: &dyn Fn(f64) -> bool| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let lag = metrics
+                .render()
+                .lines()
+                .find(|l| l.starts_with("walbrook_producer_replication_lag_seconds "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .expect("the lag gauge is exported");
+            if ok(lag) {
+                return lag;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: lag {lag}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    // A first run creates the slot; a commit made while no producer runs is decoded late.
+    let shutdown = CancellationToken::new();
+    let first = tokio::spawn(pipeline::run(producer_config.clone(), shutdown.clone()));
+    wait_for_slot(&client, &db.slot_name()).await;
+    shutdown.cancel();
+    first.await.unwrap().unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let metrics = walbrook_producer::metrics::Metrics::new();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run_with_metrics(
+        producer_config,
+        shutdown.clone(),
+        metrics.clone(),
+    ));
+    // The late commit is published (its lag was 2.5 s when decoded)…
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = js.get_stream(format!("{ROOT}_{}_WAL", db.name())).await
+            && stream.info().await.is_ok_and(|i| i.state.messages == 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the commit never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // …and then, caught up and idle, the lag is ~0.
+    lag_when(&metrics, "caught up and idle", &|lag| lag < 0.5).await;
+    // No WAL reaches the producer any more: the lag grows past the stall threshold.
+    proxy.sever();
+    lag_when(&metrics, "stuck", &|lag| lag > 1.5).await;
+    proxy.restore();
+    lag_when(&metrics, "caught up again", &|lag| lag < 0.5).await;
+    shutdown.cancel();
+    let _ = producer.await;
+}
