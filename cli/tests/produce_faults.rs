@@ -295,6 +295,12 @@ fn assert_exactly_once(ids: &BTreeMap<i64, u32>, total: u64, expected: i64) {
         .take(10)
         .collect();
     let doubled: Vec<(&i64, &u32)> = ids.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    let lost = (0..expected).filter(|id| !ids.contains_key(id)).count();
+    let extra: u32 = ids.values().map(|n| n.saturating_sub(1)).sum();
+    eprintln!(
+        "stream check: {expected} changes committed, {total} events stored, {lost} lost, \
+         {extra} duplicated"
+    );
     assert!(missing.is_empty(), "lost changes, e.g. {missing:?}");
     assert!(doubled.is_empty(), "duplicated changes, e.g. {doubled:?}");
     assert_eq!(total, u64::try_from(expected).unwrap());

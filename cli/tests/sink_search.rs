@@ -131,6 +131,10 @@ async fn a_search_sink_killed_mid_stream_leaves_every_document() {
     loop {
         let docs = documents(search.url()).await;
         if docs == expected {
+            eprintln!(
+                "search check: {cycles} kills, index equals the source ({} documents)",
+                docs.len()
+            );
             break;
         }
         assert!(

@@ -129,6 +129,12 @@ async fn a_webhook_sink_killed_mid_stream_delivers_every_event_with_a_stable_id(
         "an event got several ids: {unstable:?}"
     );
     assert!(deliveries as i64 >= rows);
+    eprintln!(
+        "webhook check: {cycles} kills, {rows} events, {} delivered, 0 lost, {} redelivered \
+         (same id and body)",
+        by_row.len(),
+        deliveries - by_row.len()
+    );
     // SIGTERM only once the last sink process is running (its handler is installed before
     // it connects), not while it is still starting up.
     common::wait_for_log(&log, "sink running", cycles + 1, Duration::from_secs(60)).await;

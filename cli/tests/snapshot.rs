@@ -2,24 +2,18 @@
 //! explicit failure (never a silently short snapshot), and `walbrook snapshot` writes the
 //! rows as JSON lines.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use walbrook_client::{Client, ClientOptions, ErrorKind, SnapshotRequest, SnapshotStatus};
-use walbrook_harness::{NatsServer, PgServer, TestDb};
+use walbrook_harness::{NatsServer, PgServer, ProductProcess, TestDb};
 
 const ROOT: &str = "SNAPKILL";
 
-fn spawn_producer(db: &TestDb<'_>, nats_url: &str, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"))
+/// A `walbrook produce` process (its log's tail is printed when a test fails while it runs).
+fn spawn_producer(db: &TestDb<'_>, nats_url: &str, log: &std::path::Path) -> ProductProcess {
+    let mut command = walbrook_harness::product_command(env!("CARGO_BIN_EXE_walbrook"));
+    command
         .arg("produce")
         .env("WALBROOK_PG_URL", db.url())
         .env("WALBROOK_NATS_URL", nats_url)
@@ -31,23 +25,14 @@ fn spawn_producer(db: &TestDb<'_>, nats_url: &str, log: &std::path::Path) -> Chi
         // Small chunks and a small window: the snapshot takes long enough to be killed.
         .env("WALBROOK_SNAPSHOT_CHUNK_SIZE", "200")
         .env("WALBROOK_MAX_INFLIGHT", "16")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn sigkill(child: &mut Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-    let _ = child.wait();
+        .env("RUST_LOG", "info");
+    ProductProcess::spawn(command, "walbrook produce", log).unwrap()
 }
 
 async fn client_when_ready(
     nats_url: &str,
     db: &str,
-    producer: &mut Child,
+    producer: &mut ProductProcess,
     log: &std::path::Path,
 ) -> Client {
     let client = Client::connect(ClientOptions::new(nats_url, db).root(ROOT))
@@ -95,7 +80,7 @@ async fn a_producer_killed_mid_snapshot_ends_it_with_an_explicit_failure() {
             .unwrap()
             .unwrap();
     }
-    sigkill(&mut producer);
+    producer.kill();
     let mut restarted = spawn_producer(&db, &nats.url(), &log);
     // The reader drains what was published, then gets the failure the restarted
     // producer publishes for the orphaned snapshot.
@@ -185,5 +170,5 @@ async fn a_producer_killed_mid_snapshot_ends_it_with_an_explicit_failure() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("does not exist"));
-    sigkill(&mut restarted);
+    restarted.kill();
 }
