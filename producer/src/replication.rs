@@ -53,10 +53,33 @@ impl ReplicationError {
     /// a definite problem (bad credentials, missing slot, undecodable data).
     pub fn is_retryable(&self) -> bool {
         match self {
+            ReplicationError::Transport(pgwire_replication::PgWireError::Server(message)) => {
+                sqlstate(message).is_some_and(server_error_is_transient)
+            }
             ReplicationError::Transport(e) => e.is_transient() || e.is_io(),
             ReplicationError::Config(_) | ReplicationError::Decode(_) => false,
         }
     }
+}
+
+/// The SQLSTATE at the end of a server error's text (`… (SQLSTATE 57P01)`, the form
+/// pgwire-replication gives).
+fn sqlstate(message: &str) -> Option<&str> {
+    let code = message
+        .trim_end()
+        .strip_suffix(')')?
+        .rsplit_once("(SQLSTATE ")?
+        .1;
+    (code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(code)
+}
+
+/// Server errors after which connecting again may succeed: the connection was lost or
+/// refused for now (class 08), the server is short of resources (53), an operator or the
+/// server ended the session — `pg_terminate_backend` (57P01), a shutdown or crash
+/// recovery (57P02/57P03) — (57), or a system error outside PostgreSQL (58). Everything else
+/// (authentication, a missing slot, a privilege) needs the operator.
+fn server_error_is_transient(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "53" | "57" | "58"))
 }
 
 /// Where to connect, taken from a `postgresql://` URL.
@@ -246,5 +269,33 @@ impl ReplicationStream {
     pub async fn shutdown(mut self) -> Result<(), ReplicationError> {
         self.client.shutdown().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_terminations_are_retryable_and_definite_errors_are_not() {
+        let server = |m: &str| {
+            ReplicationError::Transport(pgwire_replication::PgWireError::Server(m.to_owned()))
+        };
+        for retryable in [
+            "terminating connection due to administrator command (SQLSTATE 57P01)",
+            "the database system is shutting down (SQLSTATE 57P03)",
+            "connection failure (SQLSTATE 08006)",
+            "out of memory (SQLSTATE 53200)",
+        ] {
+            assert!(server(retryable).is_retryable(), "{retryable}");
+        }
+        for definite in [
+            "replication slot \"s\" does not exist (SQLSTATE 42704)",
+            "password authentication failed (SQLSTATE 28P01)",
+            "no SQLSTATE at all",
+            "odd (SQLSTATE 57P0)",
+        ] {
+            assert!(!server(definite).is_retryable(), "{definite}");
+        }
     }
 }

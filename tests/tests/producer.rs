@@ -1280,3 +1280,57 @@ async fn the_replication_lag_falls_when_caught_up_and_rises_when_stuck() {
     shutdown.cancel();
     let _ = producer.await;
 }
+
+/// The walsender terminated by the server side (`pg_terminate_backend`, FATAL 57P01: what an
+/// operator, a failover tool or a connection killer does) is a lost connection like any
+/// other: the producer reconnects and streams on (it exited with the error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_walsender_is_reconnected() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_term");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config(&db, &nats.url(), "public.t"),
+        shutdown.clone(),
+    ));
+    wait_for_slot(&client, &db.slot_name()).await;
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    read_events(&nats_client, db.name(), 1).await;
+    for round in 0..2 {
+        let terminated: bool = client
+            .query_one(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&db.slot_name()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(terminated, "round {round}: no walsender to terminate");
+        assert!(
+            !producer.is_finished(),
+            "round {round}: the producer stopped"
+        );
+        // Back on the slot (a new walsender), then a change made after it arrives.
+        wait_for_slot(&client, &db.slot_name()).await;
+        client
+            .execute("INSERT INTO t VALUES ($1)", &[&(round + 2)])
+            .await
+            .unwrap();
+    }
+    let events = read_events(&nats_client, db.name(), 3).await;
+    assert_eq!(events.len(), 3);
+    assert!(!producer.is_finished(), "the producer stopped");
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+}
