@@ -1334,3 +1334,54 @@ async fn a_terminated_walsender_is_reconnected() {
     shutdown.cancel();
     producer.await.unwrap().unwrap();
 }
+
+/// JetStream remembers the last message id of a stream across a restart only within the
+/// duplicate window. After a restart that followed a longer idle period, the next change's
+/// `Nats-Expected-Last-Msg-Id` names a message JetStream no longer knows as the last one,
+/// although it is stored there: the producer re-anchors its chain on it (it retried for 60 s,
+/// then stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_re_anchors_after_a_nats_restart_past_the_duplicate_window() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("produce_idle");
+    let mut nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut raw = RawConfig::default();
+    raw.apply_env([
+        ("WALBROOK_PG_URL", db.url()),
+        ("WALBROOK_NATS_URL", nats.url()),
+        ("WALBROOK_TABLES", "public.t".to_string()),
+        ("WALBROOK_SLOT", db.slot_name()),
+        ("WALBROOK_PUBLICATION", db.publication_name()),
+        ("WALBROOK_ROOT", ROOT.to_string()),
+        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
+        ("WALBROOK_DUPLICATE_WINDOW", "1s".to_string()),
+    ])
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(raw.validate().unwrap(), shutdown.clone()));
+    wait_for_slot(&client, &db.slot_name()).await;
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    read_events(&nats_client, db.name(), 1).await;
+    // Idle for longer than the duplicate window, then a NATS restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.restart().unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let events = read_events(&nats_client, db.name(), 2).await;
+    assert_eq!(events.len(), 2);
+    assert!(!producer.is_finished(), "the producer stopped");
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+}
