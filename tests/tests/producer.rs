@@ -30,6 +30,39 @@ fn config(db: &TestDb<'_>, nats_url: &str, tables: &str) -> ProducerConfig {
     raw.validate().unwrap()
 }
 
+/// A producer streaming `public.t (id int PRIMARY KEY)` of a fresh database to its own NATS
+/// server.
+struct OnTable {
+    db: TestDb<'static>,
+    nats: NatsServer,
+    client: tokio_postgres::Client,
+    shutdown: CancellationToken,
+    producer: tokio::task::JoinHandle<Result<(), pipeline::ProducerError>>,
+}
+
+async fn producer_on_table(prefix: &str) -> OnTable {
+    let db = PgServer::shared().fresh_database(prefix);
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config(&db, &nats.url(), "public.t"),
+        shutdown.clone(),
+    ));
+    wait_for_slot(&client, &db.slot_name()).await;
+    OnTable {
+        db,
+        nats,
+        client,
+        shutdown,
+        producer,
+    }
+}
+
 async fn sql(db: &TestDb<'_>) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
         .await
@@ -407,20 +440,13 @@ async fn every_operation_arrives_once_in_order() {
 
 #[tokio::test]
 async fn schema_lookup_answers_errors_at_once() {
-    let pg = PgServer::shared();
-    let db = pg.fresh_database("produce_rpc");
-    let nats = NatsServer::start().unwrap();
-    let client = sql(&db).await;
-    client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let producer = tokio::spawn(pipeline::run(
-        config(&db, &nats.url(), "public.t"),
-        shutdown.clone(),
-    ));
-    wait_for_slot(&client, &db.slot_name()).await;
+    let OnTable {
+        db,
+        nats,
+        shutdown,
+        producer,
+        ..
+    } = producer_on_table("produce_rpc").await;
     let nats_client = async_nats::connect(nats.url()).await.unwrap();
     let subject = format!("{ROOT}.{}.rpc.schema", db.name());
     let cases: [(&[u8], &str); 4] = [
@@ -1286,20 +1312,13 @@ async fn the_replication_lag_falls_when_caught_up_and_rises_when_stuck() {
 /// other: the producer reconnects and streams on (it exited with the error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_walsender_is_reconnected() {
-    let pg = PgServer::shared();
-    let db = pg.fresh_database("produce_term");
-    let nats = NatsServer::start().unwrap();
-    let client = sql(&db).await;
-    client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let producer = tokio::spawn(pipeline::run(
-        config(&db, &nats.url(), "public.t"),
-        shutdown.clone(),
-    ));
-    wait_for_slot(&client, &db.slot_name()).await;
+    let OnTable {
+        db,
+        nats,
+        client,
+        shutdown,
+        producer,
+    } = producer_on_table("produce_term").await;
     client
         .batch_execute("INSERT INTO t VALUES (1)")
         .await
