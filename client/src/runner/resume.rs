@@ -29,7 +29,8 @@ fn key(consumer: &str) -> String {
 /// The stored text of a start.
 fn encode(start: &Start) -> String {
     match start {
-        Start::Beginning | Start::New => "beginning".to_owned(),
+        Start::Beginning => "beginning".to_owned(),
+        Start::New => "new".to_owned(),
         Start::Sequence(n) => format!("sequence {n}"),
         Start::CommitPosition(lsn) => format!("commit {lsn}"),
         Start::Time(t) => format!("time {}", t.to_rfc3339()),
@@ -41,6 +42,7 @@ fn decode(text: &str) -> Option<Start> {
     let (kind, value) = text.split_once(' ').unwrap_or((text, ""));
     match kind {
         "beginning" => Some(Start::Beginning),
+        "new" => Some(Start::New),
         "sequence" => value.parse().ok().map(Start::Sequence),
         "commit" => value.parse().ok().map(Start::CommitPosition),
         "time" => chrono::DateTime::parse_from_rfc3339(value)
@@ -145,6 +147,7 @@ mod tests {
             .with_timezone(&chrono::Utc);
         for start in [
             Start::Beginning,
+            Start::New,
             Start::Sequence(42),
             Start::CommitPosition(crate::Lsn(0x900_0000_1234)),
             Start::Time(time),
