@@ -801,9 +801,15 @@ async fn the_target_connection_uses_tls_as_the_url_says_and_refuses_what_it_must
             &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
         )
     };
-    let sink = PgSink::connect(PgSinkOptions::new(verified(ca.ca_file())))
+    let mut sink = PgSink::connect(PgSinkOptions::new(verified(ca.ca_file())))
         .await
         .unwrap();
+    sink.bind(&walbrook_client::runner::Binding::new(
+        "source",
+        std::sync::Arc::new(walbrook_client::runner::RunnerMetrics::new(
+            "postgres", "tls",
+        )),
+    ));
     let position = Position {
         commit_lsn: Lsn(0x1_0000_0042),
         ordinal: 7,

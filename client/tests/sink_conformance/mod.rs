@@ -16,7 +16,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use walbrook_client::runner::{
-    Applied, Ordering, Position, Runner, RunnerOptions, Sink, SinkError, list_dead_letters,
+    Applied, Binding, Ordering, Position, Runner, RunnerMetrics, RunnerOptions, Sink, SinkError,
+    list_dead_letters,
 };
 use walbrook_client::{ChangeEvent, Client, PgValue, Start, Subscription};
 
@@ -58,6 +59,10 @@ impl<S: Sink> Sink for Faulty<S> {
 
     fn ordering(&self) -> Ordering {
         self.inner.ordering()
+    }
+
+    fn bind(&mut self, binding: &Binding) {
+        self.inner.bind(binding);
     }
 
     async fn checkpoint(&self, consumer: &str) -> Result<Option<Position>, SinkError> {
@@ -144,7 +149,12 @@ where
     // 1. Per-key order: the events applied in stream order, one batch per transaction, give
     //    the source's rows (several changes of one key in one batch, a key change, a key
     //    deleted and inserted again).
-    let sink = make_sink().await;
+    // Bound as a runner binds it (the source database keys a stored checkpoint).
+    let mut sink = make_sink().await;
+    sink.bind(&Binding::new(
+        setup.db.name(),
+        Arc::new(RunnerMetrics::new(sink.name(), "conformance")),
+    ));
     for batch in [&events[0..5], &events[5..9], &events[9..13]] {
         let applied = sink.apply("conformance", batch).await.unwrap();
         assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
