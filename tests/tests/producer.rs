@@ -1369,20 +1369,10 @@ async fn the_chain_re_anchors_after_a_nats_restart_past_the_duplicate_window() {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let mut raw = RawConfig::default();
-    raw.apply_env([
-        ("WALBROOK_PG_URL", db.url()),
-        ("WALBROOK_NATS_URL", nats.url()),
-        ("WALBROOK_TABLES", "public.t".to_string()),
-        ("WALBROOK_SLOT", db.slot_name()),
-        ("WALBROOK_PUBLICATION", db.publication_name()),
-        ("WALBROOK_ROOT", ROOT.to_string()),
-        ("WALBROOK_HEARTBEAT_INTERVAL", "1s".to_string()),
-        ("WALBROOK_DUPLICATE_WINDOW", "1s".to_string()),
-    ])
-    .unwrap();
+    let mut producer_config = config(&db, &nats.url(), "public.t");
+    producer_config.stream.duplicate_window = Duration::from_secs(1);
     let shutdown = CancellationToken::new();
-    let producer = tokio::spawn(pipeline::run(raw.validate().unwrap(), shutdown.clone()));
+    let producer = tokio::spawn(pipeline::run(producer_config, shutdown.clone()));
     wait_for_slot(&client, &db.slot_name()).await;
     client
         .batch_execute("INSERT INTO t VALUES (1)")
