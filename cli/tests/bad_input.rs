@@ -697,7 +697,13 @@ fn config_cases() -> Vec<ConfigCase> {
     ]
 }
 
-async fn start(db: &TestDb<'_>, nats: &str, shutdown: CancellationToken) {
+/// Starts an in-process producer; its task ends only with the test (or with an error the
+/// test reports, see [`producer_state`]).
+async fn start(
+    db: &TestDb<'_>,
+    nats: &str,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), walbrook_producer::pipeline::ProducerError>> {
     let mut raw = RawConfig::default();
     raw.apply_env([
         ("WALBROOK_PG_URL", db.url()),
@@ -711,10 +717,30 @@ async fn start(db: &TestDb<'_>, nats: &str, shutdown: CancellationToken) {
     ])
     .unwrap();
     let config = raw.validate().unwrap();
-    tokio::spawn(async move {
-        // Stopped by the test's end.
-        let _ = walbrook_producer::pipeline::run(config, shutdown).await;
-    });
+    tokio::spawn(walbrook_producer::pipeline::run(config, shutdown))
+}
+
+/// Sends the in-process producer's log to the test's output (shown when a test fails).
+fn logs_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+/// What became of the in-process producer, for a failure message: still running, or the
+/// error it stopped with.
+async fn producer_state(
+    producer: tokio::task::JoinHandle<Result<(), walbrook_producer::pipeline::ProducerError>>,
+) -> String {
+    if !producer.is_finished() {
+        return "the producer is still running".into();
+    }
+    match producer.await {
+        Ok(Ok(())) => "the producer stopped without an error".into(),
+        Ok(Err(e)) => format!("the producer stopped: {e}"),
+        Err(e) => format!("the producer task failed: {e}"),
+    }
 }
 
 const DDL: &str = "CREATE TABLE items (id int PRIMARY KEY, note text);
@@ -730,7 +756,8 @@ async fn hostile_rpc_requests_get_their_error_at_once_and_the_producer_keeps_str
     sql.batch_execute(DDL).await.unwrap();
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    start(&db, &nats_server.url(), shutdown.clone()).await;
+    logs_to_test_output();
+    let producer = start(&db, &nats_server.url(), shutdown.clone()).await;
     wait_until_streaming(&sql, &db.slot_name()).await;
     sql.batch_execute("INSERT INTO items VALUES (1, 'a'), (2, 'b')")
         .await
@@ -821,13 +848,20 @@ async fn hostile_rpc_requests_get_their_error_at_once_and_the_producer_keeps_str
         .subscribe(subjects.change("public", "items"))
         .await
         .unwrap();
+    // The subscription is in place at the server before the change is written.
+    nats.flush().await.unwrap();
     sql.batch_execute("INSERT INTO items VALUES (3, 'after the corpus')")
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), wal.next())
+    if tokio::time::timeout(Duration::from_secs(30), wal.next())
         .await
-        .expect("a change after the corpus is streamed")
-        .unwrap();
+        .is_err()
+    {
+        panic!(
+            "a change after the corpus was not streamed within 30 s ({})",
+            producer_state(producer).await
+        );
+    }
     let victims: i64 = sql
         .query_one("SELECT count(*) FROM victim", &[])
         .await
