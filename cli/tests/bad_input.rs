@@ -720,6 +720,48 @@ async fn start(
     tokio::spawn(walbrook_producer::pipeline::run(config, shutdown))
 }
 
+/// Where the changes stand, for a failure message: the slot's confirmed position against
+/// the server's, and the change stream's last message.
+async fn where_changes_stand(
+    sql: &tokio_postgres::Client,
+    db: &TestDb<'_>,
+    nats: &async_nats::Client,
+    subjects: &Subjects,
+) -> String {
+    let slot = sql
+        .query_one(
+            "SELECT confirmed_flush_lsn::text || ' confirmed of ' || pg_current_wal_lsn()::text \
+             || ', active ' || active::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot_name()],
+        )
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_else(|e| e.to_string());
+    let js = async_nats::jetstream::new(nats.clone());
+    let name = subjects.stream_name(walbrook_protocol::StreamKind::Wal);
+    let stream = match js.get_stream(&name).await {
+        Ok(mut stream) => match stream.info().await.map(|i| i.state.messages) {
+            Ok(messages) => {
+                let last = stream
+                    .get_last_raw_message_by_subject(&subjects.change("public", "items"))
+                    .await
+                    .map(|m| {
+                        format!(
+                            "sequence {}, id {:?}",
+                            m.sequence,
+                            m.headers.get("Nats-Msg-Id").map(|v| v.to_string())
+                        )
+                    })
+                    .unwrap_or_else(|e| e.to_string());
+                format!("stream {name}: {messages} messages, last of public.items: {last}")
+            }
+            Err(e) => format!("stream {name}: {e}"),
+        },
+        Err(e) => format!("stream {name}: {e}"),
+    };
+    format!("slot {slot}; {stream}")
+}
+
 /// Sends the in-process producer's log to the test's output (shown when a test fails).
 fn logs_to_test_output() {
     let _ = tracing_subscriber::fmt()
@@ -858,8 +900,9 @@ async fn hostile_rpc_requests_get_their_error_at_once_and_the_producer_keeps_str
         .is_err()
     {
         panic!(
-            "a change after the corpus was not streamed within 30 s ({})",
-            producer_state(producer).await
+            "a change after the corpus was not streamed within 30 s ({}; {})",
+            producer_state(producer).await,
+            where_changes_stand(&sql, &db, &nats, &subjects).await
         );
     }
     let victims: i64 = sql

@@ -54,6 +54,9 @@ pub struct Column {
     pub is_key: bool,
     /// Declared `NOT NULL`.
     pub not_null: bool,
+    /// What rows that existed before the column was added hold in it (PostgreSQL gives them
+    /// the default without a change event): the schema's `pgMissing` / `pgMissingPerRow`.
+    pub backfill: walbrook_pgtype_avro::Backfill,
     /// The type as the schema's `pgType` properties describe it (renders values back to
     /// PostgreSQL's text form with [`walbrook_pgtype_avro::render_text`]).
     pub pg_type: walbrook_pgtype_avro::PgType,

@@ -58,6 +58,7 @@ fn columns(schema: &TableSchema) -> Arc<[Column]> {
             oid: c.pg_type.oid(),
             is_key: c.is_key,
             not_null: c.not_null,
+            backfill: c.backfill.clone(),
             pg_type: c.pg_type.clone(),
         })
         .collect()

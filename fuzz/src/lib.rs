@@ -182,6 +182,7 @@ pub mod schemas {
             typmod,
             not_null: false,
             is_key: false,
+            backfill: Default::default(),
         }
     }
 

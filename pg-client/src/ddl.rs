@@ -4,10 +4,11 @@
 use tokio_postgres::types::Type;
 use walbrook_client::runner::{Position, SinkError};
 use walbrook_client::{Column, Lsn};
+use walbrook_pgtype_avro::Backfill;
 
 use crate::TableName;
 use crate::connection::{Connection, Tx, classify};
-use crate::sql::quote_ident;
+use crate::sql::{quote_ident, quote_literal};
 
 /// What the sink knows of a target table.
 #[derive(Debug, Clone, Default)]
@@ -284,17 +285,7 @@ pub(crate) async fn reconcile(
     let mut now = existing.clone();
     for c in columns {
         if !existing.iter().any(|(name, _)| name == &c.name) {
-            // Nullable: rows already in the target have no value for it.
-            let sql = format!(
-                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
-                table.quoted(),
-                quote_ident(&c.name),
-                c.type_name
-            );
-            tx.batch(&sql)
-                .await
-                .map_err(|e| classify(&e, None, &format!("adding column {} to {table}", c.name)))?;
-            tracing::info!(%table, column = %c.name, "added a column the source added");
+            add_column(tx, table, c).await?;
             now.push((c.name.clone(), c.type_name.clone()));
         }
     }
@@ -313,4 +304,73 @@ pub(crate) async fn reconcile(
         }
     }
     Ok(Some(now))
+}
+
+/// Adds a column the source added, giving the rows already in the target what PostgreSQL
+/// gave the source's rows ([`Backfill`]; no change event carries it): NULL, or the missing
+/// value, set as the column's default while it is added (PostgreSQL stores it once, without
+/// rewriting the table) and dropped right after, so that every later row takes its value
+/// from its event. A value per row (a volatile default) cannot be known here: with rows in
+/// the target the sink refuses, naming the fix, rather than leave them diverging. The column
+/// is nullable whatever the source says: NOT NULL is the source's to enforce.
+async fn add_column(tx: &mut Tx<'_>, table: &TableName, c: &Column) -> Result<(), SinkError> {
+    let context = format!("adding column {} to {table}", c.name);
+    let column = quote_ident(&c.name);
+    let add = format!(
+        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {column} {}",
+        table.quoted(),
+        c.type_name
+    );
+    match &c.backfill {
+        Backfill::Null => {
+            tx.batch(&add)
+                .await
+                .map_err(|e| classify(&e, None, &context))?;
+            tracing::info!(%table, column = %c.name, "added a column the source added");
+        }
+        Backfill::Value(value) => {
+            let with_default = format!("{add} DEFAULT {}", quote_literal(value));
+            tx.batch(&with_default)
+                .await
+                .map_err(|e| classify(&e, None, &context))?;
+            let drop_default = format!(
+                "ALTER TABLE {} ALTER COLUMN {column} DROP DEFAULT",
+                table.quoted()
+            );
+            tx.batch(&drop_default)
+                .await
+                .map_err(|e| classify(&e, None, &context))?;
+            tracing::info!(
+                %table,
+                column = %c.name,
+                "added a column the source added; rows already in the target hold the source's default, as the source's rows do"
+            );
+        }
+        Backfill::PerRow => {
+            let rows = tx
+                .query(
+                    &format!("SELECT EXISTS (SELECT 1 FROM {})", table.quoted()),
+                    &[],
+                    &[],
+                )
+                .await
+                .map_err(|e| classify(&e, None, &context))?;
+            if rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+                return Err(SinkError::fatal(format!(
+                    "the source added column {} to {table} with a volatile default (or an identity): \
+                     PostgreSQL wrote a value per existing row, and no change event carries those \
+                     values, so the rows already in the target cannot be given them. Add the column \
+                     to the target table yourself with the source's values (for example from a \
+                     copy of the source table), then restart the sink: it follows a column the \
+                     target already has",
+                    c.name
+                )));
+            }
+            tx.batch(&add)
+                .await
+                .map_err(|e| classify(&e, None, &context))?;
+            tracing::info!(%table, column = %c.name, "added a column the source added (the target table is empty)");
+        }
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! SQL text: quoting identifiers.
+//! SQL text: quoting identifiers and literals.
 
 /// Quotes an identifier for SQL (`"a""b"`), whatever it contains.
 pub fn quote_ident(name: &str) -> String {
@@ -19,9 +19,36 @@ pub fn quote_qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
+/// Quotes a string as a SQL literal (`'it''s'`), as PostgreSQL's `quote_literal` does: a
+/// text with a backslash is written `E'…'` with the backslashes doubled, so it reads the
+/// same whatever `standard_conforming_strings` is.
+pub fn quote_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 3);
+    if text.contains('\\') {
+        out.push('E');
+    }
+    out.push('\'');
+    for c in text.chars() {
+        if c == '\'' || c == '\\' {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_are_quoted_like_postgres_quote_literal() {
+        assert_eq!(quote_literal("5"), "'5'");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\b'"), r"E'a\\b'''");
+        assert_eq!(quote_literal(""), "''");
+    }
 
     #[test]
     fn identifiers_are_always_quoted() {

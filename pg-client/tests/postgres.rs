@@ -1000,3 +1000,131 @@ async fn a_checkpoint_table_keyed_by_consumer_is_migrated_and_its_row_adopted() 
     assert_eq!(owner, setup.db.name());
     setup.stop().await;
 }
+
+/// Runs a sink until it stops by itself (an error) or `stop`; returns its outcome.
+fn run_sink_until_error(
+    setup: &Setup,
+    target_url: &str,
+    consumer: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), walbrook_client::runner::RunError>>,
+) {
+    let shutdown = CancellationToken::new();
+    let options = setup.options();
+    let target_url = target_url.to_owned();
+    let consumer = consumer.to_owned();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let client = walbrook_client::Client::connect(options).await.unwrap();
+        let sink = PgSink::connect(PgSinkOptions::new(target_url))
+            .await
+            .unwrap();
+        let mut runner = Runner::new(client, sink, RunnerOptions::new(consumer, ["public.*"]));
+        runner.run(stop).await
+    });
+    (shutdown, task)
+}
+
+/// `ALTER TABLE … ADD COLUMN … DEFAULT …` gives every existing source row the default without
+/// a change event. The rows already in the target get the same value (a constant, a text
+/// with quotes and a backslash under NOT NULL, an array, `now()` evaluated once); a volatile
+/// default (a value per row that no event carries) stops the sink with an error naming the
+/// fix, and once the operator has added the column with the source's values the sink goes
+/// on and the target equals the source.
+#[tokio::test]
+async fn columns_added_with_a_default_give_the_target_rows_the_source_rows_value() {
+    const FILLED: &str = "CREATE TABLE filled (id int PRIMARY KEY, note text);";
+    let mut setup = Setup::start("sink_pg_default", FILLED, "public.filled").await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_default_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&["INSERT INTO filled SELECT g, 'row ' || g FROM generate_series(1, 500) g"])
+        .await;
+    let (stop, task) = run_sink_until_error(&setup, &target_db.url(), "pg_default");
+    wait_equal(&setup.sql, &target, &["filled"], Duration::from_secs(60)).await;
+
+    setup
+        .exec(&[
+            "ALTER TABLE filled ADD COLUMN k int DEFAULT 7",
+            r#"ALTER TABLE filled ADD COLUMN s text NOT NULL DEFAULT E'it''s \\ {here}, "quoted"'"#,
+            "ALTER TABLE filled ADD COLUMN tags text[] DEFAULT '{a,\"b c\"}'",
+            "ALTER TABLE filled ADD COLUMN at timestamptz DEFAULT now()",
+            "ALTER TABLE filled ADD COLUMN plain int",
+            // The first change after the DDL brings the new schema.
+            "INSERT INTO filled (id, note, k, s, plain) VALUES (501, 'new', 8, 'mine', 1)",
+            "UPDATE filled SET k = 70 WHERE id = 1",
+        ])
+        .await;
+    let nulls: i64 = setup
+        .sql
+        .query_one(
+            "SELECT count(*) FROM filled WHERE k IS NULL OR at IS NULL OR tags IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nulls, 0, "the source's rows hold the defaults");
+    wait_equal(&setup.sql, &target, &["filled"], Duration::from_secs(60)).await;
+    let target_default: Option<String> = target
+        .query_one(
+            "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef \
+             WHERE adrelid = 'filled'::regclass AND adnum = 3",
+            &[],
+        )
+        .await
+        .ok()
+        .map(|r| r.get(0));
+    assert_eq!(
+        target_default, None,
+        "the default is dropped once the column is added: later rows take their event's value"
+    );
+
+    // A volatile default: PostgreSQL rewrites the table with a value per row.
+    setup
+        .exec(&[
+            "ALTER TABLE filled ADD COLUMN r float8 DEFAULT random()",
+            "INSERT INTO filled (id, note) VALUES (502, 'after the rewrite')",
+        ])
+        .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the sink stops at a column it cannot fill")
+        .unwrap();
+    let error = outcome.expect_err("the sink refuses").to_string();
+    assert!(
+        error.contains("column r") && error.contains("volatile default"),
+        "{error}"
+    );
+    drop(stop);
+    let before: Vec<String> = rows(&target, "filled").await;
+    assert_eq!(
+        before.len(),
+        501,
+        "nothing after the refused event was applied"
+    );
+
+    // The operator's fix: the column with the source's values, then a restart.
+    let values = setup
+        .sql
+        .query("SELECT id, r FROM filled WHERE id <= 501", &[])
+        .await
+        .unwrap();
+    target
+        .batch_execute("ALTER TABLE filled ADD COLUMN r float8")
+        .await
+        .unwrap();
+    for row in values {
+        let (id, r): (i32, f64) = (row.get(0), row.get(1));
+        target
+            .execute("UPDATE filled SET r = $2 WHERE id = $1", &[&id, &r])
+            .await
+            .unwrap();
+    }
+    let (stop, task) = run_sink_until_error(&setup, &target_db.url(), "pg_default");
+    wait_equal(&setup.sql, &target, &["filled"], Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    setup.stop().await;
+}

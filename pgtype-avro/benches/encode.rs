@@ -14,6 +14,7 @@ fn relation() -> RelationDesc {
         typmod,
         not_null: name == "id",
         is_key: name == "id",
+        backfill: Default::default(),
     };
     RelationDesc {
         schema: "public".into(),

@@ -304,6 +304,7 @@ fn main() -> Result<(), walbrook_pgtype_avro::Error> {
                 typmod: c.typmod,
                 not_null: c.column == "id",
                 is_key: c.column == "id",
+                backfill: Default::default(),
             })
             .collect(),
         replica_identity: ReplicaIdentity::Default,
@@ -447,6 +448,7 @@ fn complex() -> Result<Json, walbrook_pgtype_avro::Error> {
                 typmod: *typmod,
                 not_null: *name == "id",
                 is_key: *name == "id",
+                backfill: Default::default(),
             })
             .collect(),
         replica_identity: ReplicaIdentity::Default,

@@ -33,6 +33,7 @@
 //!             typmod: -1,
 //!             not_null: true,
 //!             is_key: true,
+//!             backfill: Default::default(),
 //!         },
 //!         ColumnDesc {
 //!             name: "total-amount".into(),
@@ -41,6 +42,7 @@
 //!             typmod: (10 << 16 | 2) + 4,
 //!             not_null: false,
 //!             is_key: false,
+//!             backfill: Default::default(),
 //!         },
 //!     ],
 //!     replica_identity: ReplicaIdentity::Default,
@@ -84,7 +86,9 @@ pub use names::{decode_name, encode_name};
 pub use pg_binary::parse_binary;
 pub use table::{ColumnValue, DecodedRow, RecordKind, TableSchema, TableSchemas, record_json};
 pub use text::{parse_text, render_text};
-pub use types::{Builtin, ColumnDesc, CompositeField, PgType, RelationDesc, ReplicaIdentity};
+pub use types::{
+    Backfill, Builtin, ColumnDesc, CompositeField, PgType, RelationDesc, ReplicaIdentity,
+};
 pub use value::{
     ArrayDim, PgArray, PgDate, PgInterval, PgNumeric, PgRange, PgTimestamp, PgValue, RangeBound,
 };

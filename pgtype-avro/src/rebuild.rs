@@ -2,7 +2,8 @@
 //!
 //! A client only has the writer's schema document (from the schema registry), not the catalog
 //! description the producer built it from. The record JSON carries enough to rebuild it: every
-//! field has `pgName`, `pgType`, `pgOid`, `pgKey` and `pgNotNull`, the record has `pgSchema`,
+//! field has `pgName`, `pgType`, `pgOid`, `pgKey` and `pgNotNull` (and `pgMissing` /
+//! `pgMissingPerRow` for a column added with a default), the record has `pgSchema`,
 //! `pgTable` and `pgReplicaIdentity`, and the Avro types (with the names of this crate's helper
 //! records, which embed a type key such as `Array_enum_mood`) tell the shape of each value.
 //!
@@ -28,7 +29,8 @@ use crate::names::decode_name;
 use crate::schema::UNCHANGED;
 use crate::table::{RecordKind, TableSchema};
 use crate::types::{
-    BUILTIN_RANGES, Builtin, ColumnDesc, CompositeField, PgType, RelationDesc, ReplicaIdentity,
+    BUILTIN_RANGES, Backfill, Builtin, ColumnDesc, CompositeField, PgType, RelationDesc,
+    ReplicaIdentity,
 };
 
 /// Named type definitions of one schema document, by full name.
@@ -505,6 +507,11 @@ impl<'a> Infer<'a, '_> {
             typmod,
             not_null: flag("pgNotNull"),
             is_key: flag("pgKey"),
+            backfill: match field.get("pgMissing").and_then(Json::as_str) {
+                Some(text) => Backfill::Value(text.to_owned()),
+                None if flag("pgMissingPerRow") => Backfill::PerRow,
+                None => Backfill::Null,
+            },
         })
     }
 }

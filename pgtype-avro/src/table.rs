@@ -12,7 +12,7 @@ use crate::fingerprint::{self, Fingerprint};
 use crate::names::encode_name;
 use crate::schema::{NamedTypes, value_schema};
 use crate::text::{parse_text, render_text};
-use crate::types::{ColumnDesc, RelationDesc, ReplicaIdentity};
+use crate::types::{Backfill, ColumnDesc, RelationDesc, ReplicaIdentity};
 use crate::value::PgValue;
 
 /// Decoded columns of one record: (original column name, value) in field order.
@@ -137,6 +137,15 @@ fn field_json(c: &ColumnDesc, ty: Json) -> Json {
     m.insert("pgOid".into(), json!(c.pg_type.oid()));
     m.insert("pgKey".into(), Json::Bool(c.is_key));
     m.insert("pgNotNull".into(), Json::Bool(c.not_null));
+    match &c.backfill {
+        Backfill::Null => {}
+        Backfill::Value(text) => {
+            m.insert("pgMissing".into(), Json::String(text.clone()));
+        }
+        Backfill::PerRow => {
+            m.insert("pgMissingPerRow".into(), Json::Bool(true));
+        }
+    }
     Json::Object(m)
 }
 

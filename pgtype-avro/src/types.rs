@@ -400,6 +400,27 @@ pub struct ColumnDesc {
     pub not_null: bool,
     /// Whether the column is part of the replica identity (pgoutput's key flag).
     pub is_key: bool,
+    /// What rows that existed before the column was added hold in it (no change event
+    /// carries it): schema property `pgMissing` / `pgMissingPerRow`.
+    pub backfill: Backfill,
+}
+
+/// What the rows a table held when a column was added (`ALTER TABLE … ADD COLUMN`) hold in
+/// that column. PostgreSQL gives them the column's default without writing a change for
+/// any of them, so a consumer that copies rows learns it only from the schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backfill {
+    /// NULL (the column had no default when added, or came with the table).
+    #[default]
+    Null,
+    /// This value, in PostgreSQL's text form: a constant or stable default, evaluated once
+    /// and kept by PostgreSQL as the column's missing value (`pg_attribute.attmissingval`).
+    /// Schema property `pgMissing`.
+    Value(String),
+    /// A value per row that no event carries: the default is volatile (`random()`,
+    /// `clock_timestamp()`, a sequence, an identity), so PostgreSQL rewrote the table
+    /// computing it for each row. Schema property `pgMissingPerRow: true`.
+    PerRow,
 }
 
 impl ColumnDesc {
@@ -415,6 +436,7 @@ impl ColumnDesc {
             typmod,
             not_null: false,
             is_key: false,
+            backfill: Backfill::Null,
         })
     }
 }

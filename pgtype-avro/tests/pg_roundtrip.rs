@@ -287,6 +287,7 @@ async fn run_round_trip(
                     typmod: -1,
                     not_null: true,
                     is_key: true,
+                    backfill: Default::default(),
                 },
                 ColumnDesc {
                     name: "v".into(),
@@ -295,6 +296,7 @@ async fn run_round_trip(
                     typmod,
                     not_null: false,
                     is_key: true,
+                    backfill: Default::default(),
                 },
             ],
             replica_identity: ReplicaIdentity::Full,
@@ -509,6 +511,7 @@ async fn unrepresentable_values_are_errors_naming_the_column() {
                 typmod: -1,
                 not_null: false,
                 is_key: false,
+                backfill: Default::default(),
             }],
             replica_identity: ReplicaIdentity::Default,
         };

@@ -17,6 +17,7 @@ fn one_column(pg_type: PgType, typmod: i32) -> TableSchemas {
             typmod,
             not_null: false,
             is_key: false,
+            backfill: Default::default(),
         }],
         replica_identity: ReplicaIdentity::Default,
     })
@@ -216,6 +217,7 @@ fn garbage_schema() -> &'static TableSchemas {
                 typmod: if oid == 1231 { (10 << 16 | 2) + 4 } else { -1 },
                 not_null: false,
                 is_key: false,
+                backfill: Default::default(),
             })
             .collect();
         TableSchemas::new(&RelationDesc {

@@ -17,6 +17,7 @@ fn col(name: &str, pg_type: PgType, type_name: &str, typmod: i32) -> ColumnDesc 
         typmod,
         not_null: false,
         is_key: false,
+        backfill: Default::default(),
     }
 }
 
@@ -413,5 +414,47 @@ fn a_record_that_does_not_match_its_rebuild_is_an_error() {
     assert_eq!(
         rebuilt.fingerprint(),
         Fingerprint::of_json(writer.after.json()).unwrap()
+    );
+}
+
+/// What rows that existed before a column was added hold (`pgMissing`, `pgMissingPerRow`)
+/// travels in the field's properties, comes back from the JSON alone, and leaves the
+/// fingerprint alone (properties are outside the Parsing Canonical Form).
+#[test]
+fn a_columns_backfill_rebuilds_from_its_properties() {
+    use walbrook_pgtype_avro::Backfill;
+    let plain = RelationDesc {
+        schema: "public".into(),
+        table: "filled".into(),
+        columns: vec![
+            builtin("id", 23, "integer", -1),
+            builtin("k", 23, "integer", -1),
+            builtin("s", 25, "text", -1),
+            builtin("r", 701, "double precision", -1),
+        ],
+        replica_identity: ReplicaIdentity::Default,
+    };
+    let mut added = plain.clone();
+    added.columns[1].backfill = Backfill::Value("7".into());
+    added.columns[2].backfill = Backfill::Value("it's \\ \"q\"".into());
+    added.columns[3].backfill = Backfill::PerRow;
+    let document = envelope(&added);
+    let after = &document["fields"][1]["type"][1]["fields"];
+    assert_eq!(after[1]["pgMissing"], "7");
+    assert_eq!(after[3]["pgMissingPerRow"], true);
+    assert!(after[0].get("pgMissing").is_none() && after[0].get("pgMissingPerRow").is_none());
+    let rebuilt = rebuild(&document, 1).unwrap();
+    let backfills: Vec<Backfill> = rebuilt.columns().map(|c| c.backfill.clone()).collect();
+    assert_eq!(
+        backfills,
+        added
+            .columns
+            .iter()
+            .map(|c| c.backfill.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        rebuilt.fingerprint(),
+        TableSchemas::new(&plain).unwrap().after.fingerprint()
     );
 }

@@ -20,6 +20,7 @@ fn col(name: &str, oid: u32, type_name: &str, typmod: i32) -> ColumnDesc {
         typmod,
         not_null: false,
         is_key: false,
+        backfill: Default::default(),
     }
 }
 

@@ -15,7 +15,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use tokio_postgres::Client;
-use walbrook_pgtype_avro::{ColumnDesc, CompositeField, PgType, RelationDesc, ReplicaIdentity};
+use walbrook_pgtype_avro::{
+    Backfill, ColumnDesc, CompositeField, PgType, RelationDesc, ReplicaIdentity,
+};
 
 use crate::pgoutput;
 
@@ -26,6 +28,41 @@ pub struct CatalogError {
     what: String,
     #[source]
     source: tokio_postgres::Error,
+}
+
+/// A relation's attributes: NOT NULL, primary-key membership, and what rows that existed
+/// before the column was added hold in it ([`Backfill`]):
+///
+/// * `atthasmissing`: PostgreSQL keeps the value of a constant or stable default evaluated
+///   at `ADD COLUMN` time as the column's missing value; its text form is the element of the
+///   one-element array `attmissingval` (an `anyarray`, read through `text[]`).
+/// * Otherwise, a default that calls a volatile function (found in the default's expression
+///   tree by function OID, as PostgreSQL's own `contain_volatile_functions` does) or an
+///   identity made PostgreSQL rewrite the table with a value per row. The same catalog state
+///   follows a column added without a default whose default was set to a volatile
+///   expression before the producer described it; either way the schema says per-row, and a
+///   consumer that copies rows refuses rather than guesses.
+const ATTRIBUTES: &str = "
+    SELECT a.attname::text, a.attnotnull,
+           coalesce(a.attnum = ANY(i.indkey), false) AS in_pk,
+           CASE WHEN a.atthasmissing
+                THEN (SELECT m FROM unnest(a.attmissingval::text::text[]) AS m LIMIT 1)
+           END AS missing,
+           NOT a.atthasmissing AND (a.attidentity <> '' OR EXISTS (
+               SELECT 1 FROM pg_attrdef d
+               CROSS JOIN LATERAL regexp_matches(d.adbin::text, ':(?:op)?funcid (\\d+)', 'g') AS f(m)
+               JOIN pg_proc p ON p.oid = f.m[1]::oid
+               WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND p.provolatile = 'v'
+           )) AS per_row
+      FROM pg_attribute a
+      LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped";
+
+#[derive(Debug, Clone, Default)]
+struct Attribute {
+    not_null: bool,
+    in_pk: bool,
+    backfill: Backfill,
 }
 
 /// Caches resolved types; one per producer.
@@ -55,22 +92,27 @@ impl Catalog {
     ) -> Result<RelationDesc, CatalogError> {
         let what = || format!("{}.{}", relation.namespace, relation.name);
         let rows = client
-            .query(
-                "SELECT a.attname::text, a.attnotnull,
-                        coalesce(a.attnum = ANY(i.indkey), false) AS in_pk
-                   FROM pg_attribute a
-                   LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
-                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&relation.id.0],
-            )
+            .query(ATTRIBUTES, &[&relation.id.0])
             .await
             .map_err(|source| CatalogError {
                 what: what(),
                 source,
             })?;
-        let attributes: HashMap<String, (bool, bool)> = rows
+        let attributes: HashMap<String, Attribute> = rows
             .iter()
-            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+            .map(|r| {
+                let backfill = match (r.get::<_, Option<String>>(3), r.get::<_, bool>(4)) {
+                    (Some(value), _) => Backfill::Value(value),
+                    (None, true) => Backfill::PerRow,
+                    (None, false) => Backfill::Null,
+                };
+                let attribute = Attribute {
+                    not_null: r.get(1),
+                    in_pk: r.get(2),
+                    backfill,
+                };
+                (r.get::<_, String>(0), attribute)
+            })
             .collect();
         let replica_identity = match relation.replica_identity {
             pgoutput::ReplicaIdentity::Default => ReplicaIdentity::Default,
@@ -80,7 +122,11 @@ impl Catalog {
         };
         let mut columns = Vec::with_capacity(relation.columns.len());
         for column in &relation.columns {
-            let (not_null, in_pk) = attributes.get(&column.name).copied().unwrap_or_default();
+            let Attribute {
+                not_null,
+                in_pk,
+                backfill,
+            } = attributes.get(&column.name).cloned().unwrap_or_default();
             let type_name: String = client
                 .query_one(
                     "SELECT format_type($1, $2)",
@@ -106,6 +152,7 @@ impl Catalog {
                 } else {
                     column.is_key
                 },
+                backfill,
             });
         }
         Ok(RelationDesc {

@@ -489,6 +489,7 @@ mod tests {
             typmod,
             not_null,
             is_key: key,
+            backfill: Default::default(),
         }
     }
 

@@ -164,6 +164,7 @@ mod lane_tests {
             oid: 23,
             is_key: true,
             not_null: true,
+            backfill: Default::default(),
             pg_type: PgType::Builtin(Builtin::from_oid(23).unwrap()),
         }]
         .into();

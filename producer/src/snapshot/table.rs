@@ -401,6 +401,7 @@ mod tests {
             typmod: -1,
             not_null: true,
             is_key: true,
+            backfill: Default::default(),
         };
         let desc = RelationDesc {
             schema: "my schema".into(),
