@@ -395,7 +395,8 @@ impl ChangeEvent {
 
     /// The headers the event would have had as a message of its own (docs/protocol.md §3.3):
     /// for an event of a message carrying several, the message's headers without
-    /// `Walbrook-Events`, with the event's own `Walbrook-Ordinal` and `Nats-Msg-Id`, and
+    /// `Walbrook-Events` (and `Walbrook-Previous`, which names the message's predecessor),
+    /// with the event's own `Walbrook-Ordinal` and `Nats-Msg-Id`, and
     /// `Walbrook-Last` only on the transaction's last event. Dead letters of single events
     /// carry these.
     pub fn event_headers(&self) -> Option<async_nats::HeaderMap> {
@@ -413,6 +414,7 @@ impl ChangeEvent {
                 h::LAST,
                 "Nats-Msg-Id",
                 "Nats-Expected-Last-Msg-Id",
+                h::PREVIOUS,
             ]
             .contains(&name)
             {

@@ -10,7 +10,7 @@ use walbrook_client::runner::{Runner, RunnerOptions, Sink};
 use walbrook_harness::PgServer;
 use walbrook_pg_client::{PgSink, PgSinkOptions};
 
-use common::{Setup, connect, rows, wait_equal};
+use common::{ROOT, Setup, connect, rows, wait_equal};
 
 const DDL: &str = r#"
 CREATE TABLE items (
@@ -1126,5 +1126,87 @@ async fn columns_added_with_a_default_give_the_target_rows_the_source_rows_value
     wait_equal(&setup.sql, &target, &["filled"], Duration::from_secs(60)).await;
     stop.cancel();
     task.await.unwrap().unwrap();
+    setup.stop().await;
+}
+
+/// Messages the change stream lost before the sink received them (the stream's limits expire
+/// the oldest messages; here a purge removes them while the sink is stopped) stop the sink at
+/// the first message that names a lost one as its predecessor (`Walbrook-Previous`): the
+/// target keeps what it had and gets nothing past the gap. Without the check the sink applied
+/// the later change and the lost one was silently missing.
+#[tokio::test]
+async fn a_gap_in_the_change_stream_stops_the_sink_naming_it() {
+    const DDL: &str = "CREATE TABLE kept (id int PRIMARY KEY, note text);
+                       CREATE TABLE other (id int PRIMARY KEY);";
+    let mut setup = Setup::start("sink_pg_gap", DDL, "public.kept, public.other").await;
+    let target_db = PgServer::shared().fresh_database("sink_pg_gap_target");
+    let target = connect(&target_db.url()).await;
+    setup
+        .exec(&[
+            "INSERT INTO kept VALUES (1, 'a')",
+            "INSERT INTO kept VALUES (2, 'b')",
+        ])
+        .await;
+    let (stop, task) = run_sink_until_error(&setup, &target_db.url(), "pg_gap");
+    wait_equal(&setup.sql, &target, &["kept"], Duration::from_secs(60)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // While the sink is stopped: a change of kept, one of other, another of kept.
+    setup
+        .exec(&[
+            "INSERT INTO kept VALUES (3, 'lost')",
+            "INSERT INTO other VALUES (1)",
+            "INSERT INTO kept VALUES (4, 'after the loss')",
+        ])
+        .await;
+    let nats = async_nats::connect(setup.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let stream = js
+        .get_stream(format!("{ROOT}_{}_WAL", setup.db.name()))
+        .await
+        .unwrap();
+    let kept = format!("{ROOT}.{}.wal.public.kept", setup.db.name());
+    let other = format!("{ROOT}.{}.wal.public.other", setup.db.name());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (lost, other_sequence) = loop {
+        let last_kept = stream.get_last_raw_message_by_subject(&kept).await;
+        let last_other = stream.get_last_raw_message_by_subject(&other).await;
+        if let (Ok(k), Ok(o)) = (&last_kept, &last_other)
+            && k.sequence > o.sequence
+        {
+            let previous = k.headers.get("Walbrook-Previous").unwrap().to_string();
+            break (previous, o.sequence);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the three changes are stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Everything before other's change goes: kept's row 3 among it.
+    stream.purge().sequence(other_sequence).await.unwrap();
+
+    let (_stop, task) = run_sink_until_error(&setup, &target_db.url(), "pg_gap");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the sink stops at the gap")
+        .unwrap();
+    let error = outcome.expect_err("a gap is an error").to_string();
+    assert!(
+        error.contains("gap in the change stream")
+            && error.contains(&format!("message {lost} on {kept}")),
+        "{error}"
+    );
+    assert_eq!(
+        rows(&target, "kept").await,
+        vec!["(1,a)".to_string(), "(2,b)".to_string()],
+        "nothing past the gap is applied"
+    );
+    assert_eq!(
+        rows(&target, "other").await,
+        vec!["(1)".to_string()],
+        "what came before the gap is"
+    );
     setup.stop().await;
 }

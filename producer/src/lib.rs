@@ -9,6 +9,7 @@
 //! [`streams`] creates and reads the streams, and [`pipeline`] ties them together.
 
 pub mod catalog;
+pub mod chain;
 pub mod config;
 pub mod event;
 pub mod large_payload;

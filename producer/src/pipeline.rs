@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use walbrook_pgtype_avro::Fingerprint;
 
 use crate::catalog::Catalog;
+use crate::chain::Chains;
 use crate::config::{NatsAuth, NatsConfig, ProducerConfig, redact_url};
 use crate::event::{EncodeError, Op, Source, TableEncoder};
 use crate::large_payload::{LargePayloadError, LargePayloads};
@@ -54,7 +55,7 @@ use crate::setup;
 use crate::streams::{self, StreamError, headers};
 use crate::subject::{StreamKind, Subjects};
 use crate::tables;
-use walbrook_protocol::batch;
+use walbrook_protocol::{MessageId, batch};
 
 /// How often a standby producer tries to take the slot over.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
@@ -361,6 +362,7 @@ async fn run_inner(
         last_pushed: resume,
         xid_anchor: FullXid::default(),
         wal_stream,
+        chains: Chains::new(),
     };
     let result = state.replicate(&target, &shutdown).await;
     snapshots.stop().await;
@@ -482,6 +484,8 @@ struct Pipeline<'a> {
     xid_anchor: FullXid,
     /// The change stream, read at every (re)start for the newest stored position.
     wal_stream: async_nats::jetstream::stream::Stream,
+    /// The last change message pushed per subject (`Walbrook-Previous`).
+    chains: Chains,
     metrics: Metrics,
 }
 
@@ -945,12 +949,8 @@ impl Pipeline<'_> {
         let counter = out.events[batch.op.index()].clone();
         let messages = out.messages.clone();
         let mut headers = HeaderMap::new();
-        let msg_id = format!(
-            "{}-{}",
-            batch.commit_lsn.to_fixed_hex(),
-            batch.first_ordinal
-        );
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        let id = MessageId::new(batch.commit_lsn, batch.first_ordinal);
+        headers.insert("Nats-Msg-Id", id.to_string().as_str());
         headers.insert(headers::FINGERPRINT, out.fingerprint.as_str());
         headers.insert(headers::OP, batch.op.as_str());
         headers.insert(headers::COMMIT_LSN, batch.commit_lsn.to_string().as_str());
@@ -959,6 +959,11 @@ impl Pipeline<'_> {
         if batch.last {
             headers.insert(headers::LAST, "true");
         }
+        let previous = self.chains.previous(&mut self.wal_stream, &subject).await?;
+        if let Some(previous) = previous.header_value() {
+            headers.insert(headers::PREVIOUS, previous.as_str());
+        }
+        self.chains.pushed(&subject, id);
         self.publisher
             .push(OutMessage {
                 subject,
@@ -984,7 +989,8 @@ impl Pipeline<'_> {
         last: bool,
         payload: Vec<u8>,
     ) -> Result<(), ProducerError> {
-        let msg_id = format!("{}-{}", commit_lsn.to_fixed_hex(), ordinal);
+        let id = MessageId::new(commit_lsn, ordinal);
+        let msg_id = id.to_string();
         let out = &self.outputs[&fingerprint];
         let subject = out.subject.clone();
         let counter = out.events[op.index()].clone();
@@ -998,6 +1004,10 @@ impl Pipeline<'_> {
         if last {
             headers.insert(headers::LAST, "true");
         }
+        let previous = self.chains.previous(&mut self.wal_stream, &subject).await?;
+        if let Some(previous) = previous.header_value() {
+            headers.insert(headers::PREVIOUS, previous.as_str());
+        }
         let payload = if self.large.fits(&headers, payload.len()) {
             payload.into()
         } else {
@@ -1008,6 +1018,7 @@ impl Pipeline<'_> {
             headers.insert(headers::PAYLOAD_OBJECT, reference.as_str());
             bytes::Bytes::new()
         };
+        self.chains.pushed(&subject, id);
         self.publisher
             .push(OutMessage {
                 subject,

@@ -4,6 +4,7 @@ use async_nats::jetstream::{self, stream};
 
 use crate::config::{Storage, StreamConfig};
 use crate::lsn::Lsn;
+use walbrook_protocol::{MessageId, Previous};
 
 pub use walbrook_protocol::headers;
 
@@ -155,6 +156,47 @@ pub async fn ensure_stream(
 
 /// How far back [`last_position`] looks past messages that are not Walbrook events.
 const SCAN_BACK: u64 = 1_000;
+
+/// The change message stored last on `subject`, as the next message there names it
+/// (`Walbrook-Previous`, docs/protocol.md §3.7): its id; [`Previous::First`] when the subject
+/// holds none and the stream never lost a message; [`Previous::Unknown`] when it holds none
+/// but messages were removed (expired or purged), so one of them may have been on it.
+pub async fn previous_on_subject(
+    stream: &mut stream::Stream,
+    subject: &str,
+) -> Result<Previous, StreamError> {
+    let name = stream.cached_info().config.name.clone();
+    let transient = |detail: String| StreamError {
+        stream: name.clone(),
+        detail,
+        retryable: true,
+    };
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => {
+            let id = message
+                .headers
+                .get("Nats-Msg-Id")
+                .and_then(|v| v.as_str().parse::<MessageId>().ok());
+            // A message on a change subject that is not a change message (someone else
+            // published it): the producer cannot name the previous change message.
+            Ok(id.map_or(Previous::Unknown, Previous::Id))
+        }
+        Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| transient(format!("reading its state: {e}")))?;
+            if info.state.first_sequence <= 1 && info.state.deleted_count.unwrap_or(0) == 0 {
+                Ok(Previous::First)
+            } else {
+                Ok(Previous::Unknown)
+            }
+        }
+        Err(e) => Err(transient(format!(
+            "reading the last message on {subject}: {e}"
+        ))),
+    }
+}
 
 /// The (commit LSN, ordinal) of the newest Walbrook event stored in a change stream,
 /// if any. The producer skips events at or below it when it resumes (docs/protocol.md

@@ -5,10 +5,12 @@
 
 pub mod batch;
 pub mod lsn;
+pub mod message_id;
 pub mod snapshot;
 pub mod subject;
 
 pub use lsn::{FullXid, Lsn, ParseLsnError, Xid};
+pub use message_id::{MessageId, ParseMessageIdError, Previous};
 pub use subject::{StreamKind, Subjects, escape_token, unescape_token};
 
 /// The chunk size of an object stored in the JetStream object store (docs/protocol.md §3.5)
@@ -130,6 +132,11 @@ pub mod headers {
     /// On a change message carrying several events (docs/protocol.md §3.6): how many (at
     /// least 2); the body is then framed by [`crate::batch`]. Absent: the body is one event.
     pub const EVENTS: &str = "Walbrook-Events";
+    /// On a change message: the `Nats-Msg-Id` of the change message stored before it on
+    /// the same subject, or `unknown` (docs/protocol.md §3.7; [`crate::Previous`]). Absent
+    /// on the first change message of a subject. A consumer that never received the named
+    /// message has a gap.
+    pub const PREVIOUS: &str = "Walbrook-Previous";
     /// `<bucket>/<object>`: the payload is too large for one NATS message and is stored
     /// in that JetStream object store object (docs/protocol.md §3.5); the message body is
     /// empty.

@@ -20,6 +20,7 @@ pub struct RunnerMetrics {
     retries: Counter,
     batches: Counter,
     delivery_gaps: Counter,
+    unverified: Counter,
     batch_seconds: Histogram,
     lag_seconds: Gauge<f64, AtomicU64>,
     position: Gauge,
@@ -51,6 +52,7 @@ impl RunnerMetrics {
         let retries = Counter::default();
         let batches = Counter::default();
         let delivery_gaps = Counter::default();
+        let unverified = Counter::default();
         let target_waits = Counter::default();
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
@@ -77,6 +79,13 @@ impl RunnerMetrics {
             "Holes in the durable consumer's delivery sequence (the consumer was recreated after \
              the last applied event)",
             delivery_gaps.clone(),
+        );
+        registry.register(
+            "unverified_continuity",
+            "Change messages whose predecessor on their subject the producer could not name \
+             (`Walbrook-Previous: unknown`, after every earlier message of the table left the \
+             stream): whether a message was lost before them is not known",
+            unverified.clone(),
         );
         registry.register(
             "target_waits",
@@ -109,6 +118,7 @@ impl RunnerMetrics {
             retries,
             batches,
             delivery_gaps,
+            unverified,
             batch_seconds,
             lag_seconds,
             position,
@@ -161,6 +171,10 @@ impl RunnerMetrics {
     pub(crate) fn delivery_gap(&self) {
         self.delivery_gaps.inc();
         self.delivery_gaps_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unverified_continuity(&self) {
+        self.unverified.inc();
     }
 
     pub(crate) fn batch(&self, took: Duration) {

@@ -24,6 +24,7 @@
 //!    acknowledged; a fatal error stops the runner with nothing acknowledged.
 
 mod batch;
+mod continuity;
 pub(crate) mod dead_letter;
 mod delivery;
 mod metrics;
@@ -42,6 +43,7 @@ use crate::error::{Error, ErrorKind};
 use crate::event::ChangeEvent;
 use crate::subscribe::{ChangeStream, Start, Subscription};
 use crate::{Client, Lsn};
+use walbrook_protocol::MessageId;
 
 pub use dead_letter::{
     DeadLetter, StoredDeadLetter, headers as dead_letter_headers, list as list_dead_letters,
@@ -125,6 +127,25 @@ pub enum RunError {
     /// The client failed in a way retrying cannot fix (bad configuration, auth).
     #[error(transparent)]
     Client(#[from] Error),
+    /// The change stream lost messages this consumer had not received (docs/protocol.md
+    /// §3.7): the target misses changes. Nothing after the gap was applied.
+    #[error(
+        "gap in the change stream: message {missing} on {subject} (named as its predecessor \
+         by message {named_by}) is no longer in the stream, and the target does not hold it \
+         ({floor}); the stream's limits (max_age, max_bytes, max_msgs) removed it before this \
+         consumer got it, or the stream was purged. The target misses changes: re-bootstrap \
+         it from a snapshot (a new consumer started with --snapshot), see docs/sinks.md"
+    )]
+    Gap {
+        /// The subject (table) of the gap.
+        subject: String,
+        /// The id of the message that never arrived.
+        missing: walbrook_protocol::MessageId,
+        /// The id of the message that names it.
+        named_by: walbrook_protocol::MessageId,
+        /// What the target held without this run.
+        floor: String,
+    },
 }
 
 /// Applies a change stream to one sink. See the [module docs](self).
@@ -140,6 +161,8 @@ pub struct Runner<S: Sink> {
     processed: u64,
     /// Continuity of the current subscription's delivery sequence.
     deliveries: delivery::DeliverySequence,
+    /// Continuity of each subject's messages (set when the runner first subscribes).
+    chains: Option<continuity::Chains>,
     /// The acknowledgements of the last applied batch, sent while the next one is collected
     /// and applied (its events are durable in the target already); `true` when all worked,
     /// and the batch's vector, emptied, for the next batch.
@@ -183,6 +206,7 @@ impl<S: Sink> Runner<S> {
             spare_events: Vec::new(),
             acks: None,
             deliveries: delivery::DeliverySequence::default(),
+            chains: None,
         }
     }
 
@@ -364,6 +388,41 @@ impl<S: Sink> Runner<S> {
         }
     }
 
+    /// What the target holds when the runner starts at `start` without a checkpoint
+    /// (`resumed`: where the durable consumer stopped, else where the options say): after a
+    /// durable consumer's acknowledged floor, everything before it if the stream still holds
+    /// every message from there, else a loss; nothing from the beginning; whatever the
+    /// consumer chose otherwise.
+    async fn floor_of(&self, start: &Start, resumed: bool) -> Result<continuity::Floor, Error> {
+        use continuity::Floor;
+        Ok(match start {
+            Start::Sequence(next) if resumed => {
+                if *next >= self.first_stream_sequence().await? {
+                    Floor::Complete
+                } else {
+                    Floor::Lost
+                }
+            }
+            Start::Beginning => Floor::Nothing,
+            _ => Floor::Chosen,
+        })
+    }
+
+    /// The sequence of the change stream's oldest stored message.
+    async fn first_stream_sequence(&self) -> Result<u64, Error> {
+        let mut stream = self
+            .client
+            .js()
+            .get_stream(self.client.names().wal_stream())
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, "getting the change stream", e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, "reading the change stream", e))?;
+        Ok(info.state.first_sequence)
+    }
+
     /// The sequence the change stream's next message will get.
     async fn next_stream_sequence(&self) -> Result<u64, Error> {
         let mut stream = self
@@ -390,15 +449,28 @@ impl<S: Sink> Runner<S> {
     }
 
     async fn subscribe(&mut self, first: bool) -> Result<ChangeStream, Error> {
-        let start = if self.processed > 0 {
-            Start::Sequence(self.processed + 1)
+        use continuity::Floor;
+        let (start, floor) = if self.processed > 0 {
+            (Start::Sequence(self.processed + 1), None)
         } else if let Some(checkpoint) = self.checkpoint.filter(|_| first) {
-            Start::CommitPosition(checkpoint.commit_lsn)
+            let held = MessageId::new(checkpoint.commit_lsn, checkpoint.ordinal);
+            (
+                Start::CommitPosition(checkpoint.commit_lsn),
+                Some(Floor::At(held)),
+            )
         } else if let Some(start) = self.resume_existing().await? {
-            start
+            let floor = self.floor_of(&start, true).await?;
+            (start, Some(floor))
         } else {
-            self.options.start
+            let start = self.options.start;
+            (start, Some(self.floor_of(&start, false).await?))
         };
+        if self.chains.is_none()
+            && let Some(floor) = floor
+        {
+            tracing::debug!(consumer = %self.options.consumer, ?floor, "continuity floor");
+            self.chains = Some(continuity::Chains::new(floor));
+        }
         // `New` is pinned to a sequence, so that a consumer recreated before it delivered
         // anything (a delivery gap, a NATS error) resumes there instead of at a later "new".
         let start = match start {
@@ -606,6 +678,19 @@ impl<S: Sink> Runner<S> {
             }
             match item {
                 Ok(event) => {
+                    if let Some(gap) = self.continuity(&event) {
+                        // What came before the gap is applied; nothing after it.
+                        if !pending.is_empty() {
+                            match self
+                                .apply_batch(std::mem::take(&mut pending), shutdown, true)
+                                .await?
+                            {
+                                Flow::Continue => {}
+                                other => return Ok(other),
+                            }
+                        }
+                        return Err(gap);
+                    }
                     if event.stream_sequence() <= self.processed
                         || self.checkpoint.is_some_and(|c| Position::of(&event) <= c)
                     {
@@ -675,6 +760,55 @@ impl<S: Sink> Runner<S> {
             "applying a batch"
         );
         self.apply_batch(pending, shutdown, true).await
+    }
+
+    /// Checks the first event of each delivered message against its subject's chain
+    /// (docs/protocol.md §3.7): the gap error when the message names a predecessor that
+    /// never arrived; an unverifiable one is counted and logged.
+    fn continuity(&mut self, event: &ChangeEvent) -> Option<RunError> {
+        if event.message_index() != 0 || event.consumer_sequence() == 0 {
+            return None;
+        }
+        let chains = self.chains.as_mut()?;
+        let headers = event.headers()?;
+        let id: MessageId = headers.get("Nats-Msg-Id")?.as_str().parse().ok()?;
+        let previous = walbrook_protocol::Previous::parse(
+            headers
+                .get(walbrook_protocol::headers::PREVIOUS)
+                .map(|v| v.as_str()),
+        )
+        .unwrap_or(walbrook_protocol::Previous::Unknown);
+        match chains.observe(&event.subject, id, previous) {
+            continuity::Verdict::Continues => None,
+            continuity::Verdict::Unverified => {
+                self.metrics.unverified_continuity();
+                tracing::warn!(
+                    subject = %event.subject(),
+                    message = %id,
+                    "the producer could not name this message's predecessor (every earlier \
+                     message of the table had left the stream when it restarted): whether a \
+                     change was lost before it is not known"
+                );
+                None
+            }
+            continuity::Verdict::Gap { missing } => Some(RunError::Gap {
+                subject: event.subject().to_string(),
+                missing,
+                named_by: id,
+                floor: match chains.floor() {
+                    continuity::Floor::At(held) => format!("it holds messages up to {held}"),
+                    continuity::Floor::Lost => "messages after the durable consumer's \
+                        acknowledged floor left the stream before it got them"
+                        .to_string(),
+                    continuity::Floor::Nothing => {
+                        "a new consumer reading the stream from its beginning".to_string()
+                    }
+                    continuity::Floor::Complete | continuity::Floor::Chosen => {
+                        "it was received in this run".to_string()
+                    }
+                },
+            }),
+        }
     }
 
     /// Stores a dead letter, retrying until it is stored; `false` if shut down first.
