@@ -97,13 +97,23 @@ async fn report_stream_drift(
 ) {
     for kind in [StreamKind::Wal, StreamKind::Schema] {
         let name = subjects.stream_name(kind);
+        let config = walbrook_producer::streams::wanted_config(
+            &name,
+            &subjects.stream_subjects(kind),
+            "",
+            wanted,
+        );
         match js.get_stream(&name).await {
             Ok(mut stream) => match stream.info().await {
-                Ok(info) if info.config.num_replicas != wanted.replicas => println!(
-                    "warn  stream {name} has {} replicas, the config says {} (left as is)",
-                    info.config.num_replicas, wanted.replicas
-                ),
-                Ok(_) => println!("ok    stream {name} exists"),
+                Ok(info) => {
+                    let drift = walbrook_producer::streams::drift(&info.config, &config);
+                    if drift.is_empty() {
+                        println!("ok    stream {name} exists");
+                    }
+                    for item in drift {
+                        println!("warn  stream {name}: {item} (left as is)");
+                    }
+                }
                 Err(e) => println!("warn  stream {name}: {e}"),
             },
             Err(_) => println!("ok    stream {name} will be created at start"),

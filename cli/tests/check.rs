@@ -75,3 +75,46 @@ fn check_reports_problems_with_fixes_and_passes_when_ready() {
         .unwrap();
     assert_eq!(slots.trim(), "0");
 }
+
+/// A change stream whose limits remove changes (set by an operator before the producer
+/// ran): `walbrook check` names each, with what it costs, and leaves the stream as it is.
+#[test]
+fn check_reports_stream_limits_that_remove_changes() {
+    let pg = PgServer::shared();
+    let db = pg.fresh_database("check_limits");
+    let nats = NatsServer::start().unwrap();
+    db.psql("CREATE TABLE good (id int PRIMARY KEY);").unwrap();
+    let name = format!("WALBROOK_{}_WAL", db.name());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("WALBROOK.{}.wal.>", db.name())],
+            max_messages_per_subject: 10,
+            max_bytes: 1 << 20,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            duplicate_window: std::time::Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let (ok, out) = check(&[
+        ("WALBROOK_PG_URL", db.url()),
+        ("WALBROOK_NATS_URL", nats.url()),
+        ("WALBROOK_SLOT", db.slot_name()),
+        ("WALBROOK_TABLES", "public.good".into()),
+    ]);
+    assert!(ok, "limits are warnings: {out}");
+    for what in [
+        "max_msgs_per_subject 10 (config: unlimited)",
+        "max_bytes 1048576 (config: unlimited)",
+        "discard New (Walbrook expects old)",
+    ] {
+        assert!(
+            out.contains(&format!("warn  stream {name}: {what}")),
+            "{what}: {out}"
+        );
+    }
+    assert!(!out.contains("max_msgs -1"), "{out}");
+}

@@ -31,6 +31,99 @@ fn transient_api(error: &jetstream::Error) -> bool {
     error.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE || error.code() == 503
 }
 
+/// The stream the producer creates: `name` capturing `subjects`, with `settings`.
+pub fn wanted_config(
+    name: &str,
+    subjects: &str,
+    description: &str,
+    settings: &StreamConfig,
+) -> stream::Config {
+    stream::Config {
+        name: name.to_string(),
+        description: Some(description.to_string()),
+        subjects: vec![subjects.to_string()],
+        storage: match settings.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        num_replicas: settings.replicas,
+        max_age: settings.max_age,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    }
+}
+
+/// How an existing change or schema stream's settings differ from `wanted` (the producer's
+/// configuration, [`wanted_config`]; `wanted.subjects[0]` the subjects it must capture), one
+/// line each, with
+/// what it means where it can cost changes. The limits that remove messages (`max_msgs`,
+/// `max_bytes`, `max_msgs_per_subject`, `max_age`, a discard policy of `new`, a retention
+/// policy other than `limits`) are reported whatever the config says, since the config
+/// never sets them: a consumer that falls behind them loses changes, which the sinks refuse
+/// as a gap (docs/protocol.md §3.7).
+pub fn drift(have: &stream::Config, wanted: &stream::Config) -> Vec<String> {
+    let subjects = wanted.subjects.first().map(String::as_str).unwrap_or("");
+    let mut drift = Vec::new();
+    if !have.subjects.iter().any(|s| s == subjects || s == ">") {
+        drift.push(format!(
+            "subjects {:?} do not include {subjects}",
+            have.subjects
+        ));
+    }
+    if have.storage != wanted.storage {
+        drift.push(format!(
+            "storage {:?} (config: {:?})",
+            have.storage, wanted.storage
+        ));
+    }
+    if have.num_replicas != wanted.num_replicas {
+        drift.push(format!(
+            "replicas {} (config: {})",
+            have.num_replicas, wanted.num_replicas
+        ));
+    }
+    if have.max_age != wanted.max_age {
+        drift.push(format!(
+            "max_age {:?} (config: {:?}): older changes are removed, and a consumer further \
+             behind stops at the gap",
+            have.max_age, wanted.max_age
+        ));
+    }
+    if have.duplicate_window != wanted.duplicate_window {
+        drift.push(format!(
+            "duplicate_window {:?} (config: {:?})",
+            have.duplicate_window, wanted.duplicate_window
+        ));
+    }
+    if have.retention != stream::RetentionPolicy::Limits {
+        drift.push(format!(
+            "retention {:?} (Walbrook needs limits): messages are removed once consumers \
+             acknowledge them, so a consumer added later or reading behind loses changes",
+            have.retention
+        ));
+    }
+    if have.discard != stream::DiscardPolicy::Old {
+        drift.push(format!(
+            "discard {:?} (Walbrook expects old): a full stream refuses new changes, and the \
+             producer waits (not ready) until there is room",
+            have.discard
+        ));
+    }
+    for (limit, value) in [
+        ("max_msgs", have.max_messages),
+        ("max_bytes", have.max_bytes),
+        ("max_msgs_per_subject", have.max_messages_per_subject),
+    ] {
+        if value > 0 {
+            drift.push(format!(
+                "{limit} {value} (config: unlimited): older changes are removed past it, and \
+                 a consumer further behind stops at the gap"
+            ));
+        }
+    }
+    drift
+}
+
 /// Makes sure stream `name` exists, capturing `subjects`. A missing stream is created
 /// with `settings`; an existing one is left alone, with a warning for every setting
 /// that differs from the configuration (an operator may have changed it on purpose).
@@ -51,64 +144,26 @@ pub async fn ensure_stream(
         detail,
         retryable: true,
     };
-    let wanted = stream::Config {
-        name: name.to_string(),
-        description: Some(description.to_string()),
-        subjects: vec![subjects.to_string()],
-        storage: match settings.storage {
-            Storage::File => stream::StorageType::File,
-            Storage::Memory => stream::StorageType::Memory,
-        },
-        num_replicas: settings.replicas,
-        max_age: settings.max_age,
-        duplicate_window: settings.duplicate_window,
-        ..Default::default()
-    };
+    let wanted = wanted_config(name, subjects, description, settings);
     match js.get_stream(name).await {
         Ok(mut existing) => {
             let info = existing
                 .info()
                 .await
                 .map_err(|e| transient(format!("reading its settings: {e}")))?;
-            let have = &info.config;
-            let mut drift = Vec::new();
-            if !have.subjects.iter().any(|s| s == subjects || s == ">") {
-                drift.push(format!(
-                    "subjects {:?} do not include {subjects}",
-                    have.subjects
-                ));
-            }
-            if have.storage != wanted.storage {
-                drift.push(format!(
-                    "storage {:?} (config: {:?})",
-                    have.storage, wanted.storage
-                ));
-            }
-            if have.num_replicas != wanted.num_replicas {
-                drift.push(format!(
-                    "replicas {} (config: {})",
-                    have.num_replicas, wanted.num_replicas
-                ));
-            }
-            if have.max_age != wanted.max_age {
-                drift.push(format!(
-                    "max_age {:?} (config: {:?})",
-                    have.max_age, wanted.max_age
-                ));
-            }
-            if have.duplicate_window != wanted.duplicate_window {
-                drift.push(format!(
-                    "duplicate_window {:?} (config: {:?})",
-                    have.duplicate_window, wanted.duplicate_window
-                ));
-            }
+            let drift = drift(&info.config, &wanted);
             for item in &drift {
                 tracing::warn!(
                     stream = name,
                     "stream setting differs from the config, left as is: {item}"
                 );
             }
-            if !have.subjects.iter().any(|s| s == subjects || s == ">") {
+            if !info
+                .config
+                .subjects
+                .iter()
+                .any(|s| s == subjects || s == ">")
+            {
                 return Err(err(format!(
                     "exists but does not capture {subjects}; fix the stream's subjects"
                 )));
@@ -276,5 +331,48 @@ mod tests {
         assert_eq!(event_position(&h), None);
         h.insert(headers::EVENTS, "x");
         assert_eq!(event_position(&h), None);
+    }
+
+    fn settings() -> StreamConfig {
+        StreamConfig {
+            replicas: 1,
+            storage: Storage::File,
+            max_age: std::time::Duration::ZERO,
+            duplicate_window: std::time::Duration::from_secs(120),
+        }
+    }
+
+    #[test]
+    fn every_limit_that_removes_changes_is_reported() {
+        let wanted = wanted_config("R_db_WAL", "R.db.wal.>", "changes", &settings());
+        // As the server reports an untouched stream: unlimited is -1.
+        let mut same = wanted.clone();
+        same.max_messages = -1;
+        same.max_bytes = -1;
+        same.max_messages_per_subject = -1;
+        assert_eq!(drift(&same, &wanted), Vec::<String>::new());
+
+        let mut changed = same.clone();
+        changed.max_messages = 1_000;
+        changed.max_bytes = 1 << 30;
+        changed.max_messages_per_subject = 1;
+        changed.discard = stream::DiscardPolicy::New;
+        changed.retention = stream::RetentionPolicy::Interest;
+        changed.max_age = std::time::Duration::from_secs(3600);
+        let found = drift(&changed, &wanted);
+        for what in [
+            "max_msgs 1000",
+            "max_bytes 1073741824",
+            "max_msgs_per_subject 1",
+            "discard New",
+            "retention Interest",
+            "max_age 3600s",
+        ] {
+            assert!(
+                found.iter().any(|line| line.starts_with(what)),
+                "{what} not in {found:?}"
+            );
+        }
+        assert_eq!(found.len(), 6, "{found:?}");
     }
 }
