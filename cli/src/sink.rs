@@ -54,10 +54,11 @@ pub struct CommonArgs {
     /// Where a new consumer starts: `beginning`, `new`, or a commit LSN (`0/16B3F20`).
     #[arg(long, env = "WALBROOK_SINK_START", default_value = "beginning")]
     start: String,
-    /// Bootstrap a new consumer from snapshots (issue #5): one per table (explicit
+    /// Bootstrap a new consumer from snapshots: one per table (explicit
     /// `schema.table` names), applied in full, then the changes from the first snapshot's
     /// position on — no gap, no double (docs/sinks.md). A consumer that has run before (a
-    /// checkpoint in the target, or a durable consumer) resumes instead.
+    /// checkpoint in the target, or a durable consumer) resumes instead, after a snapshot of
+    /// each table added to `--tables` since its durable consumer was created.
     #[arg(long, env = "WALBROOK_SINK_SNAPSHOT")]
     snapshot: bool,
     /// Most events per batch (default: 10000 for `postgres`, whose batches shrink as changes
@@ -274,7 +275,12 @@ pub(crate) async fn run_sink<S: Sink>(
         if runner.needs_bootstrap().await? {
             bootstrap(&client, &mut runner, &tables, &shutdown).await?;
         } else {
-            tracing::info!(%consumer, "the consumer has run before: resuming, no snapshot");
+            let unseen = runner.unseen_tables().await?;
+            if unseen.is_empty() {
+                tracing::info!(%consumer, "the consumer has run before: resuming, no snapshot");
+            } else {
+                bootstrap_added(&client, &mut runner, &unseen, &shutdown).await?;
+            }
         }
     }
     tracing::info!(%consumer, sink = runner.sink().name(), "sink running");
@@ -330,6 +336,31 @@ async fn bootstrap<S: Sink>(
     let rows = first.chain(later);
     let applied = runner.bootstrap(rows, position, shutdown).await?;
     tracing::info!(rows = applied, %position, "snapshots applied; following the changes");
+    Ok(())
+}
+
+/// Snapshots the tables added to a consumer that has run and applies their rows; the
+/// consumer then resumes at its checkpoint, so nothing of the other tables is skipped, and
+/// the added tables' changes since the checkpoint converge over their rows (docs/sinks.md).
+async fn bootstrap_added<S: Sink>(
+    client: &walbrook_client::Client,
+    runner: &mut Runner<S>,
+    tables: &[String],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    use walbrook_client::SnapshotRequest;
+    for table in tables {
+        tracing::info!(%table, "a table the consumer has not followed yet: bootstrapping it from a snapshot");
+        let rows = client
+            .snapshot(SnapshotRequest::table(table.clone()))
+            .await
+            .with_context(|| format!("requesting a snapshot of {table}"))?;
+        let applied = runner.bootstrap_tables(rows, shutdown).await?;
+        tracing::info!(%table, rows = applied, "snapshot applied");
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
     Ok(())
 }
 

@@ -233,12 +233,17 @@ async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
     source
         .batch_execute(
             "CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL, n numeric);
-             INSERT INTO load SELECT g, 'old', g / 7.0 FROM generate_series(1, 3000) g;",
+             INSERT INTO load SELECT g, 'old', g / 7.0 FROM generate_series(1, 3000) g;
+             CREATE TABLE extra (id int PRIMARY KEY, note text);
+             INSERT INTO extra SELECT g, 'old' FROM generate_series(1, 500) g;",
         )
         .await
         .unwrap();
     target
-        .batch_execute("CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL, n numeric)")
+        .batch_execute(
+            "CREATE TABLE load (id bigint PRIMARY KEY, note text NOT NULL, n numeric);
+             CREATE TABLE extra (id int PRIMARY KEY, note text);",
+        )
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
@@ -246,7 +251,7 @@ async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
         &source_db,
         &nats.url(),
         ROOT,
-        "public.load",
+        "public.load, public.extra",
         shutdown.clone(),
     );
     wait_until_streaming(&source, &source_db.slot_name()).await;
@@ -313,6 +318,47 @@ async fn a_new_sink_bootstraps_from_a_snapshot_then_follows_the_changes() {
         "no second bootstrap:\n{text}"
     );
     assert!(text.contains("resuming, no snapshot"), "{text}");
+
+    // A table added to the consumer's list: with --snapshot it is bootstrapped (its rows
+    // older than the producer come only from a snapshot), and the table it followed loses
+    // nothing of what changed meanwhile.
+    sink.kill();
+    source
+        .batch_execute(
+            "UPDATE load SET note = 'while stopped' WHERE id < 20;
+             UPDATE extra SET note = 'changed' WHERE id % 10 = 0;
+             DELETE FROM extra WHERE id > 490;",
+        )
+        .await
+        .unwrap();
+    sink = spawn_sink_with(
+        &source_db,
+        &target_db.url(),
+        &nats.url(),
+        &log,
+        &[
+            ("WALBROOK_SINK_SNAPSHOT", "true"),
+            ("WALBROOK_SINK_START", "new"),
+            ("WALBROOK_SINK_TABLES", "public.load,public.extra"),
+        ],
+    );
+    source
+        .batch_execute("INSERT INTO extra VALUES (1000, 'after the snapshot')")
+        .await
+        .unwrap();
+    wait_equal(&source, &target, rows, &log).await;
+    wait_equal(
+        &source,
+        &target,
+        "SELECT t::text FROM extra t ORDER BY id",
+        &log,
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("a table the consumer has not followed yet"),
+        "{text}"
+    );
     sink.kill();
     shutdown.cancel();
 }

@@ -237,6 +237,94 @@ impl<S: Sink> Runner<S> {
     where
         R: Stream<Item = Result<ChangeEvent, Error>> + Send,
     {
+        let (count, stopped) = self.apply_rows(rows, shutdown).await?;
+        if stopped {
+            return Ok(count);
+        }
+        let checkpoint = Position::before(position);
+        self.retry_sink(shutdown, |sink| {
+            let consumer = self.options.consumer.clone();
+            async move { sink.store_checkpoint(&consumer, checkpoint).await }
+        })
+        .await?;
+        self.checkpoint = Some(checkpoint);
+        self.delete_consumer().await?;
+        self.options.start = Start::CommitPosition(position);
+        Ok(count)
+    }
+
+    /// The tables of the options a consumer that has run has not followed yet: those its
+    /// durable consumer does not filter on (added to the table list since). Empty for a
+    /// consumer that has never run (that is [`Runner::needs_bootstrap`]) and when the durable
+    /// consumer is missing (nothing tells which tables it followed; logged).
+    pub async fn unseen_tables(&self) -> Result<Vec<String>, RunError> {
+        let Ok(stream) = self
+            .client
+            .js()
+            .get_stream(self.client.names().wal_stream())
+            .await
+        else {
+            return Ok(Vec::new());
+        };
+        let info = match stream.consumer_info(&self.options.consumer).await {
+            Ok(info) => info,
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+            {
+                tracing::warn!(
+                    consumer = %self.options.consumer,
+                    "no durable consumer: tables added since it last ran cannot be told apart"
+                );
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                return Err(RunError::Client(Error::with_source(
+                    ErrorKind::Nats,
+                    "reading the consumer",
+                    e,
+                )));
+            }
+        };
+        let mut followed = info.config.filter_subjects.clone();
+        if !info.config.filter_subject.is_empty() {
+            followed.push(info.config.filter_subject.clone());
+        }
+        let mut unseen = Vec::new();
+        for table in &self.options.tables {
+            let pattern: crate::TablePattern = table.parse().map_err(RunError::Client)?;
+            if !followed.contains(&self.client.names().wal_filter(&pattern)) {
+                unseen.push(table.clone());
+            }
+        }
+        Ok(unseen)
+    }
+
+    /// Applies the snapshot rows of tables added to a consumer that has run
+    /// ([`Runner::unseen_tables`]), leaving its checkpoint and resume point as they are: the
+    /// changes of those tables between the checkpoint and each snapshot's position are then
+    /// applied again over rows that already reflect them (after images, deletes by key),
+    /// which converges to the source; the other tables lose nothing.
+    pub async fn bootstrap_tables<R>(
+        &mut self,
+        rows: R,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, RunError>
+    where
+        R: Stream<Item = Result<ChangeEvent, Error>> + Send,
+    {
+        Ok(self.apply_rows(rows, shutdown).await?.0)
+    }
+
+    /// Applies snapshot rows in batches (with the retries and dead letters of live changes,
+    /// no acknowledgement, no checkpoint): how many, and whether a stop cut it short.
+    async fn apply_rows<R>(
+        &mut self,
+        rows: R,
+        shutdown: &CancellationToken,
+    ) -> Result<(u64, bool), RunError>
+    where
+        R: Stream<Item = Result<ChangeEvent, Error>> + Send,
+    {
         let mut rows = std::pin::pin!(rows);
         let mut count = 0u64;
         let mut batch = Vec::new();
@@ -250,23 +338,13 @@ impl<S: Sink> Runner<S> {
                 count += batch.len() as u64;
                 let events = std::mem::take(&mut batch);
                 if matches!(self.apply_batch(events, shutdown, false).await?, Flow::Stop) {
-                    return Ok(count);
+                    return Ok((count, true));
                 }
             }
             if done {
-                break;
+                return Ok((count, false));
             }
         }
-        let checkpoint = Position::before(position);
-        self.retry_sink(shutdown, |sink| {
-            let consumer = self.options.consumer.clone();
-            async move { sink.store_checkpoint(&consumer, checkpoint).await }
-        })
-        .await?;
-        self.checkpoint = Some(checkpoint);
-        self.delete_consumer().await?;
-        self.options.start = Start::CommitPosition(position);
-        Ok(count)
     }
 
     /// Replays the dead letters of this runner's consumer through the sink (oldest first),
