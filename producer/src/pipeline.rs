@@ -799,6 +799,10 @@ impl Pipeline<'_> {
                 chained: false,
             })
             .await?;
+        // Acknowledged before the first event that uses it (protocol §5.1): a consumer never
+        // reads an event whose announcement JetStream may still refuse. New versions are
+        // rare (start, DDL), so waiting for the window here costs nothing that matters.
+        self.publisher.flush().await?;
         self.registry.insert(fingerprint, doc);
         tracing::info!(table = %format!("{}.{}", desc.schema, desc.table), %fingerprint, "schema version announced");
         Ok(())

@@ -1394,3 +1394,65 @@ async fn the_chain_re_anchors_after_a_nats_restart_past_the_duplicate_window() {
     shutdown.cancel();
     producer.await.unwrap().unwrap();
 }
+
+/// A schema announcement is acknowledged before the first event that uses it (protocol
+/// §5.1): with the schema stream full (an operator's `max_msgs` with discard `new`), the
+/// announcement is refused, the producer stops naming it, and the event was never
+/// published (it was queued behind the announcement and stored without it).
+#[tokio::test]
+async fn an_announcement_is_stored_before_its_first_event() {
+    use walbrook_protocol::{StreamKind, Subjects};
+    let db = PgServer::shared().fresh_database("announce_first");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let subjects = Subjects::new(ROOT, db.name());
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: subjects.stream_name(StreamKind::Schema),
+        subjects: vec![subjects.stream_subjects(StreamKind::Schema)],
+        max_messages: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish(subjects.schema_announcement("public", "other"), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config(&db, &nats.url(), "public.t"),
+        shutdown.clone(),
+    ));
+    wait_for_slot(&client, &db.slot_name()).await;
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), producer)
+        .await
+        .expect("the producer stops at the refused announcement")
+        .unwrap();
+    let error = stopped.expect_err("a refused announcement stops the producer");
+    assert!(
+        error.to_string().contains("maximum messages exceeded"),
+        "{error}"
+    );
+    let wal = js
+        .get_stream(subjects.stream_name(StreamKind::Wal))
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&subjects.change("public", "t"))
+        .await;
+    assert!(
+        wal.is_err(),
+        "the event was published without its announcement: {:?}",
+        wal.map(|m| m.sequence)
+    );
+}
