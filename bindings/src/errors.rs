@@ -28,6 +28,7 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::Rejected => "rejected",
         ErrorKind::Busy => "busy",
         ErrorKind::SnapshotFailed => "snapshot_failed",
+        ErrorKind::Gap => "gap",
         _ => "unknown",
     }
 }

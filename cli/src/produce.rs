@@ -13,6 +13,13 @@ pub struct ProduceArgs {
     /// TOML configuration file; `WALBROOK_*` environment variables override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Start although the replication slot is missing or invalidated while the change stream
+    /// holds events (a gap: changes in between are lost). Creates the slot and publishes a
+    /// gap marker on every table's subject, which stops consumers that read across it
+    /// (re-bootstrap them from a snapshot first). Without it the producer refuses to start,
+    /// naming the positions (docs/protocol.md §3.8).
+    #[arg(long)]
+    accept_gap: bool,
 }
 
 /// Loads the configuration: the file (if any), then the environment, then validation.
@@ -33,7 +40,8 @@ pub fn load_config(
 
 /// Runs the producer until SIGINT or SIGTERM.
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_ref()).context("invalid configuration")?;
+    let mut config = load_config(args.config.as_ref()).context("invalid configuration")?;
+    config.accept_gap = args.accept_gap;
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {

@@ -46,6 +46,10 @@ pub enum ErrorKind {
     /// A snapshot ended with the producer's `failed` message (or was aborted): request a
     /// new one.
     SnapshotFailed,
+    /// A gap marker (docs/protocol.md §3.8): the producer's slot was lost and the changes in
+    /// the marker's range are not in the stream. The target must be re-bootstrapped from a
+    /// snapshot taken after it; the marker is attached ([`Error::message`]).
+    Gap,
 }
 
 impl ErrorKind {
@@ -65,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Rejected => "rejected",
             ErrorKind::Busy => "busy",
             ErrorKind::SnapshotFailed => "snapshot failed",
+            ErrorKind::Gap => "gap",
         }
     }
 }

@@ -791,6 +791,21 @@ pub(crate) async fn decode_message(
             ack: ack.clone(),
         })
     };
+    // A gap marker: no event, and nothing after it may be read as if it followed.
+    if let Some(range) = headers
+        .as_ref()
+        .and_then(|h| h.get(walbrook_protocol::headers::GAP))
+    {
+        return Err(undecoded(Error::new(
+            ErrorKind::Gap,
+            format!(
+                "gap marker on {subject}: the changes committed in {} are not in the stream \
+                 (the producer's replication slot was lost and the gap accepted); re-bootstrap \
+                 the target from a snapshot taken after it",
+                range.as_str()
+            ),
+        )));
+    }
     // An event larger than the server's max_payload: its body is in the object store.
     let reference = headers
         .as_ref()

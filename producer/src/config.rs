@@ -441,6 +441,7 @@ impl RawConfig {
         }
         Ok(ProducerConfig {
             batch_events,
+            accept_gap: false,
             snapshot: SnapshotConfig {
                 max_concurrent,
                 chunk_size,
@@ -497,6 +498,11 @@ pub struct ProducerConfig {
     /// The most events one change message carries (docs/protocol.md §3.6; 1: one event per
     /// message).
     pub batch_events: usize,
+    /// Start across a gap the producer found (a missing or invalidated slot while the change
+    /// stream holds events): create the slot and publish gap markers (docs/protocol.md §3.8)
+    /// instead of refusing. Only from `walbrook produce --accept-gap`, never from a file or
+    /// the environment: it acknowledges one gap, it is not a standing setting.
+    pub accept_gap: bool,
 }
 
 /// Default of `publish.batch_events`.

@@ -22,6 +22,7 @@ pub mod publish;
 pub mod registry;
 pub mod replication;
 pub mod setup;
+pub mod slot;
 pub mod snapshot;
 pub mod streams;
 pub mod tables;

@@ -268,9 +268,6 @@ async fn run_inner(
     setup::ensure_publication(&sql, &config, &published)
         .await
         .map_err(|p| ProducerError::Setup(vec![p]))?;
-    setup::ensure_slot(&sql, &config)
-        .await
-        .map_err(|p| ProducerError::Setup(vec![p]))?;
     let database: String = sql
         .query_one("SELECT current_database()::text", &[])
         .await
@@ -309,6 +306,9 @@ async fn run_inner(
     if let Some((lsn, ordinal)) = resume {
         tracing::info!(%lsn, ordinal, "events up to this position are already stored");
     }
+    // The slot after the stream: a missing or invalidated slot is a gap when the stream
+    // already holds events (slot.rs).
+    crate::slot::ensure(&sql, &config, resume, &js, &subjects, &published).await?;
 
     let registry = Registry::new();
     let rpc = tokio::spawn(registry::serve_lookups(

@@ -184,41 +184,77 @@ pub async fn ensure_publication(
         .map_err(|e| sql_problem("creating or updating the publication", e))
 }
 
-/// Creates the logical replication slot (pgoutput) if missing; checks an existing one.
-pub async fn ensure_slot(client: &Client, config: &ProducerConfig) -> Result<(), SetupProblem> {
+/// The replication slot as the producer finds it at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotState {
+    /// It exists and can stream.
+    Usable,
+    /// It does not exist (never created, dropped by an operator, or not carried over by a
+    /// failover).
+    Missing,
+    /// It exists but PostgreSQL removed WAL it needed (`wal_status = 'lost'`, past
+    /// `max_slot_wal_keep_size`): it can no longer stream.
+    Lost {
+        /// Where it had confirmed up to.
+        confirmed: String,
+    },
+}
+
+/// Looks the slot up: usable, missing or lost. A slot of another plugin or database is a
+/// problem (never reused).
+pub async fn slot_state(
+    client: &Client,
+    config: &ProducerConfig,
+) -> Result<SlotState, SetupProblem> {
     let existing = client
         .query_opt(
-            "SELECT plugin::text, database::text, current_database()::text
+            "SELECT plugin::text, database::text, current_database()::text,
+                    wal_status, coalesce(confirmed_flush_lsn::text, '?')
                FROM pg_replication_slots WHERE slot_name = $1",
             &[&config.slot],
         )
         .await
         .map_err(|e| sql_problem("looking up the slot", e))?;
-    match existing {
-        None => {
-            client
-                .execute(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&config.slot],
-                )
-                .await
-                .map_err(|e| sql_problem("creating the replication slot", e))?;
-            Ok(())
-        }
-        Some(row) => {
-            let (plugin, db, current): (Option<String>, Option<String>, String) =
-                (row.get(0), row.get(1), row.get(2));
-            if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(current.as_str()) {
-                return Err(problem(
-                    format!(
-                        "slot {} exists but is not a pgoutput slot of database {current} \
-                         (plugin {plugin:?}, database {db:?})",
-                        config.slot
-                    ),
-                    "choose another slot name, or drop that slot",
-                ));
-            }
-            Ok(())
-        }
+    let Some(row) = existing else {
+        return Ok(SlotState::Missing);
+    };
+    let (plugin, db, current): (Option<String>, Option<String>, String) =
+        (row.get(0), row.get(1), row.get(2));
+    if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(current.as_str()) {
+        return Err(problem(
+            format!(
+                "slot {} exists but is not a pgoutput slot of database {current} \
+                 (plugin {plugin:?}, database {db:?})",
+                config.slot
+            ),
+            "choose another slot name, or drop that slot",
+        ));
     }
+    if row.get::<_, Option<String>>(3).as_deref() == Some("lost") {
+        return Ok(SlotState::Lost {
+            confirmed: row.get(4),
+        });
+    }
+    Ok(SlotState::Usable)
+}
+
+/// Creates the slot; returns the position it starts at (its consistent point).
+pub async fn create_slot(client: &Client, config: &ProducerConfig) -> Result<String, SetupProblem> {
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&config.slot],
+        )
+        .await
+        .map_err(|e| sql_problem("creating the replication slot", e))?;
+    Ok(row.get(0))
+}
+
+/// Drops the slot (an invalidated one, before creating it again).
+pub async fn drop_slot(client: &Client, config: &ProducerConfig) -> Result<(), SetupProblem> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&config.slot])
+        .await
+        .map_err(|e| sql_problem("dropping the invalidated replication slot", e))?;
+    Ok(())
 }

@@ -290,6 +290,10 @@ pub async fn last_position(stream: &mut stream::Stream) -> Result<Option<(Lsn, u
                 });
             }
         };
+        // A gap marker (slot.rs) is no event: the newest event is before it.
+        if message.headers.get(headers::GAP).is_some() {
+            continue;
+        }
         if let Some(position) = event_position(&message.headers) {
             return Ok(Some(position));
         }

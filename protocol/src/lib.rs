@@ -137,6 +137,10 @@ pub mod headers {
     /// on the first change message of a subject. A consumer that never received the named
     /// message has a gap.
     pub const PREVIOUS: &str = "Walbrook-Previous";
+    /// On a gap marker (docs/protocol.md §3.8): `<newest stored position or none>..<the new
+    /// slot's start>`; the changes committed in between are not in the stream. A marker has
+    /// no body and no event.
+    pub const GAP: &str = "Walbrook-Gap";
     /// `<bucket>/<object>`: the payload is too large for one NATS message and is stored
     /// in that JetStream object store object (docs/protocol.md §3.5); the message body is
     /// empty.

@@ -125,6 +125,14 @@ class SnapshotFailedError(WalbrookError):
     kind = "snapshot_failed"
 
 
+class GapError(WalbrookError):
+    """A gap marker: the producer's replication slot was lost and the changes in the
+    marker's range are not in the stream. Re-bootstrap the target from a snapshot taken
+    after it; the marker is attached (``message``)."""
+
+    kind = "gap"
+
+
 KINDS = {
     cls.kind: cls
     for cls in (
@@ -142,5 +150,6 @@ KINDS = {
         RejectedError,
         BusyError,
         SnapshotFailedError,
+        GapError,
     )
 }

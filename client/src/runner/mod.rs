@@ -800,6 +800,22 @@ impl<S: Sink> Runner<S> {
                         let _ = message.ack().await;
                         continue;
                     }
+                    if error.kind() == ErrorKind::Gap {
+                        // A target rebuilt from a snapshot taken after the gap holds what
+                        // the marker says is missing; any other stops here.
+                        let at = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(walbrook_protocol::headers::COMMIT_LSN))
+                            .and_then(|v| v.as_str().parse::<Lsn>().ok());
+                        if at.is_some_and(|at| self.checkpoint.is_some_and(|c| c.commit_lsn >= at))
+                        {
+                            let _ = message.ack().await;
+                            self.processed = message.stream_sequence;
+                            continue;
+                        }
+                        return Err(RunError::Client(error));
+                    }
                     if error.is_retryable() {
                         // A schema lookup that may work later: read again from this message.
                         tracing::warn!(

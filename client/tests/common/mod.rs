@@ -22,7 +22,12 @@ pub struct Setup {
         Option<tokio::task::JoinHandle<Result<(), walbrook_producer::pipeline::ProducerError>>>,
 }
 
-fn config(db: &TestDb<'_>, nats_url: &str, tables: &str, extra: &[(&str, &str)]) -> ProducerConfig {
+pub fn config(
+    db: &TestDb<'_>,
+    nats_url: &str,
+    tables: &str,
+    extra: &[(&str, &str)],
+) -> ProducerConfig {
     let mut raw = RawConfig::default();
     raw.apply_env([
         ("WALBROOK_PG_URL", db.url()),
