@@ -427,7 +427,9 @@ impl ChangeEvent {
         let ordinal = self.source.ordinal;
         out.insert(
             "Nats-Msg-Id",
-            format!("{}-{ordinal}", self.source.commit_lsn.to_fixed_hex()).as_str(),
+            walbrook_protocol::MessageId::new(self.source.commit_lsn, ordinal)
+                .to_string()
+                .as_str(),
         );
         out.insert(h::ORDINAL, ordinal.to_string().as_str());
         if self.source.last {

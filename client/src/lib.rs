@@ -78,6 +78,7 @@ pub use subscribe::{ChangeStream, Start, Subscription};
 pub use walbrook_pgtype_avro::{
     Fingerprint, PgArray, PgDate, PgInterval, PgNumeric, PgRange, PgTimestamp, PgValue, RangeBound,
 };
+pub use walbrook_protocol::MessageId;
 
 /// A connection to Walbrook's NATS subjects for one source database. Cheap to clone; every
 /// clone shares the one NATS connection and the schema cache.

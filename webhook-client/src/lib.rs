@@ -30,7 +30,7 @@ use sha2::Sha256;
 use walbrook_client::runner::{
     Applied, Binding, Ordering, Position, RetryPolicy, RunnerMetrics, Sink, SinkError, partition,
 };
-use walbrook_client::{ChangeEvent, Op, escape_token};
+use walbrook_client::{ChangeEvent, Lsn, MessageId, Op, escape_token};
 
 /// The id of an event, unique across the tables, operations and snapshots of a source:
 ///
@@ -61,13 +61,14 @@ pub fn event_id_of(
     ordinal: u64,
 ) -> String {
     let database = escape_token(database);
+    let id = MessageId::new(Lsn(position), ordinal);
     match snapshot_of {
         Some((schema, table)) => format!(
-            "{database}/{}.{}/snapshot-{position:016X}-{ordinal}",
+            "{database}/{}.{}/snapshot-{id}",
             escape_token(schema),
             escape_token(table),
         ),
-        None => format!("{database}/{position:016X}-{ordinal}"),
+        None => format!("{database}/{id}"),
     }
 }
 

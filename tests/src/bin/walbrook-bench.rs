@@ -1432,17 +1432,15 @@ fn raw_jetstream(nats_url: &str, count: u64, size: usize, walbrook_headers: bool
                     ack.await.expect("ack");
                 }
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("{i:016X}-0").as_str());
+                let id = |i: u64| walbrook_protocol::MessageId::new(walbrook_protocol::Lsn(i), 0);
+                headers.insert("Nats-Msg-Id", id(i).to_string().as_str());
                 if walbrook_headers {
                     headers.insert("Walbrook-Fingerprint", "0123456789abcdef");
                     headers.insert("Walbrook-Op", "insert");
                     headers.insert("Walbrook-Commit-Lsn", format!("0/{i:X}").as_str());
                     headers.insert("Walbrook-Ordinal", "0");
                     if i > 0 {
-                        headers.insert(
-                            "Nats-Expected-Last-Msg-Id",
-                            format!("{:016X}-0", i - 1).as_str(),
-                        );
+                        headers.insert("Nats-Expected-Last-Msg-Id", id(i - 1).to_string().as_str());
                     }
                 }
                 window.push_back(
