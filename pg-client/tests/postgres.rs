@@ -57,20 +57,11 @@ fn start_runner(
     target_url: &str,
     consumer: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let shutdown = CancellationToken::new();
-    let options = setup.options();
-    let target_url = target_url.to_owned();
-    let consumer = consumer.to_owned();
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        let client = walbrook_client::Client::connect(options).await.unwrap();
-        let sink = PgSink::connect(PgSinkOptions::new(target_url))
-            .await
-            .unwrap();
-        let mut runner = Runner::new(client, sink, RunnerOptions::new(consumer, ["public.*"]));
-        runner.run(stop).await.unwrap();
-    });
-    (shutdown, task)
+    let (shutdown, task) = run_sink_until_error(setup, target_url, consumer);
+    (
+        shutdown,
+        tokio::spawn(async move { task.await.unwrap().unwrap() }),
+    )
 }
 
 #[tokio::test]

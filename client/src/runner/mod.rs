@@ -734,14 +734,8 @@ impl<S: Sink> Runner<S> {
             if let delivery::Continuity::Gap { expected, got } = self.deliveries.observe(delivery) {
                 // Deliveries went missing: apply what came before them, then recreate the
                 // consumer after the last applied event, so the missing ones come again.
-                if !pending.is_empty() {
-                    match self
-                        .apply_batch(std::mem::take(&mut pending), shutdown, true)
-                        .await?
-                    {
-                        Flow::Continue => {}
-                        other => return Ok(other),
-                    }
+                if let Some(flow) = self.apply_pending(&mut pending, shutdown).await? {
+                    return Ok(flow);
                 }
                 self.metrics.delivery_gap();
                 tracing::warn!(
@@ -758,14 +752,8 @@ impl<S: Sink> Runner<S> {
                 Ok(event) => {
                     if let Some(gap) = self.continuity(&event) {
                         // What came before the gap is applied; nothing after it.
-                        if !pending.is_empty() {
-                            match self
-                                .apply_batch(std::mem::take(&mut pending), shutdown, true)
-                                .await?
-                            {
-                                Flow::Continue => {}
-                                other => return Ok(other),
-                            }
+                        if let Some(flow) = self.apply_pending(&mut pending, shutdown).await? {
+                            return Ok(flow);
                         }
                         return Err(gap);
                     }
@@ -783,14 +771,8 @@ impl<S: Sink> Runner<S> {
                     pending.push(event);
                 }
                 Err(error) => {
-                    if !pending.is_empty() {
-                        match self
-                            .apply_batch(std::mem::take(&mut pending), shutdown, true)
-                            .await?
-                        {
-                            Flow::Continue => {}
-                            other => return Ok(other),
-                        }
+                    if let Some(flow) = self.apply_pending(&mut pending, shutdown).await? {
+                        return Ok(flow);
                     }
                     let Some(message) = error.message() else {
                         tracing::warn!("subscription error, resubscribing: {error}");
@@ -854,6 +836,26 @@ impl<S: Sink> Runner<S> {
             "applying a batch"
         );
         self.apply_batch(pending, shutdown, true).await
+    }
+
+    /// Applies the events collected so far before something that must not join them (a
+    /// delivery hole, a gap, a message that did not decode); `Some` when the run must not go
+    /// on as is ([`Flow::Resubscribe`] or [`Flow::Stop`]).
+    async fn apply_pending(
+        &mut self,
+        pending: &mut Vec<ChangeEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Flow>, RunError> {
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        match self
+            .apply_batch(std::mem::take(pending), shutdown, true)
+            .await?
+        {
+            Flow::Continue => Ok(None),
+            other => Ok(Some(other)),
+        }
     }
 
     /// Checks the first event of each delivered message against its subject's chain
