@@ -75,6 +75,8 @@ pub struct RawConfig {
     pub metrics_addr: Option<String>,
     /// Interval of heartbeat messages written to the WAL, e.g. `10s`.
     pub heartbeat_interval: Option<String>,
+    /// How long a stop (SIGTERM) waits for outstanding acknowledgements, e.g. `30s`.
+    pub shutdown_timeout: Option<String>,
     /// PostgreSQL settings.
     #[serde(default)]
     pub postgres: RawPostgres,
@@ -183,6 +185,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WALBROOK_ROOT", "root"),
     ("WALBROOK_METRICS_ADDR", "metrics_addr"),
     ("WALBROOK_HEARTBEAT_INTERVAL", "heartbeat_interval"),
+    ("WALBROOK_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
     ("WALBROOK_STREAM_REPLICAS", "stream.replicas"),
     ("WALBROOK_STREAM_STORAGE", "stream.storage"),
     ("WALBROOK_STREAM_MAX_AGE", "stream.max_age"),
@@ -249,6 +252,7 @@ impl RawConfig {
                 "WALBROOK_ROOT" => self.root = Some(value),
                 "WALBROOK_METRICS_ADDR" => self.metrics_addr = Some(value),
                 "WALBROOK_HEARTBEAT_INTERVAL" => self.heartbeat_interval = Some(value),
+                "WALBROOK_SHUTDOWN_TIMEOUT" => self.shutdown_timeout = Some(value),
                 "WALBROOK_STREAM_REPLICAS" => {
                     self.stream.replicas = Some(number("stream.replicas")?)
                 }
@@ -385,6 +389,11 @@ impl RawConfig {
             self.heartbeat_interval.as_deref(),
             "10s",
         )?;
+        let shutdown_timeout =
+            duration("shutdown_timeout", self.shutdown_timeout.as_deref(), "30s")?;
+        if shutdown_timeout.is_zero() {
+            return Err(invalid("shutdown_timeout", "must be > 0"));
+        }
         let replicas = self.stream.replicas.unwrap_or(1);
         if ![1, 3, 5].contains(&replicas) {
             return Err(invalid("stream.replicas", "must be 1, 3 or 5"));
@@ -462,6 +471,7 @@ impl RawConfig {
             tables,
             metrics_addr,
             heartbeat_interval,
+            shutdown_timeout,
             stream: StreamConfig {
                 replicas,
                 storage,
@@ -491,6 +501,9 @@ pub struct ProducerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Heartbeat interval (zero disables heartbeats).
     pub heartbeat_interval: Duration,
+    /// How long a stop waits for outstanding acknowledgements before exiting with an error
+    /// that says what was not acknowledged (nothing unacknowledged is ever confirmed).
+    pub shutdown_timeout: Duration,
     /// Stream settings.
     pub stream: StreamConfig,
     /// Snapshot settings.

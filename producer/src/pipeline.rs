@@ -99,6 +99,22 @@ pub enum ProducerError {
     /// pgoutput broke an invariant (e.g. a change outside a transaction).
     #[error("unexpected replication message: {0}")]
     Protocol(String),
+    /// A stop waited `shutdown_timeout` for acknowledgements that did not come (JetStream
+    /// unreachable or refusing): those changes are not confirmed, and a restart publishes
+    /// them again from the slot.
+    #[error(
+        "stopped after waiting {waited:?} for JetStream to acknowledge {unacknowledged} \
+         message(s); the slot is confirmed up to {confirmed} only, so the changes after it \
+         are published again at the next start (shutdown_timeout)"
+    )]
+    ShutdownTimeout {
+        /// How long the stop waited.
+        waited: Duration,
+        /// Messages still unacknowledged.
+        unacknowledged: usize,
+        /// What the slot was confirmed to.
+        confirmed: Lsn,
+    },
 }
 
 impl ProducerError {
@@ -226,6 +242,7 @@ fn error_kind(error: &ProducerError) -> &'static str {
         ProducerError::Encode(_) => "encode",
         ProducerError::Replication(_) => "replication",
         ProducerError::Protocol(_) => "protocol",
+        ProducerError::ShutdownTimeout { .. } => "shutdown_timeout",
     }
 }
 
@@ -567,8 +584,26 @@ impl Pipeline<'_> {
             self.metrics.set_ready(false);
             match outcome {
                 Ok(Stop::Shutdown) => {
-                    tracing::info!("shutting down: waiting for outstanding acks");
-                    self.publisher.flush().await?;
+                    tracing::info!(
+                        timeout = ?self.config.shutdown_timeout,
+                        "shutting down: waiting for outstanding acks"
+                    );
+                    let drained =
+                        tokio::time::timeout(self.config.shutdown_timeout, self.publisher.flush())
+                            .await;
+                    match drained {
+                        Ok(flushed) => flushed?,
+                        Err(_) => {
+                            let confirmed = self.publisher.confirmed();
+                            stream.confirm(confirmed);
+                            let _ = stream.shutdown().await;
+                            return Err(ProducerError::ShutdownTimeout {
+                                waited: self.config.shutdown_timeout,
+                                unacknowledged: self.publisher.in_flight(),
+                                confirmed,
+                            });
+                        }
+                    }
                     let confirmed = self.publisher.confirmed();
                     stream.confirm(confirmed);
                     if let Ok(sql) = self.sql().await {
@@ -635,7 +670,16 @@ impl Pipeline<'_> {
                 done = self.publisher.complete_one(), if pending => done?,
                 // Then new changes, only while the window has room (backpressure: the
                 // transport keeps answering keepalives while we wait).
-                item = stream.next(), if has_room => self.on_item(item?).await?,
+                item = stream.next(), if has_room => {
+                    // Handling a change may wait on JetStream (a schema announcement's ack, a
+                    // full window): a stop cuts it short. Nothing of it is confirmed; the
+                    // slot replays it at the next start.
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return Ok(Stop::Shutdown),
+                        handled = self.on_item(item?) => handled?,
+                    }
+                }
             }
         }
     }

@@ -1456,3 +1456,57 @@ async fn an_announcement_is_stored_before_its_first_event() {
         wal.map(|m| m.sequence)
     );
 }
+
+/// A stop waits at most `shutdown_timeout` for acknowledgements: with NATS gone the producer
+/// exits with an error that says how many messages were not acknowledged, and the slot is
+/// not confirmed past them (before, the drain waited for ever and only a SIGKILL ended it).
+#[tokio::test]
+async fn a_stop_without_acknowledgements_ends_after_the_shutdown_timeout() {
+    let db = PgServer::shared().fresh_database("shutdown_timeout");
+    let mut nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut settings = config(&db, &nats.url(), "public.t");
+    settings.shutdown_timeout = Duration::from_secs(2);
+    // No heartbeats: nothing but the rows below could move the confirmed position.
+    settings.heartbeat_interval = Duration::ZERO;
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(settings, shutdown.clone()));
+    wait_for_slot(&client, &db.slot_name()).await;
+    nats.stop();
+    let before: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("INSERT INTO t SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    // Decoded and waiting for JetStream.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), producer)
+        .await
+        .expect("the stop ends after shutdown_timeout")
+        .unwrap();
+    let error = stopped.expect_err("unacknowledged messages make the stop an error");
+    let text = error.to_string();
+    assert!(
+        text.contains("shutdown_timeout") && text.contains("message(s)"),
+        "{text}"
+    );
+    let confirmed_past: bool = client
+        .query_one(
+            "SELECT confirmed_flush_lsn > $2::text::pg_lsn FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&db.slot_name(), &before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!confirmed_past, "nothing unacknowledged is confirmed");
+}
