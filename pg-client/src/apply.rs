@@ -858,7 +858,7 @@ async fn apply_with(
             }
             Op::Truncate => {
                 let sql = format!("TRUNCATE {}", table.quoted());
-                tx.batch(&sql)
+                tx.ddl(&sql)
                     .await
                     .map_err(|e| classify(&e, Some(i), &format!("truncating {table}")))?;
             }

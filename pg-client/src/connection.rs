@@ -158,10 +158,16 @@ impl Tx<'_> {
         Self::run(self.client, begin, self.client.query(&statement, params)).await
     }
 
-    /// Runs a statement without parameters through the simple protocol (DDL, `TRUNCATE`).
-    pub(crate) async fn batch(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+    /// Runs one statement without parameters (DDL, `TRUNCATE`) through the extended
+    /// protocol, unprepared: PostgreSQL refuses a text holding several statements there
+    /// ("cannot insert multiple commands into a prepared statement"), so a name or type that
+    /// smuggled a second statement in can never run it.
+    pub(crate) async fn ddl(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
         let begin = self.begins();
-        Self::run(self.client, begin, self.client.batch_execute(sql)).await
+        Self::run(self.client, begin, async {
+            self.client.execute(sql, &[]).await.map(|_| ())
+        })
+        .await
     }
 
     /// `COPY … FROM STDIN` (`sql`) of `data` in COPY's text format; returns the rows copied.

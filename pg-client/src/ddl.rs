@@ -72,7 +72,7 @@ pub(crate) async fn create_checkpoint_table(
     )
     .await
     .map_err(|e| classify(&e, None, context))?;
-    tx.batch(&sql)
+    tx.ddl(&sql)
         .await
         .map_err(|e| classify(&e, None, context))?;
     // The primary key's constraint name and columns, in key order.
@@ -100,7 +100,7 @@ pub(crate) async fn create_checkpoint_table(
                 "ALTER TABLE {t} DROP CONSTRAINT {}, ADD PRIMARY KEY (source_database, consumer)",
                 crate::sql::quote_ident(&name)
             );
-            tx.batch(&migrate)
+            tx.ddl(&migrate)
                 .await
                 .map_err(|e| classify(&e, None, "migrating the checkpoint table"))?;
         }
@@ -267,8 +267,11 @@ pub(crate) async fn reconcile(
                 "target table {table} does not exist (and creating tables is off)"
             )));
         }
+        for c in columns {
+            check_type(tx, table, c).await?;
+        }
         let sql = create_table_sql(table, columns);
-        tx.batch(&sql)
+        tx.ddl(&sql)
             .await
             .map_err(|e| classify(&e, None, &format!("creating {table}")))?;
         tracing::info!(%table, "created the target table");
@@ -296,7 +299,7 @@ pub(crate) async fn reconcile(
                 table.quoted(),
                 quote_ident(name)
             );
-            tx.batch(&sql)
+            tx.ddl(&sql)
                 .await
                 .map_err(|e| classify(&e, None, &format!("dropping column {name} of {table}")))?;
             tracing::info!(%table, column = %name, "dropped a column the source dropped");
@@ -304,6 +307,36 @@ pub(crate) async fn reconcile(
         }
     }
     Ok(Some(now))
+}
+
+/// Refuses a column whose type, as the event's schema names it (`pgType`, text that came
+/// from NATS), is not a type of the target: it is spliced into DDL, so it must be exactly a
+/// type name PostgreSQL resolves (`to_regtype` parses it as one and nothing else).
+async fn check_type(tx: &mut Tx<'_>, table: &TableName, c: &Column) -> Result<(), SinkError> {
+    let refuse = |why: String| {
+        SinkError::fatal(format!(
+            "column {:?} of {table}: the event's schema gives it the type {:?}, which {why}; \
+             the table is not created or altered (is the schema forged, or does the type \
+             exist only at the source? create it in the target)",
+            c.name, c.type_name
+        ))
+    };
+    match tx
+        .query(
+            "SELECT to_regtype($1) IS NOT NULL",
+            &[Type::TEXT],
+            &[&c.type_name],
+        )
+        .await
+    {
+        Ok(rows) if rows.first().is_some_and(|r| r.get::<_, bool>(0)) => Ok(()),
+        Ok(_) => Err(refuse("is not a type of the target".into())),
+        Err(e) => Err(refuse(format!(
+            "is not a type name ({})",
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string())
+        ))),
+    }
 }
 
 /// Adds a column the source added, giving the rows already in the target what PostgreSQL
@@ -314,6 +347,7 @@ pub(crate) async fn reconcile(
 /// the target the sink refuses, naming the fix, rather than leave them diverging. The column
 /// is nullable whatever the source says: NOT NULL is the source's to enforce.
 async fn add_column(tx: &mut Tx<'_>, table: &TableName, c: &Column) -> Result<(), SinkError> {
+    check_type(tx, table, c).await?;
     let context = format!("adding column {} to {table}", c.name);
     let column = quote_ident(&c.name);
     let add = format!(
@@ -323,21 +357,21 @@ async fn add_column(tx: &mut Tx<'_>, table: &TableName, c: &Column) -> Result<()
     );
     match &c.backfill {
         Backfill::Null => {
-            tx.batch(&add)
+            tx.ddl(&add)
                 .await
                 .map_err(|e| classify(&e, None, &context))?;
             tracing::info!(%table, column = %c.name, "added a column the source added");
         }
         Backfill::Value(value) => {
             let with_default = format!("{add} DEFAULT {}", quote_literal(value));
-            tx.batch(&with_default)
+            tx.ddl(&with_default)
                 .await
                 .map_err(|e| classify(&e, None, &context))?;
             let drop_default = format!(
                 "ALTER TABLE {} ALTER COLUMN {column} DROP DEFAULT",
                 table.quoted()
             );
-            tx.batch(&drop_default)
+            tx.ddl(&drop_default)
                 .await
                 .map_err(|e| classify(&e, None, &context))?;
             tracing::info!(
@@ -366,11 +400,78 @@ async fn add_column(tx: &mut Tx<'_>, table: &TableName, c: &Column) -> Result<()
                     c.name
                 )));
             }
-            tx.batch(&add)
+            tx.ddl(&add)
                 .await
                 .map_err(|e| classify(&e, None, &context))?;
             tracing::info!(%table, column = %c.name, "added a column the source added (the target table is empty)");
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walbrook_harness::PgServer;
+    use walbrook_pg_connect::PgSettings;
+    use walbrook_pgtype_avro::PgType;
+
+    fn column(name: &str, type_name: &str) -> Column {
+        Column {
+            name: name.into(),
+            type_name: type_name.into(),
+            oid: 23,
+            is_key: name == "id",
+            not_null: false,
+            backfill: Backfill::Null,
+            pg_type: PgType::from_builtin_oid(23).unwrap(),
+        }
+    }
+
+    /// A type name from the wire that smuggles SQL is refused before any DDL runs, and the
+    /// DDL path refuses a second statement even if one got through.
+    #[tokio::test]
+    async fn forged_type_names_never_reach_ddl() {
+        let db = PgServer::shared().fresh_database("ddl_forged");
+        db.psql("CREATE TABLE victim (id int); CREATE TABLE kept (id int PRIMARY KEY);")
+            .unwrap();
+        let mut conn = Connection::open(&PgSettings::parse(&db.url()).unwrap())
+            .await
+            .unwrap();
+        let forged = [
+            "int); DROP TABLE victim; --",
+            "int, x int",
+            "no_such_type",
+            "int DEFAULT 1",
+        ];
+        for type_name in forged {
+            for table in ["created", "kept"] {
+                let target = TableName::new("public", table);
+                let mut tx = conn.begin();
+                let columns = [column("id", "integer"), column("x", type_name)];
+                let refused = reconcile(&mut tx, &target, &columns, true, true).await;
+                let error = refused.expect_err(type_name).to_string();
+                assert!(
+                    error.contains("the event's schema gives it the type"),
+                    "{error}"
+                );
+                drop(tx);
+            }
+        }
+        let mut tx = conn.begin();
+        let error = tx
+            .ddl("CREATE TABLE other (id int); DROP TABLE victim")
+            .await
+            .expect_err("two statements are refused");
+        let error = error
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(error.contains("multiple commands"), "{error}");
+        drop(tx);
+        let left = db
+            .psql("SELECT count(*) FROM pg_class WHERE relname IN ('victim', 'created', 'other')")
+            .unwrap();
+        assert_eq!(left.trim(), "1", "victim stands; nothing was created");
+    }
 }
