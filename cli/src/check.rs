@@ -31,9 +31,16 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let mut problems = 0;
     let pg_url = config.pg_url.expose().to_string();
     let mut database = None;
+    if let Some(warning) = walbrook_producer::postgres::PgSettings::parse(&pg_url)
+        .ok()
+        .and_then(|settings| settings.tls_warning())
+    {
+        println!("warn  postgres.url: {warning}");
+    }
     match connect_sql(&pg_url).await {
         Ok(client) => {
             println!("ok    PostgreSQL reachable at {}", redact_url(&pg_url));
+            report_wal_retention(&client, &config.slot).await;
             database = client
                 .query_one("SELECT current_database()::text", &[])
                 .await
@@ -86,6 +93,49 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     }
     println!("all checks passed");
     Ok(())
+}
+
+/// Reports how much WAL the slot may hold back: a warning when `max_slot_wal_keep_size` is
+/// unlimited (a producer that stays down fills the disk), and the slot's retained WAL and
+/// `wal_status` when it exists.
+async fn report_wal_retention(client: &tokio_postgres::Client, slot: &str) {
+    let limit = client
+        .query_one(
+            "SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, String>(0));
+    match limit.as_deref() {
+        Ok("-1") => println!(
+            "warn  max_slot_wal_keep_size is unlimited: while the producer is down its slot \
+             keeps WAL until the disk is full\n      fix: set max_slot_wal_keep_size (e.g. \
+             '100GB'); a slot invalidated by it is refused as a gap at start (docs/protocol.md \
+             §3.8)"
+        ),
+        Ok(megabytes) => println!("ok    max_slot_wal_keep_size = {megabytes} MB"),
+        Err(e) => println!("warn  cannot read max_slot_wal_keep_size: {e}"),
+    }
+    let retained = client
+        .query_opt(
+            "SELECT pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)),
+                    coalesce(wal_status, '?')
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await;
+    if let Ok(Some(row)) = retained {
+        let (size, status): (Option<String>, String) = (row.get(0), row.get(1));
+        let size = size.unwrap_or_else(|| "?".into());
+        if status == "lost" {
+            println!(
+                "warn  slot {slot} is invalidated (wal_status lost): the producer will refuse \
+                 it as a gap\n      fix: see `walbrook produce --accept-gap` (docs/protocol.md §3.8)"
+            );
+        } else {
+            println!("ok    slot {slot} retains {size} of WAL (wal_status {status})");
+        }
+    }
 }
 
 /// Reports existing streams whose settings differ from the configuration (a warning:

@@ -66,6 +66,16 @@ fn check_reports_problems_with_fixes_and_passes_when_ready() {
     let (ok, out) = check(&good);
     assert!(ok, "{out}");
     assert!(out.contains("all checks passed"), "{out}");
+    // Warnings that do not fail the check: the harness's plaintext URL and its unlimited
+    // WAL retention.
+    assert!(
+        out.contains("warn  postgres.url: no TLS") && out.contains("plaintext"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warn  max_slot_wal_keep_size is unlimited"),
+        "{out}"
+    );
     // Nothing was started: no slot exists afterwards.
     let slots = db
         .psql(&format!(

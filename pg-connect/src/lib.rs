@@ -61,7 +61,43 @@ pub struct PgSettings {
 
 const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
+impl PgTls {
+    /// What an operator should hear about these settings over TCP: plaintext (`sslmode`
+    /// absent, `disable`, `allow` or `prefer`: Walbrook never falls back, so these mean no
+    /// TLS at all), or encryption without authenticating the server (`require`). `None` for
+    /// `verify-ca` and `verify-full`, and for Unix sockets (`unix_socket`).
+    pub fn warning(&self, unix_socket: bool) -> Option<String> {
+        if unix_socket {
+            return None;
+        }
+        match self.mode {
+            TlsMode::Disable => Some(
+                "no TLS (sslmode absent, disable, allow or prefer): the password and every row \
+                 travel in plaintext; use sslmode=verify-full with sslrootcert=<CA file>"
+                    .into(),
+            ),
+            TlsMode::Require => Some(
+                "sslmode=require encrypts but does not authenticate the server (anyone in the \
+                 path can impersonate it); use sslmode=verify-full with sslrootcert=<CA file>"
+                    .into(),
+            ),
+            TlsMode::VerifyCa | TlsMode::VerifyFull => None,
+        }
+    }
+}
+
 impl PgSettings {
+    /// [`PgTls::warning`] for these settings (no warning when every host is a Unix socket).
+    pub fn tls_warning(&self) -> Option<String> {
+        let unix = !self.config.get_hosts().is_empty()
+            && self
+                .config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        self.tls.warning(unix)
+    }
+
     /// Parses a `postgres://` / `postgresql://` URL or a `key=value` connection string.
     /// Errors never contain the password.
     pub fn parse(url: &str) -> Result<PgSettings, String> {
@@ -369,6 +405,34 @@ impl ServerCertVerifier for ChainOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod warning_tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_and_unauthenticated_tls_are_warned_about() {
+        let warning = |url: &str| PgSettings::parse(url).unwrap().tls_warning();
+        for plain in [
+            "postgresql://u@db.example/shop",
+            "postgresql://u@db.example/shop?sslmode=prefer",
+            "postgresql://u@db.example/shop?sslmode=allow",
+            "postgresql://u@127.0.0.1/shop?sslmode=disable",
+        ] {
+            assert!(warning(plain).unwrap().contains("plaintext"), "{plain}");
+        }
+        assert!(
+            warning("postgresql://u@db.example/shop?sslmode=require")
+                .unwrap()
+                .contains("does not authenticate the server")
+        );
+        assert_eq!(
+            warning("postgresql://u@db.example/shop?sslmode=verify-full&sslrootcert=/ca.pem"),
+            None
+        );
+        assert_eq!(warning("host=/var/run/postgresql dbname=shop user=u"), None);
     }
 }
 

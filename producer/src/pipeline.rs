@@ -253,6 +253,12 @@ async fn run_inner(
 ) -> Result<(), ProducerError> {
     let pg_url = config.pg_url.expose().to_string();
     tracing::info!(postgres = %redact_url(&pg_url), nats = %config.nats.servers.join(","), "starting");
+    if let Some(warning) = PgSettings::parse(&pg_url)
+        .ok()
+        .and_then(|settings| settings.tls_warning())
+    {
+        tracing::warn!("postgres.url: {warning}");
+    }
     let sql = Arc::new(connect_sql(&pg_url).await?);
     let problems = setup::check(&sql, &config).await;
     if !problems.is_empty() {
