@@ -75,6 +75,14 @@ pub struct Metrics {
     pub snapshot_rows: Family<TableLabels, Counter>,
     /// Snapshots finished, by outcome (`done`, `failed`).
     pub snapshots: Family<KindLabels, Counter>,
+    /// WAL the slot holds back (from its `restart_lsn`), read on a side connection with
+    /// every heartbeat, also while replication is down.
+    pub slot_retained_wal_bytes: Gauge<f64, AtomicU64>,
+    /// The slot's `safe_wal_size`: WAL that may still be written before it is invalidated;
+    /// -1 when `max_slot_wal_keep_size` is unlimited.
+    pub slot_safe_wal_bytes: Gauge<f64, AtomicU64>,
+    /// 1 when the slot is invalidated (`wal_status = 'lost'`), else 0.
+    pub slot_lost: Gauge,
     ready: Arc<AtomicBool>,
 }
 
@@ -123,6 +131,27 @@ impl Metrics {
             "replication_lag_bytes",
             "WAL bytes sent by the server beyond the confirmed LSN",
             lag_bytes.clone(),
+        );
+        let slot_retained_wal_bytes = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "slot_retained_wal_bytes",
+            "WAL bytes the replication slot holds back (current WAL position minus its \
+             restart_lsn), read with every heartbeat",
+            slot_retained_wal_bytes.clone(),
+        );
+        let slot_safe_wal_bytes = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "slot_safe_wal_bytes",
+            "WAL bytes that may still be written before the slot is invalidated \
+             (safe_wal_size; -1 when max_slot_wal_keep_size is unlimited)",
+            slot_safe_wal_bytes.clone(),
+        );
+        let slot_lost = Gauge::default();
+        registry.register(
+            "slot_lost",
+            "1 when the replication slot is invalidated (wal_status lost): a gap, refused at \
+             the next start",
+            slot_lost.clone(),
         );
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -175,6 +204,9 @@ impl Metrics {
             in_flight,
             confirmed_lsn,
             lag_bytes,
+            slot_retained_wal_bytes,
+            slot_safe_wal_bytes,
+            slot_lost,
             lag_seconds,
             reconnects,
             errors,

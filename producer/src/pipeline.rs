@@ -353,6 +353,8 @@ async fn run_inner(
         tokio::spawn(heartbeats(
             pg_url.clone(),
             config.heartbeat_interval,
+            config.slot.clone(),
+            metrics.clone(),
             shutdown.clone(),
         ))
     });
@@ -431,7 +433,15 @@ where
 
 /// Writes a non-transactional logical message every `interval`, so an idle or
 /// filtered database still moves the slot forward (no unbounded WAL retention).
-async fn heartbeats(pg_url: String, interval: Duration, shutdown: CancellationToken) {
+/// Writes a heartbeat into the WAL every `interval`, and reads the slot's WAL retention
+/// into the metrics on the same side connection (so it is known while replication is down).
+async fn heartbeats(
+    pg_url: String,
+    interval: Duration,
+    slot: String,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client = None;
@@ -454,6 +464,23 @@ async fn heartbeats(pg_url: String, interval: Duration, shutdown: CancellationTo
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "heartbeat failed; reconnecting");
                 client = None;
+                continue;
+            }
+            let retention = c
+                .query_opt(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8,
+                            coalesce(safe_wal_size, -1)::float8, wal_status = 'lost'
+                       FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await;
+            if let Ok(Some(row)) = retention {
+                let retained: Option<f64> = row.get(0);
+                metrics.slot_retained_wal_bytes.set(retained.unwrap_or(0.0));
+                metrics.slot_safe_wal_bytes.set(row.get(1));
+                metrics
+                    .slot_lost
+                    .set(i64::from(row.get::<_, Option<bool>>(2).unwrap_or(false)));
             }
         }
     }

@@ -429,6 +429,20 @@ async fn every_operation_arrives_once_in_order() {
         assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
     }
     assert!(metrics.contains("walbrook_producer_publish_ack_seconds_count"));
+    // The slot's WAL retention, read with the heartbeats (1 s here): the harness's
+    // max_slot_wal_keep_size is unlimited.
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert!(
+        gauge("walbrook_producer_slot_retained_wal_bytes").is_some_and(|b| b > 0.0),
+        "{metrics}"
+    );
+    assert_eq!(gauge("walbrook_producer_slot_safe_wal_bytes"), Some(-1.0));
+    assert_eq!(gauge("walbrook_producer_slot_lost"), Some(0.0));
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), producer)
