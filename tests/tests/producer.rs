@@ -443,6 +443,32 @@ async fn every_operation_arrives_once_in_order() {
     );
     assert_eq!(gauge("walbrook_producer_slot_safe_wal_bytes"), Some(-1.0));
     assert_eq!(gauge("walbrook_producer_slot_lost"), Some(0.0));
+    // Every producer metric the shipped alert rules use exists (the rules cannot rot).
+    let rules = include_str!("../../docs/alerts/walbrook.rules.yml");
+    let used: std::collections::BTreeSet<&str> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("walbrook_producer_") && w.len() > "walbrook_producer_".len())
+        .collect();
+    assert!(used.len() >= 5, "{used:?}");
+    for name in used {
+        // A counter's or histogram's family is declared without its sample suffix.
+        let family = ["_total", "_count", "_sum", "_bucket"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        // A labelled family exports nothing until it has a sample (snapshots before the
+        // first snapshot): such a name must at least be registered.
+        let registered = include_str!("../../producer/src/metrics.rs").contains(&format!(
+            "\"{}\"",
+            family.trim_start_matches("walbrook_producer_")
+        ));
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")) || registered,
+            "the alert rules use {name}, which the producer does not export:\n{metrics}"
+        );
+    }
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), producer)
