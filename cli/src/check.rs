@@ -46,6 +46,23 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
                 .await
                 .ok()
                 .map(|row| row.get::<_, String>(0));
+            let mut config = config.clone();
+            match setup::dropped_tables(&client, &config).await {
+                Ok(dropped) => {
+                    for table in &dropped {
+                        println!(
+                            "warn  table {table} no longer exists (dropped or renamed after its \
+                             changes were published): the producer streams the others\n      \
+                             fix: remove it from `tables`"
+                        );
+                    }
+                    config.tables.retain(|t| !dropped.contains(t));
+                }
+                Err(p) => {
+                    problems += 1;
+                    println!("FAIL  {}\n      fix: {}", p.problem, p.hint);
+                }
+            }
             let found = setup::check(&client, &config).await;
             if found.is_empty() {
                 println!(

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub slot_safe_wal_bytes: Gauge<f64, AtomicU64>,
     /// 1 when the slot is invalidated (`wal_status = 'lost'`), else 0.
     pub slot_lost: Gauge,
+    /// Configured tables that no longer exist (dropped or renamed after their changes were
+    /// published); the others stream.
+    pub dropped_tables: Gauge,
     ready: Arc<AtomicBool>,
 }
 
@@ -153,6 +156,13 @@ impl Metrics {
              the next start",
             slot_lost.clone(),
         );
+        let dropped_tables = Gauge::default();
+        registry.register(
+            "dropped_tables",
+            "Configured tables that no longer exist (dropped or renamed after their changes were \
+             published): the producer streams the others",
+            dropped_tables.clone(),
+        );
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "replication_lag_seconds",
@@ -207,6 +217,7 @@ impl Metrics {
             slot_retained_wal_bytes,
             slot_safe_wal_bytes,
             slot_lost,
+            dropped_tables,
             lag_seconds,
             reconnects,
             errors,

@@ -247,7 +247,7 @@ fn error_kind(error: &ProducerError) -> &'static str {
 }
 
 async fn run_inner(
-    config: ProducerConfig,
+    mut config: ProducerConfig,
     shutdown: CancellationToken,
     metrics: Metrics,
 ) -> Result<(), ProducerError> {
@@ -260,6 +260,19 @@ async fn run_inner(
         tracing::warn!("postgres.url: {warning}");
     }
     let sql = Arc::new(connect_sql(&pg_url).await?);
+    // A configured table dropped since it was published stops nothing: the others stream.
+    let dropped = setup::dropped_tables(&sql, &config)
+        .await
+        .map_err(|p| ProducerError::Setup(vec![p]))?;
+    for table in &dropped {
+        tracing::warn!(
+            %table,
+            "a configured table no longer exists (dropped or renamed since its changes were \
+             published): streaming the others; remove it from `tables`"
+        );
+    }
+    metrics.dropped_tables.set(dropped.len() as i64);
+    config.tables.retain(|t| !dropped.contains(t));
     let problems = setup::check(&sql, &config).await;
     if !problems.is_empty() {
         return Err(ProducerError::Setup(problems));

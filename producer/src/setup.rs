@@ -92,6 +92,48 @@ pub async fn check(client: &Client, config: &ProducerConfig) -> Vec<SetupProblem
     problems
 }
 
+/// The configured tables that no longer exist but whose changes were published before (a
+/// schema version of theirs is in `_walbrook.schemas`): dropped (or renamed) since. The
+/// producer streams the others rather than refuse to start while WAL piles up; a configured
+/// table that never existed is still refused (a typo). Empty before the first start.
+pub async fn dropped_tables(
+    client: &Client,
+    config: &ProducerConfig,
+) -> Result<Vec<TableName>, SetupProblem> {
+    let schemas: Vec<&str> = config.tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = config.tables.iter().map(|t| t.table.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT c.s, c.n FROM unnest($1::text[], $2::text[]) AS c(s, n)
+              WHERE to_regclass('_walbrook.schemas') IS NOT NULL
+                AND to_regclass(format('%I.%I', c.s, c.n)) IS NULL
+                AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '_walbrook')",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(|e| sql_problem("looking for dropped tables", e))?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let table = TableName {
+            schema: row.get(0),
+            table: row.get(1),
+        };
+        let published: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM _walbrook.schemas
+                                 WHERE schema_name = $1 AND table_name = $2)",
+                &[&table.schema, &table.table],
+            )
+            .await
+            .map_err(|e| sql_problem("reading the schema registry", e))?
+            .get(0);
+        if published {
+            dropped.push(table);
+        }
+    }
+    Ok(dropped)
+}
+
 /// Checks one table: it exists, is a table (not a view), and has a primary key or a
 /// replica identity.
 pub async fn check_table(client: &Client, table: &TableName) -> Result<(), SetupProblem> {

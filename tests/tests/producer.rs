@@ -1550,3 +1550,87 @@ async fn a_stop_without_acknowledgements_ends_after_the_shutdown_timeout() {
         .get(0);
     assert!(!confirmed_past, "nothing unacknowledged is confirmed");
 }
+
+/// A configured table dropped after its changes were published does not stop a restart
+/// (before, the start-up check refused it and WAL piled up behind a producer that could not
+/// start): the other tables stream. A configured table that never existed is still refused.
+#[tokio::test]
+async fn a_dropped_table_does_not_stop_a_restart() {
+    let db = PgServer::shared().fresh_database("dropped_table");
+    let nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config(&db, &nats.url(), "public.a, public.b"),
+        shutdown.clone(),
+    ));
+    wait_for_slot(&client, &db.slot_name()).await;
+    client
+        .batch_execute("INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);")
+        .await
+        .unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream_name = format!("{ROOT}_{}_WAL", db.name());
+    let b_subject = format!("{ROOT}.{}.wal.public.b", db.name());
+    let stored_on_b = |js: jetstream::Context| {
+        let (stream_name, b_subject) = (stream_name.clone(), b_subject.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let last = js
+                    .get_stream(&stream_name)
+                    .await
+                    .unwrap()
+                    .get_last_raw_message_by_subject(&b_subject)
+                    .await;
+                if let Ok(message) = last {
+                    return message.sequence;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "b's change is stored"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let first = stored_on_b(js.clone()).await;
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+
+    client.batch_execute("DROP TABLE a").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(
+        config(&db, &nats.url(), "public.a, public.b"),
+        shutdown.clone(),
+    ));
+    wait_for_slot(&client, &db.slot_name()).await;
+    client
+        .batch_execute("INSERT INTO b VALUES (2)")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stored_on_b(js.clone()).await == first {
+        assert!(
+            !producer.is_finished() && tokio::time::Instant::now() < deadline,
+            "the producer streams b after a was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    producer.await.unwrap().unwrap();
+
+    // A table that never existed is a typo: refused.
+    let refused = pipeline::run(
+        config(&db, &nats.url(), "public.b, public.never"),
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("a table that never existed is refused")
+    .to_string();
+    assert!(refused.contains("does not exist"), "{refused}");
+}
