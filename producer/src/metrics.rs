@@ -87,6 +87,11 @@ pub struct Metrics {
     /// published); the others stream.
     pub dropped_tables: Gauge,
     ready: Arc<AtomicBool>,
+    /// When JetStream started refusing or not answering publishes (µs since the epoch; 0:
+    /// it acknowledges), for `/readyz`.
+    publish_failing_since: Arc<std::sync::atomic::AtomicI64>,
+    /// An RPC service that stopped answering (its name), for `/readyz`.
+    dead_service: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Default for Metrics {
@@ -224,6 +229,8 @@ impl Metrics {
             resends,
             large_payloads,
             ready: Arc::new(AtomicBool::new(false)),
+            publish_failing_since: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            dead_service: Arc::new(std::sync::Mutex::new(None)),
             progress: Arc::new(Progress::default()),
         }
     }
@@ -270,6 +277,46 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Publishing fails (`true`, from the first failure on) or works again (`false`).
+    pub fn publish_failing(&self, failing: bool) {
+        let since = &self.publish_failing_since;
+        if !failing {
+            since.store(0, Ordering::SeqCst);
+        } else if since.load(Ordering::SeqCst) == 0 {
+            since.store(now_micros(), Ordering::SeqCst);
+        }
+    }
+
+    /// An RPC service (`name`) stopped: the producer is not ready any more.
+    pub fn service_stopped(&self, name: &str) {
+        *self.dead_service.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_string());
+    }
+
+    /// Why the producer is not ready, `None` when it is: not streaming, JetStream failing
+    /// for longer than [`NOT_READY_AFTER`], or an RPC service stopped.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(service) = self
+            .dead_service
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(format!("the {service} service stopped"));
+        }
+        if !self.ready.load(Ordering::SeqCst) {
+            return Some("not streaming".into());
+        }
+        let since = self.publish_failing_since.load(Ordering::SeqCst);
+        if since > 0 && now_micros() - since > NOT_READY_AFTER.as_micros() as i64 {
+            return Some(format!(
+                "JetStream has not acknowledged a publish for {} s (the producer retries; \
+                 nothing after the last acknowledged change is confirmed)",
+                (now_micros() - since) / 1_000_000
+            ));
+        }
+        None
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         self.lag_seconds.set(self.replication_lag_seconds());
@@ -287,8 +334,12 @@ impl Metrics {
     }
 }
 
+/// How long JetStream may fail to acknowledge before `/readyz` says not ready.
+pub const NOT_READY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `/metrics`, `/healthz` (the process is alive) and `/readyz` (replication is
-/// streaming) on `addr` until the task is dropped.
+/// streaming, JetStream acknowledged within [`NOT_READY_AFTER`] when there is work, the RPC
+/// services run) on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -311,12 +362,11 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
         .route(
             "/readyz",
             get(move || {
-                let ready = metrics.ready.load(Ordering::SeqCst);
+                let not_ready = metrics.not_ready();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not streaming")
+                    match not_ready {
+                        None => (StatusCode::OK, "ready".to_string()),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
                     }
                 }
             }),

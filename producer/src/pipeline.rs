@@ -347,13 +347,21 @@ async fn run_inner(
     crate::slot::ensure(&sql, &config, resume, &js, &subjects, &published).await?;
 
     let registry = Registry::new();
-    let rpc = tokio::spawn(registry::serve_lookups(
-        nats.clone(),
-        subjects.schema_rpc(),
-        registry.clone(),
-        pg_url.clone(),
-        database.clone(),
-    ));
+    let rpc = {
+        let lookups = registry::serve_lookups(
+            nats.clone(),
+            subjects.schema_rpc(),
+            registry.clone(),
+            pg_url.clone(),
+            database.clone(),
+        );
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let ended = lookups.await;
+            tracing::error!(outcome = ?ended, "the schema lookup service stopped");
+            metrics.service_stopped("schema lookup");
+        })
+    };
     let snapshots = crate::snapshot::Service::start(
         &config,
         nats.clone(),

@@ -429,12 +429,18 @@ impl Publisher {
                     self.gauge_in_flight();
                     self.backoff = Duration::ZERO;
                     self.failing_since = None;
+                    if let Some(m) = &self.metrics {
+                        m.publish_failing(false);
+                    }
                     return Ok(());
                 }
                 Err(failure) if failure.definite => return Err(failure),
                 Err(failure) => {
                     let now = tokio::time::Instant::now();
                     let since = *self.failing_since.get_or_insert(now);
+                    if let Some(m) = &self.metrics {
+                        m.publish_failing(true);
+                    }
                     if let Some(limit) = self.retry.give_up_after
                         && now.duration_since(since) >= limit
                     {

@@ -1634,3 +1634,62 @@ async fn a_dropped_table_does_not_stop_a_restart() {
     .to_string();
     assert!(refused.contains("does not exist"), "{refused}");
 }
+
+/// `/readyz` means the producer is doing its job: while JetStream acknowledges nothing (NATS
+/// stopped, a change waiting) it turns 503 after `NOT_READY_AFTER` and names the reason
+/// (before, it stayed 200 while the publisher retried for ever); once NATS is back and the
+/// change is stored it is 200 again.
+#[tokio::test]
+async fn readiness_fails_while_jetstream_acknowledges_nothing() {
+    let db = PgServer::shared().fresh_database("readiness");
+    let mut nats = NatsServer::start().unwrap();
+    let client = sql(&db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (0);")
+        .await
+        .unwrap();
+    let metrics_port = walbrook_harness::free_port().unwrap();
+    let mut settings = config(&db, &nats.url(), "public.t");
+    settings.metrics_addr = Some(format!("127.0.0.1:{metrics_port}").parse().unwrap());
+    let shutdown = CancellationToken::new();
+    let producer = tokio::spawn(pipeline::run(settings, shutdown.clone()));
+    wait_for_slot(&client, &db.slot_name()).await;
+    let http = reqwest::Client::new();
+    let readyz = format!("http://127.0.0.1:{metrics_port}/readyz");
+    let wait_for = |want: u16, within: Duration| {
+        let (http, readyz) = (http.clone(), readyz.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                if let Ok(answer) = http.get(&readyz).send().await {
+                    let status = answer.status().as_u16();
+                    let body = answer.text().await.unwrap_or_default();
+                    if status == want {
+                        return body;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "/readyz still {status} ({body}), expected {want}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_for(200, Duration::from_secs(30)).await;
+    nats.stop();
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let why = wait_for(503, Duration::from_secs(40)).await;
+    assert!(why.contains("JetStream has not acknowledged"), "{why}");
+    nats.start_again().unwrap();
+    wait_for(200, Duration::from_secs(60)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), producer)
+        .await
+        .expect("the producer stops")
+        .unwrap()
+        .unwrap();
+}
