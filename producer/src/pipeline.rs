@@ -453,9 +453,9 @@ where
 }
 
 /// Writes a non-transactional logical message every `interval`, so an idle or
-/// filtered database still moves the slot forward (no unbounded WAL retention).
-/// Writes a heartbeat into the WAL every `interval`, and reads the slot's WAL retention
-/// into the metrics on the same side connection (so it is known while replication is down).
+/// filtered database still moves the slot forward (no unbounded WAL retention), and reads
+/// the slot's WAL retention into the metrics on the same side connection (so it is known
+/// while replication is down).
 async fn heartbeats(
     pg_url: String,
     interval: Duration,
