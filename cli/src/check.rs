@@ -82,6 +82,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(warning) = config.nats.tls_warning() {
+        println!("warn  nats: {warning}");
+    }
     match connect_nats(&config.nats).await {
         Ok(client) => {
             println!("ok    NATS reachable at {}", config.nats.servers.join(","));

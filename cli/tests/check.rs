@@ -76,6 +76,7 @@ fn check_reports_problems_with_fixes_and_passes_when_ready() {
         out.contains("warn  max_slot_wal_keep_size is unlimited"),
         "{out}"
     );
+    assert!(out.contains("warn  nats: no TLS configured"), "{out}");
     // Nothing was started: no slot exists afterwards.
     let slots = db
         .psql(&format!(

@@ -557,6 +557,23 @@ pub struct NatsConfig {
     pub ack_timeout: Duration,
 }
 
+impl NatsConfig {
+    /// What an operator should hear when no TLS is configured for NATS (no `nats.tls_ca` and
+    /// no `tls://` URL): changes and credentials may travel in plaintext. `None` otherwise.
+    pub fn tls_warning(&self) -> Option<String> {
+        let tls_url = self.servers.iter().any(|s| s.starts_with("tls://"));
+        if self.tls_ca.is_some() || tls_url {
+            return None;
+        }
+        Some(
+            "no TLS configured (nats.tls_ca unset, no tls:// URL): changes and credentials \
+             travel in plaintext unless the server itself requires TLS; set nats.tls_ca (and \
+             nats.tls_cert/tls_key for mutual TLS)"
+                .into(),
+        )
+    }
+}
+
 /// How to authenticate to NATS.
 #[derive(Debug, Clone)]
 pub enum NatsAuth {
@@ -787,6 +804,20 @@ mod tests {
         ])
         .unwrap();
         raw
+    }
+
+    #[test]
+    fn nats_without_tls_is_warned_about() {
+        let plain = minimal().validate().unwrap();
+        assert!(plain.nats.tls_warning().unwrap().contains("plaintext"));
+        let mut tls_url = minimal();
+        tls_url
+            .apply_env([("WALBROOK_NATS_URL", "tls://nats.example:4222")])
+            .unwrap();
+        assert_eq!(tls_url.validate().unwrap().nats.tls_warning(), None);
+        let mut with_ca = minimal().validate().unwrap();
+        with_ca.nats.tls_ca = Some("/ca.pem".into());
+        assert_eq!(with_ca.nats.tls_warning(), None);
     }
 
     #[test]

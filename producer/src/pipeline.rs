@@ -259,6 +259,9 @@ async fn run_inner(
     {
         tracing::warn!("postgres.url: {warning}");
     }
+    if let Some(warning) = config.nats.tls_warning() {
+        tracing::warn!("nats: {warning}");
+    }
     let sql = Arc::new(connect_sql(&pg_url).await?);
     // A configured table dropped since it was published stops nothing: the others stream.
     let dropped = setup::dropped_tables(&sql, &config)
