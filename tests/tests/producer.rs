@@ -40,14 +40,20 @@ struct OnTable {
     producer: tokio::task::JoinHandle<Result<(), pipeline::ProducerError>>,
 }
 
-async fn producer_on_table(prefix: &str) -> OnTable {
+/// A fresh database holding `ddl`, its own NATS server, and a SQL connection to it.
+async fn fresh_source(
+    prefix: &str,
+    ddl: &str,
+) -> (TestDb<'static>, NatsServer, tokio_postgres::Client) {
     let db = PgServer::shared().fresh_database(prefix);
     let nats = NatsServer::start().unwrap();
     let client = sql(&db).await;
-    client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    client.batch_execute(ddl).await.unwrap();
+    (db, nats, client)
+}
+
+async fn producer_on_table(prefix: &str) -> OnTable {
+    let (db, nats, client) = fresh_source(prefix, "CREATE TABLE t (id int PRIMARY KEY)").await;
     let shutdown = CancellationToken::new();
     let producer = tokio::spawn(pipeline::run(
         config(&db, &nats.url(), "public.t"),
@@ -1442,13 +1448,8 @@ async fn the_chain_re_anchors_after_a_nats_restart_past_the_duplicate_window() {
 #[tokio::test]
 async fn an_announcement_is_stored_before_its_first_event() {
     use walbrook_protocol::{StreamKind, Subjects};
-    let db = PgServer::shared().fresh_database("announce_first");
-    let nats = NatsServer::start().unwrap();
-    let client = sql(&db).await;
-    client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (db, nats, client) =
+        fresh_source("announce_first", "CREATE TABLE t (id int PRIMARY KEY)").await;
     let subjects = Subjects::new(ROOT, db.name());
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     js.create_stream(jetstream::stream::Config {
@@ -1502,13 +1503,8 @@ async fn an_announcement_is_stored_before_its_first_event() {
 /// not confirmed past them (before, the drain waited for ever and only a SIGKILL ended it).
 #[tokio::test]
 async fn a_stop_without_acknowledgements_ends_after_the_shutdown_timeout() {
-    let db = PgServer::shared().fresh_database("shutdown_timeout");
-    let mut nats = NatsServer::start().unwrap();
-    let client = sql(&db).await;
-    client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (db, mut nats, client) =
+        fresh_source("shutdown_timeout", "CREATE TABLE t (id int PRIMARY KEY)").await;
     let mut settings = config(&db, &nats.url(), "public.t");
     settings.shutdown_timeout = Duration::from_secs(2);
     // No heartbeats: nothing but the rows below could move the confirmed position.
@@ -1556,13 +1552,11 @@ async fn a_stop_without_acknowledgements_ends_after_the_shutdown_timeout() {
 /// start): the other tables stream. A configured table that never existed is still refused.
 #[tokio::test]
 async fn a_dropped_table_does_not_stop_a_restart() {
-    let db = PgServer::shared().fresh_database("dropped_table");
-    let nats = NatsServer::start().unwrap();
-    let client = sql(&db).await;
-    client
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);")
-        .await
-        .unwrap();
+    let (db, nats, client) = fresh_source(
+        "dropped_table",
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);",
+    )
+    .await;
     let shutdown = CancellationToken::new();
     let producer = tokio::spawn(pipeline::run(
         config(&db, &nats.url(), "public.a, public.b"),
@@ -1641,13 +1635,11 @@ async fn a_dropped_table_does_not_stop_a_restart() {
 /// change is stored it is 200 again.
 #[tokio::test]
 async fn readiness_fails_while_jetstream_acknowledges_nothing() {
-    let db = PgServer::shared().fresh_database("readiness");
-    let mut nats = NatsServer::start().unwrap();
-    let client = sql(&db).await;
-    client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (0);")
-        .await
-        .unwrap();
+    let (db, mut nats, client) = fresh_source(
+        "readiness",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (0);",
+    )
+    .await;
     let metrics_port = walbrook_harness::free_port().unwrap();
     let mut settings = config(&db, &nats.url(), "public.t");
     settings.metrics_addr = Some(format!("127.0.0.1:{metrics_port}").parse().unwrap());
