@@ -30,7 +30,7 @@ impl MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016X}-{}", self.commit_lsn.0, self.ordinal)
+        write!(f, "{}-{}", self.commit_lsn.to_fixed_hex(), self.ordinal)
     }
 }
 

@@ -475,7 +475,7 @@ impl<S: Sink> Runner<S> {
         use continuity::Floor;
         Ok(match start {
             Start::Sequence(next) if resumed => {
-                if *next >= self.first_stream_sequence().await? {
+                if *next >= self.stream_state().await?.first_sequence {
                     Floor::Complete
                 } else {
                     Floor::Lost
@@ -486,23 +486,8 @@ impl<S: Sink> Runner<S> {
         })
     }
 
-    /// The sequence of the change stream's oldest stored message.
-    async fn first_stream_sequence(&self) -> Result<u64, Error> {
-        let mut stream = self
-            .client
-            .js()
-            .get_stream(self.client.names().wal_stream())
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Nats, "getting the change stream", e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Nats, "reading the change stream", e))?;
-        Ok(info.state.first_sequence)
-    }
-
-    /// The sequence the change stream's next message will get.
-    async fn next_stream_sequence(&self) -> Result<u64, Error> {
+    /// The change stream's state (first and last sequences).
+    async fn stream_state(&self) -> Result<async_nats::jetstream::stream::State, Error> {
         let mut stream = self
             .client
             .js()
@@ -523,7 +508,7 @@ impl<S: Sink> Runner<S> {
             .info()
             .await
             .map_err(|e| Error::with_source(ErrorKind::Nats, "reading the change stream", e))?;
-        Ok(info.state.last_sequence + 1)
+        Ok(info.state.clone())
     }
 
     async fn subscribe(&mut self, first: bool) -> Result<ChangeStream, Error> {
@@ -552,7 +537,7 @@ impl<S: Sink> Runner<S> {
         // `New` is pinned to a sequence, so that a consumer recreated before it delivered
         // anything (a delivery gap, a NATS error) resumes there instead of at a later "new".
         let start = match start {
-            Start::New => Start::Sequence(self.next_stream_sequence().await?),
+            Start::New => Start::Sequence(self.stream_state().await?.last_sequence + 1),
             other => other,
         };
         // Where to resume is saved before the consumer that knows it is deleted, and
