@@ -1372,21 +1372,45 @@ async fn a_terminated_walsender_is_reconnected() {
     let nats_client = async_nats::connect(nats.url()).await.unwrap();
     read_events(&nats_client, db.name(), 1).await;
     for round in 0..2 {
-        let terminated: bool = client
+        let row = client
             .query_one(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                "SELECT pg_terminate_backend(active_pid), active_pid FROM pg_replication_slots \
                  WHERE slot_name = $1",
                 &[&db.slot_name()],
             )
             .await
-            .unwrap()
-            .get(0);
-        assert!(terminated, "round {round}: no walsender to terminate");
+            .unwrap();
+        let (terminated, old_pid): (Option<bool>, Option<i32>) = (row.get(0), row.get(1));
+        assert_eq!(
+            terminated,
+            Some(true),
+            "round {round}: no walsender to terminate"
+        );
         assert!(
             !producer.is_finished(),
             "round {round}: the producer stopped"
         );
-        // Back on the slot (a new walsender), then a change made after it arrives.
+        // Back on the slot (a new walsender: the terminated one may still be listed for a
+        // moment), then a change made after it arrives.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let active: Option<i32> = client
+                .query_one(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&db.slot_name()],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if active.is_some() && active != old_pid {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: no new walsender"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         wait_for_slot(&client, &db.slot_name()).await;
         client
             .execute("INSERT INTO t VALUES ($1)", &[&(round + 2)])
